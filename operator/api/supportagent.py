@@ -1,0 +1,320 @@
+"""SupportAgent: one AI support agent on Ray Serve, and the tools and policy it works under."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from .base import (
+    ApiModel,
+    BaseStatus,
+    CelRule,
+    ObjectName,
+    ReplicaAutoscaling,
+    ResourceRequirements,
+    SecretKeyRef,
+    Toleration,
+    list_map,
+)
+
+DEFAULT_RAY_IMAGE = "ghcr.io/switchboard-dev/agent-runtime:0.1.0"
+DEFAULT_RAY_VERSION = "2.60.0"
+
+# `file:///path` is a path inside the Ray image; `pvc://claim/path` mounts that claim read-only.
+MODEL_URI_PATTERN = r"^(file:///|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/).*$"
+
+
+def _resources(cpu: str, memory: str) -> ResourceRequirements:
+    return ResourceRequirements(
+        requests={"cpu": cpu, "memory": memory}, limits={"cpu": cpu, "memory": memory}
+    )
+
+
+class HeadSpec(ApiModel):
+    """The Ray head pod: GCS, dashboard and the Serve controller. It runs no replicas."""
+
+    resources: ResourceRequirements = Field(default_factory=lambda: _resources("1", "4Gi"))
+    """Resources of the head container."""
+
+
+class RaySpec(ApiModel):
+    """The Ray cluster that hosts the agent."""
+
+    image: str = Field(default=DEFAULT_RAY_IMAGE, min_length=1)
+    """Container image for every Ray pod; it must contain `switchboard[serving]`."""
+    version: str = Field(default=DEFAULT_RAY_VERSION, pattern=r"^\d+\.\d+\.\d+$")
+    """Ray version in the image (KubeRay's `rayVersion`)."""
+    head: HeadSpec = Field(default_factory=HeadSpec)
+    """The head pod."""
+
+
+class WorkerPool(ApiModel):
+    """A group of Ray worker pods of one shape, scaled by Ray's in-tree autoscaler."""
+
+    cel_rules = (
+        CelRule(
+            rule="self.minWorkers <= self.maxWorkers",
+            message="minWorkers must be less than or equal to maxWorkers",
+        ),
+    )
+
+    min_workers: int = Field(default=1, ge=0, le=1000)
+    """Fewest worker pods kept running."""
+    max_workers: int = Field(default=4, ge=0, le=1000)
+    """Most worker pods the autoscaler may add."""
+    resources: ResourceRequirements = Field(default_factory=lambda: _resources("2", "4Gi"))
+    """Resources of each worker container (GPUs are set with `gpusPerWorker`)."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the worker pods must be scheduled on."""
+    tolerations: list[Toleration] = Field(default_factory=list)
+    """Taints the worker pods tolerate."""
+
+
+class GpuWorkerPool(WorkerPool):
+    """Worker pods with GPUs for LLM replicas. Tolerates the `nvidia.com/gpu` taint."""
+
+    min_workers: int = Field(default=0, ge=0, le=1000)
+    """Fewest GPU worker pods kept running (0 lets the autoscaler release idle GPUs)."""
+    max_workers: int = Field(default=2, ge=0, le=1000)
+    """Most GPU worker pods the autoscaler may add."""
+    resources: ResourceRequirements = Field(default_factory=lambda: _resources("4", "32Gi"))
+    """Resources of each GPU worker container besides the GPUs."""
+    gpus_per_worker: int = Field(default=1, ge=1, le=16)
+    """`nvidia.com/gpu` requested by each GPU worker pod."""
+
+
+class WorkerPools(ApiModel):
+    """The worker groups of the Ray cluster."""
+
+    cpu: WorkerPool = Field(default_factory=WorkerPool)
+    """CPU pool: NLU, retriever, orchestrator and ingress replicas."""
+    gpu: GpuWorkerPool | None = None
+    """Optional GPU pool: LLM replicas that ask for GPUs run here."""
+
+
+class NluSpec(ApiModel):
+    """The intent classifier every conversation turn starts with."""
+
+    model_uri: str = Field(pattern=MODEL_URI_PATTERN, max_length=1024)
+    """Artifact directory from `switchboard nlu train`: `file:///path` or `pvc://claim/path`."""
+    quantization: Literal["int8", "none"] = "int8"
+    """`int8` runs the encoder with int8 weights on CPU; `none` keeps fp32."""
+    autoscaling: ReplicaAutoscaling = Field(default_factory=ReplicaAutoscaling)
+    """Replica autoscaling of the NLU deployment."""
+
+
+class LlmSpec(ApiModel):
+    """An optional language model that phrases grounded answers."""
+
+    cel_rules = (
+        CelRule(
+            rule="(self.backend == 'openai') == (has(self.endpoint) && has(self.apiKeySecretRef))",
+            message="backend openai needs endpoint and apiKeySecretRef; other backends take none",
+        ),
+        CelRule(
+            rule="(self.backend == 'openai') != has(self.modelUri)",
+            message="exactly one model source: modelUri (transformers, vllm) or endpoint (openai)",
+        ),
+        CelRule(
+            rule="self.backend != 'vllm' || self.gpusPerReplica > 0",
+            message="backend vllm needs gpusPerReplica of at least 1",
+        ),
+    )
+
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    """`transformers` and `vllm` serve a model in the cluster; `openai` calls an external
+    OpenAI-compatible endpoint."""
+    model_uri: str | None = Field(default=None, pattern=MODEL_URI_PATTERN, max_length=1024)
+    """Model directory for in-cluster backends: `file:///path` or `pvc://claim/path`."""
+    endpoint: str | None = Field(default=None, pattern=r"^https?://", max_length=1024)
+    """Base URL of the external endpoint (backend `openai`)."""
+    model_name: str | None = Field(default=None, max_length=253)
+    """Model name sent to the external endpoint (backend `openai`)."""
+    api_key_secret_ref: SecretKeyRef | None = None
+    """Secret key holding the external endpoint's API key (backend `openai`)."""
+    quantization: Literal["none", "int8", "bf16"] = "none"
+    """Weights precision: `int8` dynamic quantization (CPU), `bf16` (GPU), `none` (fp32)."""
+    gpus_per_replica: int = Field(default=0, ge=0, le=8)
+    """GPUs per LLM replica; above 0 the replicas run on the GPU pool."""
+    max_tokens: int = Field(default=256, ge=1, le=32768)
+    """Upper bound on generated tokens per answer."""
+    autoscaling: ReplicaAutoscaling = Field(default_factory=ReplicaAutoscaling)
+    """Replica autoscaling of the LLM deployment."""
+
+
+class OrchestratorSpec(ApiModel):
+    """The agentic workflow: plan, tool calls, policy gate, answer or handoff."""
+
+    autoscaling: ReplicaAutoscaling = Field(default_factory=ReplicaAutoscaling)
+    """Replica autoscaling of the orchestrator deployment."""
+
+
+class ConfigMapSource(ApiModel):
+    """Documents from a ConfigMap: one document per key."""
+
+    name: ObjectName
+    """Name of the ConfigMap in the agent's namespace."""
+
+
+class VolumeSource(ApiModel):
+    """Documents from a PersistentVolumeClaim."""
+
+    claim_name: ObjectName
+    """Name of the PersistentVolumeClaim (mounted read-only in the Ray pods)."""
+    path: str = Field(default="/", pattern=r"^/", max_length=1024)
+    """Directory inside the volume holding the documents."""
+
+
+class KnowledgeBaseSpec(ApiModel):
+    """Documents the agent grounds its answers in and cites."""
+
+    cel_rules = (
+        CelRule(
+            rule="has(self.configMap) != has(self.volume)",
+            message="set exactly one knowledge base source: configMap or volume",
+        ),
+    )
+
+    config_map: ConfigMapSource | None = None
+    """Documents from a ConfigMap."""
+    volume: VolumeSource | None = None
+    """Documents from a PersistentVolumeClaim."""
+    top_k: int = Field(default=3, ge=1, le=50)
+    """Passages retrieved per question."""
+
+
+class ToolGrant(ApiModel):
+    """Permission to call some operations of one ToolAdapter."""
+
+    adapter: ObjectName
+    """Name of a ToolAdapter in the agent's namespace."""
+    operations: list[str] = Field(min_length=1, max_length=100)
+    """Operations of that adapter the agent may call."""
+
+
+class PolicySpec(ApiModel):
+    """The policy gate every action passes before it runs."""
+
+    handoff_confidence_threshold: float = Field(default=0.5, ge=0, le=1)
+    """Below this intent confidence the conversation goes to a human."""
+    approval_required: list[str] = Field(default_factory=list, max_length=100)
+    """Operations (`adapter.operation`) that a human must approve: the agent hands off with
+    the proposed action instead of running it."""
+    pii_redaction: bool = True
+    """Redact emails, phone and card numbers before any LLM prompt, log or audit record."""
+    max_tool_calls_per_turn: int = Field(default=3, ge=0, le=20)
+    """Tool calls allowed in one conversation turn."""
+    handoff_adapter: ObjectName | None = None
+    """ToolAdapter (a ticketing system) that receives handoff tickets; it must be listed in
+    `tools`."""
+
+
+class RedisSessionSpec(ApiModel):
+    """A Redis server shared by all replicas."""
+
+    url_secret_ref: SecretKeyRef
+    """Secret key holding the Redis URL (`redis://...`)."""
+
+
+class SessionSpec(ApiModel):
+    """Where conversation state lives between turns."""
+
+    cel_rules = (
+        CelRule(
+            rule="(self.store == 'redis') == has(self.redis)",
+            message="store redis needs the redis section, and only it",
+        ),
+    )
+
+    store: Literal["memory", "redis"] = "memory"
+    """`memory` keeps sessions in one orchestrator replica; `redis` shares them across
+    replicas and restarts."""
+    redis: RedisSessionSpec | None = None
+    """Redis settings (store `redis`)."""
+    ttl_seconds: int = Field(default=86400, ge=60, le=2592000)
+    """Idle time after which a session is forgotten."""
+
+
+class IngressSpec(ApiModel):
+    """How customers' traffic reaches the agent through Istio."""
+
+    hosts: list[str] = Field(min_length=1, max_length=50)
+    """Hostnames the agent answers on."""
+    gateways: list[str] = Field(default_factory=list, max_length=50)
+    """Istio Gateways (`namespace/name`) to bind; empty means the mesh only."""
+
+
+class SupportAgentSpec(ApiModel):
+    """Desired state of a SupportAgent."""
+
+    cel_rules = (
+        CelRule(
+            rule="!has(self.llm) || self.llm.gpusPerReplica == 0 || has(self.workerPools.gpu)",
+            message="an LLM with gpusPerReplica above 0 needs workerPools.gpu",
+        ),
+        CelRule(
+            rule="!has(self.policy.handoffAdapter) || "
+            "self.tools.exists(t, t.adapter == self.policy.handoffAdapter)",
+            message="policy.handoffAdapter must be one of the adapters listed in tools",
+        ),
+    )
+
+    ray: RaySpec = Field(default_factory=RaySpec)
+    """The Ray cluster (image, version, head pod)."""
+    worker_pools: WorkerPools = Field(default_factory=WorkerPools)
+    """CPU and optional GPU worker pools."""
+    nlu: NluSpec
+    """The intent classifier."""
+    llm: LlmSpec | None = None
+    """Optional language model for answers; templates are used without one."""
+    orchestrator: OrchestratorSpec = Field(default_factory=OrchestratorSpec)
+    """The agentic workflow deployment."""
+    knowledge_base: KnowledgeBaseSpec | None = None
+    """Optional documents to ground answers in."""
+    tools: list[ToolGrant] = Field(
+        default_factory=list, max_length=50, json_schema_extra=list_map("adapter")
+    )
+    """ToolAdapters the agent may use, and which of their operations (one entry per adapter)."""
+    policy: PolicySpec = Field(default_factory=PolicySpec)
+    """Handoff, approval and safety policy."""
+    sessions: SessionSpec = Field(default_factory=SessionSpec)
+    """Conversation state store."""
+    ingress: IngressSpec | None = None
+    """Istio routing; without it no VirtualService is created."""
+
+
+class TrafficEntry(ApiModel):
+    """Share of the agent's traffic that one model revision receives."""
+
+    revision: str
+    """Model revision (short hash of the model specs)."""
+    percent: int
+    """Percent of untargeted traffic sent to this revision."""
+    tag: str
+    """`stable` or `candidate`."""
+
+
+class SupportAgentStatus(BaseStatus):
+    """Observed state of a SupportAgent."""
+
+    revision: str | None = None
+    """Stable model revision being served."""
+    endpoint: str | None = None
+    """In-cluster URL of the agent's Serve endpoint."""
+    traffic: list[TrafficEntry] = Field(default_factory=list)
+    """Traffic per model revision."""
+    ready_tools: str | None = None
+    """Ready ToolAdapters out of those granted, e.g. `2/2`."""
+
+
+class SupportAgent(ApiModel):
+    """A customer-support agent: NLU, optional LLM, knowledge base and tools, served on Ray."""
+
+    kind: ClassVar[str] = "SupportAgent"
+    plural: ClassVar[str] = "supportagents"
+    short_names: ClassVar[tuple[str, ...]] = ("sagent",)
+
+    spec: SupportAgentSpec
+    status: SupportAgentStatus | None = None
+

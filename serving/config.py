@@ -1,0 +1,186 @@
+"""The contract between the planes: what the operator puts in `serveConfigV2` args and in a tool
+gateway's environment, and what the data plane's builders accept.
+
+Pydantic only: the operator imports this module, and its image carries no ray or torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Serve import paths the operator renders into the RayService.
+AGENT_APP_IMPORT_PATH = "switchboard.serving.app:build_app"
+ROUTER_APP_IMPORT_PATH = "switchboard.serving.router:build_app"
+
+# Deployment names inside the agent application; the operator sets their autoscaling and
+# actor resources by these names, so they are part of the contract.
+INGRESS_DEPLOYMENT = "Ingress"
+ORCHESTRATOR_DEPLOYMENT = "Orchestrator"
+NLU_DEPLOYMENT = "NLU"
+LLM_DEPLOYMENT = "LLM"
+RETRIEVER_DEPLOYMENT = "Retriever"
+ROUTER_DEPLOYMENT = "Router"
+
+# The header by which Istio (or the router itself) pins a request to one model revision.
+REVISION_HEADER = "x-switchboard-revision"
+SERVE_HTTP_PORT = 8000
+
+# Environment of a tool-gateway container: where its config and the adapter's credentials are.
+GATEWAY_CONFIG_ENV = "SWITCHBOARD_GATEWAY_CONFIG"
+GATEWAY_CREDENTIALS_DIR = "/var/run/secrets/switchboard/credentials"
+GATEWAY_HTTP_PORT = 8080
+
+
+class Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- agent application -----------------------------------------------------------------
+
+
+class NluConfig(Contract):
+    model_path: str
+    """Local path of the NLU artifact directory inside the Ray pods."""
+    quantization: Literal["int8", "none"] = "int8"
+    revision: str
+    """Short hash of the NLU model spec, reported with every prediction."""
+
+
+class LlmConfig(Contract):
+    backend: Literal["transformers", "vllm", "openai"]
+    model_path: str | None = None
+    """Local model directory (transformers, vllm)."""
+    endpoint: str | None = None
+    """Base URL of an OpenAI-compatible endpoint (openai)."""
+    model_name: str | None = None
+    """Model name sent to the external endpoint (openai)."""
+    api_key_env: str | None = None
+    """Environment variable holding the endpoint's API key (openai)."""
+    quantization: Literal["int8", "bf16", "none"] = "none"
+    device: Literal["cpu", "cuda"] = "cpu"
+    max_tokens: int = Field(default=256, ge=1)
+    revision: str
+
+
+class KnowledgeBaseConfig(Contract):
+    path: str
+    """Directory of knowledge-base documents inside the Ray pods."""
+
+
+class ToolOperationConfig(Contract):
+    name: str
+    mutating: bool = False
+    long_running: bool = False
+
+
+class ToolConfig(Contract):
+    adapter: str
+    system: str
+    """What the adapter connects to: crm, ticketing, orders, knowledgeBase or other."""
+    url: str
+    """Base URL of the adapter's tool gateway; operations are at `{url}/v1/ops/{name}`."""
+    operations: list[ToolOperationConfig]
+
+
+class PolicyConfig(Contract):
+    handoff_confidence_threshold: float = Field(default=0.5, ge=0, le=1)
+    approval_required: list[str] = Field(default_factory=list)
+    """Operations (`adapter.operation`) that go to a human with the proposed action."""
+    pii_redaction: bool = True
+    max_tool_calls_per_turn: int = Field(default=3, ge=0)
+    handoff_adapter: str | None = None
+    """ToolAdapter (a ticketing system) that receives human handoffs."""
+
+
+class SessionConfig(Contract):
+    store: Literal["memory", "redis"] = "memory"
+    redis_url_env: str | None = None
+    """Environment variable holding the Redis URL (redis store)."""
+    ttl_seconds: int = Field(default=86400, ge=60)
+
+
+class AgentAppConfig(Contract):
+    """`args` of one revision's Serve application (`build_app`)."""
+
+    agent: str
+    namespace: str
+    revision: str
+    nlu: NluConfig
+    llm: LlmConfig | None = None
+    knowledge_base: KnowledgeBaseConfig | None = None
+    tools: list[ToolConfig] = Field(default_factory=list)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    sessions: SessionConfig = Field(default_factory=SessionConfig)
+
+
+class RevisionRoute(Contract):
+    revision: str
+    app_name: str
+    """Serve application serving this revision (reached through its ingress handle)."""
+    weight: int = Field(ge=0, le=100)
+
+
+class RouterConfig(Contract):
+    """`args` of the agent's router application: the HTTP entry at `/` that sends each request
+    to a revision — the one named in the revision header if present, else by weight."""
+
+    agent: str
+    header: str = REVISION_HEADER
+    revisions: list[RevisionRoute] = Field(min_length=1)
+
+
+# --- tool gateway ------------------------------------------------------------------------
+
+
+class GatewayOperation(Contract):
+    name: str
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+    path: str
+    """Path template under the base URL, with `{param}` placeholders filled from the input."""
+    input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    mutating: bool = False
+    long_running: bool = False
+
+
+class GatewayAuth(Contract):
+    type: Literal["none", "bearer", "basic", "header"] = "none"
+    header_name: str | None = None
+    """Header carrying the credential (`header` auth)."""
+    credentials_dir: str = GATEWAY_CREDENTIALS_DIR
+    """Where the Secret's keys are mounted: `token`, or `username`/`password`, or `value`."""
+
+
+class RetryPolicy(Contract):
+    attempts: int = Field(default=3, ge=1)
+    initial_backoff_ms: int = Field(default=100, ge=0)
+    max_backoff_ms: int = Field(default=2000, ge=0)
+    multiplier: float = Field(default=2.0, ge=1)
+
+
+class CircuitBreakerPolicy(Contract):
+    failure_threshold: int = Field(default=5, ge=1)
+    open_seconds: float = Field(default=30, gt=0)
+    half_open_max_calls: int = Field(default=1, ge=1)
+
+
+class RateLimitPolicy(Contract):
+    requests_per_second: float = Field(default=50, gt=0)
+    burst: int = Field(default=100, ge=1)
+
+
+class ToolGatewayConfig(Contract):
+    """What a tool-gateway container reads from `SWITCHBOARD_GATEWAY_CONFIG` (JSON)."""
+
+    adapter: str
+    namespace: str
+    system: str
+    base_url: str
+    operations: list[GatewayOperation]
+    auth: GatewayAuth = Field(default_factory=GatewayAuth)
+    timeout_seconds: float = Field(default=5, gt=0)
+    retries: RetryPolicy = Field(default_factory=RetryPolicy)
+    circuit_breaker: CircuitBreakerPolicy = Field(default_factory=CircuitBreakerPolicy)
+    rate_limit: RateLimitPolicy = Field(default_factory=RateLimitPolicy)
+    idempotency_header: str = "Idempotency-Key"

@@ -1,0 +1,356 @@
+"""Session fixtures for the ``envtest`` tests: a real kube-apiserver 1.20 + etcd on loopback.
+
+What the fixtures need, and how to get it:
+
+* The binaries: ``make envtest`` runs ``tests/envtest/build.sh``, which compiles kube-apiserver
+  v1.20.2 from Debian bookworm's ``kubernetes`` source package and takes etcd 3.4.23 from Debian
+  (about 10 minutes once, then cached in ``~/.cache/switchboard/envtest-1.20``). Point
+  ``SWITCHBOARD_ENVTEST_BIN`` at another folder holding ``kube-apiserver`` and ``etcd`` to use
+  that instead. Missing binaries, or a server that does not start, fail the tests: never skipped.
+* Upstream Istio CRDs: ``installed_crds`` reads them from the project's shared data folder
+  ``../shared`` (it sits beside the checkout, locally and in CI), at
+  ``schemas/crds/networking.istio.io/{virtualservices,destinationrules}.yaml``. Those two files
+  are unmodified documents of ``manifests/charts/base/files/crd-all.gen.yaml`` in istio/istio at
+  tag 1.30.3 (commit 56df41f63e513f834c9a3af33d8aed82d1d961f2): the
+  ``virtualservices.networking.istio.io`` and ``destinationrules.networking.istio.io``
+  documents, split on the ``---`` lines (see ``schemas/crds/SOURCES.md`` there). Without
+  ``../shared``, save those two documents in that layout under any folder and set
+  ``SWITCHBOARD_SHARED_DIR`` to it.
+* KubeRay's RayService CRD does not install into a 1.20 server, so ``installed_crds`` uses the
+  permissive stand-in ``tests/envtest/rayservice-standin-crd.yaml`` (same group/version/kind).
+
+The server knows two bearer tokens: ``admin-token`` (``system:masters``) and ``operator-token``,
+the operator's service account ``system:serviceaccount:switchboard-system:switchboard-operator``
+with the usual service-account groups, so a test can bind the chart's RBAC to it and act as the
+operator (``envtest.kubeconfig_for(envtest.operator_token)``).
+
+Tests that use these fixtures are marked ``envtest`` automatically (``-m "not envtest"`` skips
+them deliberately).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import random
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ENVTEST_SCRIPTS = REPO_ROOT / "tests" / "envtest"
+RAYSERVICE_STANDIN_CRD = ENVTEST_SCRIPTS / "rayservice-standin-crd.yaml"
+DEFAULT_ENVTEST_BIN = Path.home() / ".cache" / "switchboard" / "envtest-1.20"
+ISTIO_CRD_FILES = ("virtualservices.yaml", "destinationrules.yaml")
+
+ADMIN_TOKEN = "admin-token"
+OPERATOR_TOKEN = "operator-token"
+OPERATOR_NAMESPACE = "switchboard-system"
+OPERATOR_SERVICE_ACCOUNT = "switchboard-operator"
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
+OPERATOR_GROUPS = (
+    "system:serviceaccounts",
+    f"system:serviceaccounts:{OPERATOR_NAMESPACE}",
+    "system:authenticated",
+)
+
+ENVTEST_FIXTURES = frozenset({"envtest", "kube_admin", "installed_crds"})
+START_TIMEOUT_S = 120.0
+ESTABLISH_TIMEOUT_S = 60.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs the API server ``envtest``, whether or not it says so."""
+    for item in items:
+        if ENVTEST_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.envtest)
+
+
+# --------------------------------------------------------------------------------------------
+# The server
+
+
+@dataclass(frozen=True)
+class EnvTest:
+    """A running etcd + kube-apiserver pair, started for this test session."""
+
+    run_dir: Path
+    server: str
+    kubeconfig: Path
+    admin_token: str
+    operator_token: str
+    bin_dir: Path
+
+    def kubeconfig_for(self, token: str, name: str | None = None) -> Path:
+        """Write a kubeconfig that talks to this server with ``token``; return its path."""
+        user = name or "token-" + hashlib.sha256(token.encode()).hexdigest()[:12]
+        doc = yaml.safe_load(self.kubeconfig.read_text())
+        doc["users"] = [{"name": user, "user": {"token": token}}]
+        for context in doc["contexts"]:
+            context["context"]["user"] = user
+        path = self.run_dir / f"kubeconfig-{user}"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the API server's and etcd's logs, for failure messages."""
+        return _log_tail(self.run_dir, lines)
+
+
+def _log_tail(run_dir: Path, lines: int = 30) -> str:
+    parts = []
+    for name in ("apiserver.log", "etcd.log"):
+        log = run_dir / name
+        if log.exists():
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {log} (last {len(tail)} lines)\n" + "\n".join(tail))
+    return "\n".join(parts) or f"(no logs in {run_dir})"
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _pick_ports() -> tuple[int, int]:
+    """Free ``(api_port, etcd_port)`` with ``etcd_port + 1`` free too (etcd's peer port).
+
+    Drawn below Linux's ephemeral range (32768+) so outgoing connections do not take them
+    between this check and the servers binding them.
+    """
+    rng = random.SystemRandom()
+    for _ in range(200):
+        api, etcd = rng.randrange(20000, 32000), rng.randrange(20000, 32000)
+        wanted = {api, etcd, etcd + 1}
+        if len(wanted) == 3 and all(_port_is_free(p) for p in wanted):
+            return api, etcd
+    pytest.fail("no free loopback ports for etcd + kube-apiserver")
+
+
+def _bash(script: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(ENVTEST_SCRIPTS / script)],
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def envtest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnvTest]:
+    """Start etcd + kube-apiserver for the session (``tests/envtest/start.sh``); stop them after."""
+    bin_dir = Path(os.environ.get("SWITCHBOARD_ENVTEST_BIN", DEFAULT_ENVTEST_BIN)).expanduser()
+    missing = [b for b in ("kube-apiserver", "etcd") if not os.access(bin_dir / b, os.X_OK)]
+    if missing:
+        pytest.fail(
+            f"envtest binaries missing in {bin_dir}: {', '.join(missing)}. Build them with "
+            "`make envtest` (or set SWITCHBOARD_ENVTEST_BIN to a folder that has them)."
+        )
+
+    run_dir = tmp_path_factory.mktemp("envtest")
+    groups = ",".join(OPERATOR_GROUPS)
+    (run_dir / "tokens.csv").write_text(
+        f'{ADMIN_TOKEN},admin,admin,"system:masters"\n'
+        f'{OPERATOR_TOKEN},{OPERATOR_USER},uid-op,"{groups}"\n'
+    )
+    api_port, etcd_port = _pick_ports()
+    env = {
+        "BIN": str(bin_dir),
+        "RUN": str(run_dir),
+        "API_PORT": str(api_port),
+        "ETCD_PORT": str(etcd_port),
+    }
+    try:
+        try:
+            started = _bash("start.sh", env, timeout=START_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"envtest start.sh timed out after {START_TIMEOUT_S:.0f}s\n"
+                        + _log_tail(run_dir))
+        if started.returncode != 0:
+            pytest.fail(
+                f"envtest start.sh failed (exit {started.returncode}):\n{started.stderr.strip()}\n"
+                + _log_tail(run_dir)
+            )
+        yield EnvTest(
+            run_dir=run_dir,
+            server=f"https://127.0.0.1:{api_port}",
+            kubeconfig=Path(started.stdout.strip().splitlines()[-1]),
+            admin_token=ADMIN_TOKEN,
+            operator_token=OPERATOR_TOKEN,
+            bin_dir=bin_dir,
+        )
+    finally:
+        _bash("stop.sh", {"RUN": str(run_dir)}, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def kube_admin(envtest: EnvTest) -> Iterator[client.ApiClient]:
+    """A ``kubernetes`` ApiClient for the session's server, as ``system:masters``."""
+    api = config.new_client_from_config(config_file=str(envtest.kubeconfig))
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+# --------------------------------------------------------------------------------------------
+# CRDs
+
+# Keys whose values are maps of field names (not schema keywords) or plain data.
+_NAME_MAPS = frozenset({"properties", "patternProperties", "definitions"})
+_DATA_KEYS = frozenset({"default", "example", "enum"})
+
+
+def _strip_schema(node: Any, *, names: bool = False) -> Any:
+    """Drop ``x-kubernetes-validations`` and ``default: ""`` from an OpenAPI v3 schema."""
+    if isinstance(node, list):
+        return [_strip_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if names:
+            out[key] = _strip_schema(value)
+        elif key == "x-kubernetes-validations" or (key == "default" and value == ""):
+            continue
+        elif key in _DATA_KEYS:
+            out[key] = value
+        else:
+            out[key] = _strip_schema(value, names=key in _NAME_MAPS)
+    return out
+
+
+def envtest_crd(crd: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``crd`` that the 1.20 test server accepts.
+
+    It ignores CEL (``x-kubernetes-validations``) anyway, and rejects empty-string defaults.
+    """
+    crd = copy.deepcopy(crd)
+    crd.get("metadata", {}).pop("resourceVersion", None)
+    crd.pop("status", None)
+    for version in crd.get("spec", {}).get("versions", []):
+        schema = version.get("schema", {})
+        if "openAPIV3Schema" in schema:
+            schema["openAPIV3Schema"] = _strip_schema(schema["openAPIV3Schema"])
+    return crd
+
+
+def _crd_files() -> list[Path]:
+    shared = Path(os.environ.get("SWITCHBOARD_SHARED_DIR", REPO_ROOT.parent / "shared"))
+    istio_dir = shared / "schemas" / "crds" / "networking.istio.io"
+    istio = [istio_dir / name for name in ISTIO_CRD_FILES]
+    missing = [str(p) for p in istio if not p.is_file()]
+    if missing:
+        pytest.fail(
+            f"upstream Istio CRDs missing: {', '.join(missing)}. They come from the project's "
+            "shared folder ../shared (or SWITCHBOARD_SHARED_DIR); see tests/conftest.py."
+        )
+    own = sorted((REPO_ROOT / "crds").glob("*.yaml"))
+    return [*own, *istio, RAYSERVICE_STANDIN_CRD]
+
+
+def _load_crds(paths: list[Path]) -> dict[str, dict[str, Any]]:
+    crds: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+                crds[doc["metadata"]["name"]] = envtest_crd(doc)
+    return crds
+
+
+def _read_crd(ext: client.ApiextensionsV1Api, name: str) -> dict[str, Any]:
+    # Raw JSON throughout: the client's models are not needed and slow on large schemas.
+    resp = ext.read_custom_resource_definition(name, _preload_content=False)
+    crd: dict[str, Any] = json.loads(resp.data)
+    return crd
+
+
+def _create_or_replace_crd(ext: client.ApiextensionsV1Api, crd: dict[str, Any]) -> None:
+    name = crd["metadata"]["name"]
+    try:
+        ext.create_custom_resource_definition(body=crd, _preload_content=False)
+    except ApiException as exc:
+        if exc.status != 409:
+            pytest.fail(f"creating CRD {name} failed ({exc.status}): {exc.body}")
+        current = _read_crd(ext, name)
+        body = copy.deepcopy(crd)
+        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        try:
+            ext.replace_custom_resource_definition(name, body=body, _preload_content=False)
+        except ApiException as exc2:
+            pytest.fail(f"replacing CRD {name} failed ({exc2.status}): {exc2.body}")
+
+
+def _condition(crd: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for cond in crd.get("status", {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            found: dict[str, Any] = cond
+            return found
+    return None
+
+
+def _wait_established(api: client.ApiClient, crds: dict[str, dict[str, Any]]) -> None:
+    """Wait until every CRD is Established and each served version answers a list."""
+    ext = client.ApiextensionsV1Api(api)
+    objects = client.CustomObjectsApi(api)
+    deadline = time.monotonic() + ESTABLISH_TIMEOUT_S
+    pending = set(crds)
+    while pending:
+        for name in sorted(pending):
+            live = _read_crd(ext, name)
+            accepted = _condition(live, "NamesAccepted")
+            if accepted and accepted.get("status") == "False":
+                pytest.fail(f"CRD {name} names not accepted: {accepted.get('message')}")
+            established = _condition(live, "Established")
+            if not established or established.get("status") != "True":
+                continue
+            spec = crds[name]["spec"]
+            try:
+                for version in spec["versions"]:
+                    if version.get("served", True):
+                        objects.list_cluster_custom_object(
+                            spec["group"], version["name"], spec["names"]["plural"], limit=1,
+                            _preload_content=False,
+                        )
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                continue
+            pending.discard(name)
+        if pending:
+            if time.monotonic() > deadline:
+                pytest.fail(f"CRDs not established after {ESTABLISH_TIMEOUT_S:.0f}s: {pending}")
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def installed_crds(kube_admin: client.ApiClient) -> dict[str, dict[str, Any]]:
+    """Install the project's CRDs (``crds/*.yaml``), Istio's VirtualService and
+    DestinationRule, and the RayService stand-in; wait until all are served.
+
+    Returns the CRDs as installed (after :func:`envtest_crd`), by name.
+    """
+    crds = _load_crds(_crd_files())
+    ext = client.ApiextensionsV1Api(kube_admin)
+    for crd in crds.values():
+        _create_or_replace_crd(ext, crd)
+    _wait_established(kube_admin, crds)
+    return crds
