@@ -67,6 +67,8 @@ class LlmConfig(Contract):
 class KnowledgeBaseConfig(Contract):
     path: str
     """Directory of knowledge-base documents inside the Ray pods."""
+    top_k: int = Field(default=3, ge=1)
+    """Passages retrieved per question."""
 
 
 class ToolOperationConfig(Contract):
@@ -183,4 +185,6 @@ class ToolGatewayConfig(Contract):
     retries: RetryPolicy = Field(default_factory=RetryPolicy)
     circuit_breaker: CircuitBreakerPolicy = Field(default_factory=CircuitBreakerPolicy)
     rate_limit: RateLimitPolicy = Field(default_factory=RateLimitPolicy)
-    idempotency_header: str = "Idempotency-Key"
+    idempotency_header: str | None = "Idempotency-Key"
+    """Header carrying an idempotency key on mutating calls; None sends none (and then
+    mutating calls are never retried)."""

@@ -1,1 +1,97 @@
-"""Switchboard."""
+"""Pure renderers: a custom resource's spec (plus observed facts) → the child objects as dicts.
+
+Nothing here does I/O or imports a Kubernetes client; the reconcilers apply what these return,
+and `switchboard render` prints it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..api.base import API_VERSION
+from ..api.supportagent import SupportAgentSpec
+from ..api.tooladapter import ToolAdapterSpec
+from ..api.validation import SpecError, validate_spec
+from .gateway import render_gateway
+from .names import Parent
+from .rayservice import render_rayservice
+from .serve_config import UnresolvedReference, agent_revision
+from .virtualservice import render_virtualservice
+
+__all__ = [
+    "Parent",
+    "RenderError",
+    "UnresolvedReference",
+    "render_adapter",
+    "render_agent",
+    "render_manifests",
+]
+
+
+def render_agent(
+    parent: Parent, spec: SupportAgentSpec, adapters: Mapping[str, ToolAdapterSpec]
+) -> list[dict[str, Any]]:
+    """RayService, then the VirtualService when the agent has ingress hosts."""
+    children = [render_rayservice(parent, spec, adapters)]
+    if spec.ingress:
+        children.append(render_virtualservice(parent, spec.ingress, agent_revision(spec)))
+    return children
+
+
+def render_adapter(
+    parent: Parent, spec: ToolAdapterSpec, hpa_api_version: str = "autoscaling/v2"
+) -> list[dict[str, Any]]:
+    """Deployment, Service and HorizontalPodAutoscaler of the adapter's gateway."""
+    return render_gateway(parent, spec, hpa_api_version)
+
+
+@dataclass(frozen=True)
+class RenderError(Exception):
+    """A manifest that cannot be rendered, named by kind, namespace and name."""
+
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def render_manifests(
+    documents: Iterable[dict[str, Any]],
+    *,
+    default_namespace: str = "default",
+    hpa_api_version: str = "autoscaling/v2",
+) -> list[dict[str, Any]]:
+    """Everything the operator would create for these manifests, in a stable order.
+
+    Documents of other kinds (Secrets, ConfigMaps, ...) are skipped; ToolAdapters referenced by
+    agents must be among the documents.
+    """
+    adapters: dict[tuple[str, str], ToolAdapterSpec] = {}
+    agents: dict[tuple[str, str], SupportAgentSpec] = {}
+    for doc in documents:
+        if not doc or doc.get("apiVersion") != API_VERSION:
+            continue
+        meta = doc.get("metadata") or {}
+        key = (meta.get("namespace") or default_namespace, meta.get("name", ""))
+        where = f"{doc.get('kind')} {key[0]}/{key[1]}"
+        try:
+            if doc.get("kind") == "ToolAdapter":
+                adapters[key] = validate_spec(ToolAdapterSpec, doc.get("spec"))
+            elif doc.get("kind") == "SupportAgent":
+                agents[key] = validate_spec(SupportAgentSpec, doc.get("spec"))
+        except SpecError as exc:
+            raise RenderError(f"{where}: {exc}") from None
+    rendered: list[dict[str, Any]] = []
+    for (namespace, name), adapter_spec in sorted(adapters.items()):
+        parent = Parent("ToolAdapter", name, namespace)
+        rendered += render_adapter(parent, adapter_spec, hpa_api_version)
+    for (namespace, name), agent_spec in sorted(agents.items()):
+        parent = Parent("SupportAgent", name, namespace)
+        in_namespace = {n: s for (ns, n), s in adapters.items() if ns == namespace}
+        try:
+            rendered += render_agent(parent, agent_spec, in_namespace)
+        except UnresolvedReference as exc:
+            raise RenderError(f"SupportAgent {namespace}/{name}: {exc.message}") from None
+    return rendered

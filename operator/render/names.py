@@ -1,0 +1,92 @@
+"""Deterministic names, labels, revisions and owner references of child objects.
+
+Everything here is a pure function of the parent's identity and spec, so re-rendering always
+yields the same names (no duplicates on update) and `switchboard render` matches the cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..api.base import API_VERSION
+
+MANAGED_BY = "switchboard"
+AGENT_LABEL = "switchboard.dev/agent"
+ADAPTER_LABEL = "switchboard.dev/tool-adapter"
+REVISION_LABEL = "switchboard.dev/revision"
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The custom resource a child belongs to. `uid` is unknown when rendering offline."""
+
+    kind: str
+    name: str
+    namespace: str
+    uid: str | None = None
+
+
+def gateway_name(adapter: str) -> str:
+    """Deployment, Service and HPA of a ToolAdapter."""
+    return f"{adapter}-gateway"
+
+
+def serve_service_name(agent: str) -> str:
+    """The Serve Service KubeRay creates for a RayService named `agent`."""
+    return f"{agent}-serve-svc"
+
+
+def revision_app_name(agent: str, revision: str) -> str:
+    """Serve application running one model revision of an agent."""
+    return f"{agent}-{revision}"
+
+
+def revision(models: dict[str, Any]) -> str:
+    """Short, stable hash of the model specs: the identity of what a Serve application serves.
+
+    Only model identity goes in (URIs, backends, precision), never scaling, so resizing an
+    agent updates its application in place instead of starting a new revision.
+    """
+    canonical = json.dumps(models, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+
+def service_url(name: str, namespace: str, port: int) -> str:
+    return f"http://{name}.{namespace}.svc.cluster.local:{port}"
+
+
+def labels(parent: Parent, component: str) -> dict[str, str]:
+    """Recommended `app.kubernetes.io/*` labels plus the parent's own label."""
+    own_label = AGENT_LABEL if parent.kind == "SupportAgent" else ADAPTER_LABEL
+    return {
+        "app.kubernetes.io/name": "tool-gateway" if parent.kind == "ToolAdapter" else "agent",
+        "app.kubernetes.io/instance": parent.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "switchboard",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        own_label: parent.name,
+    }
+
+
+def metadata(parent: Parent, name: str, component: str) -> dict[str, Any]:
+    """Child metadata: name, namespace, labels and (when the uid is known) the owner."""
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": parent.namespace,
+        "labels": labels(parent, component),
+    }
+    if parent.uid:
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": API_VERSION,
+                "kind": parent.kind,
+                "name": parent.name,
+                "uid": parent.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    return meta

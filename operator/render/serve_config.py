@@ -1,0 +1,279 @@
+"""SupportAgent spec → the Serve side of the contract: `AgentAppConfig` and `serveConfigV2`.
+
+Each model revision runs as its own Serve application (`<agent>-<revision>`, no HTTP route),
+and a small router application at `/` sends each request to a revision: the one named in the
+revision header (which Istio sets per destination), else by weight. A canary is thus one more
+application in the same Ray cluster, not a second cluster.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from switchboard.serving import config as contract
+
+from ..api.base import ReplicaAutoscaling
+from ..api.supportagent import LlmSpec, NluSpec, SupportAgentSpec
+from ..api.tooladapter import ToolAdapterSpec
+from .names import Parent, gateway_name, revision, revision_app_name, service_url
+
+MODELS_ROOT = "/mnt/models"
+KNOWLEDGE_BASE_DIR = "/var/lib/switchboard/knowledge-base"
+REDIS_URL_ENV = "SWITCHBOARD_REDIS_URL"
+LLM_API_KEY_ENV = "SWITCHBOARD_LLM_API_KEY"
+
+# CPU share of one replica of each deployment. The head runs no replicas (num-cpus 0), so
+# these decide how many replicas fit a worker and when Ray's autoscaler adds one.
+ACTOR_CPUS = {
+    contract.ROUTER_DEPLOYMENT: 0.1,
+    contract.INGRESS_DEPLOYMENT: 0.25,
+    contract.ORCHESTRATOR_DEPLOYMENT: 0.5,
+    contract.RETRIEVER_DEPLOYMENT: 0.5,
+    contract.NLU_DEPLOYMENT: 1.0,
+    contract.LLM_DEPLOYMENT: 1.0,
+}
+
+
+class UnresolvedReference(ValueError):
+    """The spec names something that does not exist (a ToolAdapter, an operation)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PodRuntime:
+    """What every Ray container needs for the agent's config to resolve: volumes and env."""
+
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    volume_mounts: list[dict[str, Any]] = field(default_factory=list)
+    env: list[dict[str, Any]] = field(default_factory=list)
+
+
+def model_path(uri: str) -> str:
+    """Where a model URI is found inside the Ray pods."""
+    if uri.startswith("file://"):
+        return uri.removeprefix("file://")
+    claim, _, rest = uri.removeprefix("pvc://").partition("/")
+    return f"{MODELS_ROOT}/{claim}/{rest}".rstrip("/")
+
+
+def _model_claims(spec: SupportAgentSpec) -> list[str]:
+    uris = [spec.nlu.model_uri] + ([spec.llm.model_uri] if spec.llm and spec.llm.model_uri else [])
+    return sorted({u.removeprefix("pvc://").split("/", 1)[0] for u in uris if u.startswith("pvc://")})
+
+
+def pod_runtime(spec: SupportAgentSpec) -> PodRuntime:
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    env: list[dict[str, Any]] = []
+    for claim in _model_claims(spec):
+        volumes.append(
+            {"name": f"models-{claim}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        mounts.append({"name": f"models-{claim}", "mountPath": f"{MODELS_ROOT}/{claim}", "readOnly": True})
+    kb = spec.knowledge_base
+    if kb and kb.config_map:
+        volumes.append({"name": "knowledge-base", "configMap": {"name": kb.config_map.name}})
+        mounts.append({"name": "knowledge-base", "mountPath": KNOWLEDGE_BASE_DIR, "readOnly": True})
+    elif kb and kb.volume:
+        volumes.append(
+            {
+                "name": "knowledge-base",
+                "persistentVolumeClaim": {"claimName": kb.volume.claim_name, "readOnly": True},
+            }
+        )
+        mounts.append({"name": "knowledge-base", "mountPath": KNOWLEDGE_BASE_DIR, "readOnly": True})
+    if spec.sessions.redis:
+        ref = spec.sessions.redis.url_secret_ref
+        env.append(_secret_env(REDIS_URL_ENV, ref.name, ref.key))
+    if spec.llm and spec.llm.api_key_secret_ref:
+        ref = spec.llm.api_key_secret_ref
+        env.append(_secret_env(LLM_API_KEY_ENV, ref.name, ref.key))
+    return PodRuntime(volumes, mounts, env)
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def model_identity(nlu: NluSpec, llm: LlmSpec | None) -> dict[str, Any]:
+    """The fields that make a model revision (see `names.revision`)."""
+    identity: dict[str, Any] = {"nlu": {"modelUri": nlu.model_uri, "quantization": nlu.quantization}}
+    if llm:
+        identity["llm"] = llm.model_dump(
+            by_alias=True, exclude_none=True, include={"backend", "model_uri", "endpoint", "model_name", "quantization"}
+        )
+    return identity
+
+
+def agent_revision(spec: SupportAgentSpec) -> str:
+    return revision(model_identity(spec.nlu, spec.llm))
+
+
+def tool_configs(
+    parent: Parent, spec: SupportAgentSpec, adapters: Mapping[str, ToolAdapterSpec]
+) -> list[contract.ToolConfig]:
+    """Resolve the agent's tool grants against the ToolAdapters that exist."""
+    tools = []
+    for grant in spec.tools:
+        adapter = adapters.get(grant.adapter)
+        if adapter is None:
+            raise UnresolvedReference(
+                "ToolAdapterNotFound",
+                f"ToolAdapter {parent.namespace}/{grant.adapter} does not exist",
+            )
+        declared = {op.name: op for op in adapter.operations}
+        unknown = [op for op in grant.operations if op not in declared]
+        if unknown:
+            raise UnresolvedReference(
+                "UnknownOperation",
+                f"ToolAdapter {parent.namespace}/{grant.adapter} declares no operation "
+                f"{', '.join(sorted(unknown))} (it has {', '.join(sorted(declared))})",
+            )
+        tools.append(
+            contract.ToolConfig(
+                adapter=grant.adapter,
+                system=adapter.system,
+                url=service_url(gateway_name(grant.adapter), parent.namespace, contract.GATEWAY_HTTP_PORT),
+                operations=[
+                    contract.ToolOperationConfig(
+                        name=op, mutating=declared[op].mutating, long_running=declared[op].long_running
+                    )
+                    for op in grant.operations
+                ],
+            )
+        )
+    return tools
+
+
+def agent_app_config(
+    parent: Parent, spec: SupportAgentSpec, adapters: Mapping[str, ToolAdapterSpec]
+) -> contract.AgentAppConfig:
+    rev = agent_revision(spec)
+    llm = None
+    if spec.llm:
+        llm = contract.LlmConfig(
+            backend=spec.llm.backend,
+            model_path=model_path(spec.llm.model_uri) if spec.llm.model_uri else None,
+            endpoint=spec.llm.endpoint,
+            model_name=spec.llm.model_name,
+            api_key_env=LLM_API_KEY_ENV if spec.llm.api_key_secret_ref else None,
+            quantization=spec.llm.quantization,
+            device="cuda" if spec.llm.gpus_per_replica > 0 else "cpu",
+            max_tokens=spec.llm.max_tokens,
+            revision=revision(model_identity(spec.nlu, spec.llm)["llm"]),
+        )
+    kb = spec.knowledge_base
+    kb_path = None
+    if kb and kb.config_map:
+        kb_path = KNOWLEDGE_BASE_DIR
+    elif kb and kb.volume:
+        kb_path = f"{KNOWLEDGE_BASE_DIR}/{kb.volume.path.strip('/')}".rstrip("/")
+    policy = spec.policy
+    return contract.AgentAppConfig(
+        agent=parent.name,
+        namespace=parent.namespace,
+        revision=rev,
+        nlu=contract.NluConfig(
+            model_path=model_path(spec.nlu.model_uri),
+            quantization=spec.nlu.quantization,
+            revision=revision(model_identity(spec.nlu, None)["nlu"]),
+        ),
+        llm=llm,
+        knowledge_base=(
+            contract.KnowledgeBaseConfig(path=kb_path, top_k=kb.top_k) if kb and kb_path else None
+        ),
+        tools=tool_configs(parent, spec, adapters),
+        policy=contract.PolicyConfig(
+            handoff_confidence_threshold=policy.handoff_confidence_threshold,
+            approval_required=list(policy.approval_required),
+            pii_redaction=policy.pii_redaction,
+            max_tool_calls_per_turn=policy.max_tool_calls_per_turn,
+            handoff_adapter=policy.handoff_adapter,
+        ),
+        sessions=contract.SessionConfig(
+            store=spec.sessions.store,
+            redis_url_env=REDIS_URL_ENV if spec.sessions.redis else None,
+            ttl_seconds=spec.sessions.ttl_seconds,
+        ),
+    )
+
+
+def _deployment(name: str, scaling: ReplicaAutoscaling, gpus: int = 0) -> dict[str, Any]:
+    actor: dict[str, Any] = {"num_cpus": ACTOR_CPUS[name]}
+    if gpus:
+        actor["num_gpus"] = gpus
+    return {
+        "name": name,
+        # Headroom above the autoscaling target, so batches can form before replicas are added.
+        "max_ongoing_requests": max(8, math.ceil(2 * scaling.target_ongoing_requests)),
+        "autoscaling_config": {
+            "min_replicas": scaling.min_replicas,
+            "max_replicas": scaling.max_replicas,
+            "target_ongoing_requests": scaling.target_ongoing_requests,
+        },
+        "ray_actor_options": actor,
+    }
+
+
+def agent_application(spec: SupportAgentSpec, app: contract.AgentAppConfig) -> dict[str, Any]:
+    """One revision's Serve application; deployments appear only when the app builds them."""
+    deployments = [
+        _deployment(contract.INGRESS_DEPLOYMENT, spec.orchestrator.autoscaling),
+        _deployment(contract.ORCHESTRATOR_DEPLOYMENT, spec.orchestrator.autoscaling),
+        _deployment(contract.NLU_DEPLOYMENT, spec.nlu.autoscaling),
+    ]
+    if app.knowledge_base:
+        deployments.append(_deployment(contract.RETRIEVER_DEPLOYMENT, spec.nlu.autoscaling))
+    if spec.llm and spec.llm.backend != "openai":
+        deployments.append(
+            _deployment(contract.LLM_DEPLOYMENT, spec.llm.autoscaling, spec.llm.gpus_per_replica)
+        )
+    return {
+        "name": revision_app_name(app.agent, app.revision),
+        "route_prefix": None,  # reached only through the router's handle
+        "import_path": contract.AGENT_APP_IMPORT_PATH,
+        # One thread per replica: on small CPU shares, intra-op parallelism only adds contention.
+        "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1"}},
+        "args": app.model_dump(mode="json", exclude_none=True),
+        "deployments": deployments,
+    }
+
+
+def router_application(
+    agent: str, routes: Sequence[contract.RevisionRoute], scaling: ReplicaAutoscaling
+) -> dict[str, Any]:
+    router = contract.RouterConfig(agent=agent, revisions=list(routes))
+    return {
+        "name": agent,
+        "route_prefix": "/",
+        "import_path": contract.ROUTER_APP_IMPORT_PATH,
+        "args": router.model_dump(mode="json"),
+        "deployments": [_deployment(contract.ROUTER_DEPLOYMENT, scaling)],
+    }
+
+
+def serve_config(
+    parent: Parent, spec: SupportAgentSpec, adapters: Mapping[str, ToolAdapterSpec]
+) -> dict[str, Any]:
+    """The `serveConfigV2` document (as a dict) for the agent's stable revision."""
+    app = agent_app_config(parent, spec, adapters)
+    routes = [
+        contract.RevisionRoute(
+            revision=app.revision, app_name=revision_app_name(parent.name, app.revision), weight=100
+        )
+    ]
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "0.0.0.0", "port": contract.SERVE_HTTP_PORT},
+        "applications": [
+            router_application(parent.name, routes, spec.orchestrator.autoscaling),
+            agent_application(spec, app),
+        ],
+    }
