@@ -60,8 +60,7 @@ def cmd_crds(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    import yaml
-
+    from . import yamlio
     from .render import RenderError, render_manifests
 
     try:
@@ -73,7 +72,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     except RenderError as exc:
         print(f"switchboard: {exc}", file=sys.stderr)
         return 1
-    sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False, width=100))
+    sys.stdout.write(yamlio.dump_all(objects))
     return 0
 
 

@@ -317,4 +317,3 @@ class SupportAgent(ApiModel):
 
     spec: SupportAgentSpec
     status: SupportAgentStatus | None = None
-

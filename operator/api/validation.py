@@ -7,6 +7,7 @@ the operator runs the very same rules: one definition, two enforcers, no drift b
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -33,7 +34,7 @@ class SpecError(Exception):
 
 
 def _is_sorted(values: celtypes.ListType) -> celtypes.BoolType:
-    return celtypes.BoolType(all(a <= b for a, b in zip(values, values[1:], strict=False)))
+    return celtypes.BoolType(all(a <= b for a, b in itertools.pairwise(values)))
 
 
 # Functions of the Kubernetes CEL libraries that the rules use beyond standard CEL.
@@ -54,19 +55,25 @@ def _to_cel(value: Any, schema: dict[str, Any]) -> Any:
         props = schema["properties"]
         return celtypes.MapType(
             {
-                celtypes.StringType(k): _to_cel(v, props.get(k, {"x-kubernetes-preserve-unknown-fields": True}))
+                celtypes.StringType(k): _to_cel(
+                    v, props.get(k, {"x-kubernetes-preserve-unknown-fields": True})
+                )
                 for k, v in value.items()
             }
         )
     if isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
         extra = schema["additionalProperties"]
-        return celtypes.MapType({celtypes.StringType(k): _to_cel(v, extra) for k, v in value.items()})
+        return celtypes.MapType(
+            {celtypes.StringType(k): _to_cel(v, extra) for k, v in value.items()}
+        )
     if isinstance(value, list) and "items" in schema:
         return celtypes.ListType([_to_cel(v, schema["items"]) for v in value])
     return celpy.json_to_cel(value)
 
 
-def _walk(value: Any, schema: dict[str, Any], path: str) -> Iterator[tuple[str, Any, dict[str, Any]]]:
+def _walk(
+    value: Any, schema: dict[str, Any], path: str
+) -> Iterator[tuple[str, Any, dict[str, Any]]]:
     yield path, value, schema
     if isinstance(value, dict):
         for key, sub in schema.get("properties", {}).items():

@@ -185,7 +185,9 @@ def render_hpa(parent: Parent, spec: ToolAdapterSpec, api_version: str) -> dict[
                 }
             ],
             "behavior": {
-                "scaleUp": {"stabilizationWindowSeconds": gw.behavior.scale_up_stabilization_seconds},
+                "scaleUp": {
+                    "stabilizationWindowSeconds": gw.behavior.scale_up_stabilization_seconds
+                },
                 "scaleDown": {
                     "stabilizationWindowSeconds": gw.behavior.scale_down_stabilization_seconds,
                     "policies": [
@@ -201,6 +203,11 @@ def render_hpa(parent: Parent, spec: ToolAdapterSpec, api_version: str) -> dict[
     }
 
 
-def render_gateway(parent: Parent, spec: ToolAdapterSpec, hpa_api_version: str) -> list[dict[str, Any]]:
-    return [render_deployment(parent, spec), render_service(parent), render_hpa(parent, spec, hpa_api_version)]
-
+def render_gateway(
+    parent: Parent, spec: ToolAdapterSpec, hpa_api_version: str
+) -> list[dict[str, Any]]:
+    return [
+        render_deployment(parent, spec),
+        render_service(parent),
+        render_hpa(parent, spec, hpa_api_version),
+    ]

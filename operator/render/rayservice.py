@@ -40,7 +40,11 @@ def _resources(res: ResourceRequirements, gpus: int = 0) -> dict[str, Any]:
 
 
 def _container(
-    name: str, image: str, resources: dict[str, Any], runtime: PodRuntime, ports: list[dict[str, Any]]
+    name: str,
+    image: str,
+    resources: dict[str, Any],
+    runtime: PodRuntime,
+    ports: list[dict[str, Any]],
 ) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": name,
@@ -60,7 +64,10 @@ def _container(
 
 
 def _pod_template(
-    parent: Parent, container: dict[str, Any], runtime: PodRuntime, pool: WorkerPool | None = None,
+    parent: Parent,
+    container: dict[str, Any],
+    runtime: PodRuntime,
+    pool: WorkerPool | None = None,
     extra_tolerations: tuple[dict[str, Any], ...] = (),
 ) -> dict[str, Any]:
     pod: dict[str, Any] = {"containers": [container]}
@@ -68,7 +75,9 @@ def _pod_template(
         pod["volumes"] = runtime.volumes
     if pool and pool.node_selector:
         pod["nodeSelector"] = dict(sorted(pool.node_selector.items()))
-    tolerations = list(extra_tolerations) + [t.to_wire() for t in (pool.tolerations if pool else ())]
+    tolerations = list(extra_tolerations) + [
+        t.to_wire() for t in (pool.tolerations if pool else ())
+    ]
     if tolerations:
         pod["tolerations"] = tolerations
     return {"metadata": {"labels": metadata(parent, "", "ray")["labels"]}, "spec": pod}
@@ -77,7 +86,9 @@ def _pod_template(
 def _worker_group(
     parent: Parent, group: str, image: str, pool: WorkerPool, runtime: PodRuntime, gpus: int = 0
 ) -> dict[str, Any]:
-    container = _container("ray-worker", image, _resources(pool.resources, gpus), runtime, WORKER_PORTS)
+    container = _container(
+        "ray-worker", image, _resources(pool.resources, gpus), runtime, WORKER_PORTS
+    )
     return {
         "groupName": group,
         "replicas": pool.min_workers,
@@ -94,11 +105,15 @@ def render_rayservice(
     parent: Parent, spec: SupportAgentSpec, adapters: Mapping[str, ToolAdapterSpec]
 ) -> dict[str, Any]:
     runtime = pod_runtime(spec)
-    head = _container("ray-head", spec.ray.image, _resources(spec.ray.head.resources), runtime, HEAD_PORTS)
+    head = _container(
+        "ray-head", spec.ray.image, _resources(spec.ray.head.resources), runtime, HEAD_PORTS
+    )
     workers = [_worker_group(parent, "cpu", spec.ray.image, spec.worker_pools.cpu, runtime)]
     gpu = spec.worker_pools.gpu
     if gpu:
-        workers.append(_worker_group(parent, "gpu", spec.ray.image, gpu, runtime, gpu.gpus_per_worker))
+        workers.append(
+            _worker_group(parent, "gpu", spec.ray.image, gpu, runtime, gpu.gpus_per_worker)
+        )
     serve = serve_config(parent, spec, adapters)
     return {
         "apiVersion": "ray.io/v1",

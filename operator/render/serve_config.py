@@ -65,7 +65,9 @@ def model_path(uri: str) -> str:
 
 def _model_claims(spec: SupportAgentSpec) -> list[str]:
     uris = [spec.nlu.model_uri] + ([spec.llm.model_uri] if spec.llm and spec.llm.model_uri else [])
-    return sorted({u.removeprefix("pvc://").split("/", 1)[0] for u in uris if u.startswith("pvc://")})
+    return sorted(
+        {u.removeprefix("pvc://").split("/", 1)[0] for u in uris if u.startswith("pvc://")}
+    )
 
 
 def pod_runtime(spec: SupportAgentSpec) -> PodRuntime:
@@ -74,9 +76,14 @@ def pod_runtime(spec: SupportAgentSpec) -> PodRuntime:
     env: list[dict[str, Any]] = []
     for claim in _model_claims(spec):
         volumes.append(
-            {"name": f"models-{claim}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+            {
+                "name": f"models-{claim}",
+                "persistentVolumeClaim": {"claimName": claim, "readOnly": True},
+            }
         )
-        mounts.append({"name": f"models-{claim}", "mountPath": f"{MODELS_ROOT}/{claim}", "readOnly": True})
+        mounts.append(
+            {"name": f"models-{claim}", "mountPath": f"{MODELS_ROOT}/{claim}", "readOnly": True}
+        )
     kb = spec.knowledge_base
     if kb and kb.config_map:
         volumes.append({"name": "knowledge-base", "configMap": {"name": kb.config_map.name}})
@@ -104,10 +111,14 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
 
 def model_identity(nlu: NluSpec, llm: LlmSpec | None) -> dict[str, Any]:
     """The fields that make a model revision (see `names.revision`)."""
-    identity: dict[str, Any] = {"nlu": {"modelUri": nlu.model_uri, "quantization": nlu.quantization}}
+    identity: dict[str, Any] = {
+        "nlu": {"modelUri": nlu.model_uri, "quantization": nlu.quantization}
+    }
     if llm:
         identity["llm"] = llm.model_dump(
-            by_alias=True, exclude_none=True, include={"backend", "model_uri", "endpoint", "model_name", "quantization"}
+            by_alias=True,
+            exclude_none=True,
+            include={"backend", "model_uri", "endpoint", "model_name", "quantization"},
         )
     return identity
 
@@ -140,10 +151,14 @@ def tool_configs(
             contract.ToolConfig(
                 adapter=grant.adapter,
                 system=adapter.system,
-                url=service_url(gateway_name(grant.adapter), parent.namespace, contract.GATEWAY_HTTP_PORT),
+                url=service_url(
+                    gateway_name(grant.adapter), parent.namespace, contract.GATEWAY_HTTP_PORT
+                ),
                 operations=[
                     contract.ToolOperationConfig(
-                        name=op, mutating=declared[op].mutating, long_running=declared[op].long_running
+                        name=op,
+                        mutating=declared[op].mutating,
+                        long_running=declared[op].long_running,
                     )
                     for op in grant.operations
                 ],

@@ -29,7 +29,9 @@ def destination(parent: Parent, revision: str, weight: int) -> dict[str, Any]:
     }
 
 
-def render_virtualservice(parent: Parent, ingress: IngressSpec, stable_revision: str) -> dict[str, Any]:
+def render_virtualservice(
+    parent: Parent, ingress: IngressSpec, stable_revision: str
+) -> dict[str, Any]:
     spec: dict[str, Any] = {"hosts": list(ingress.hosts)}
     if ingress.gateways:
         # Listing gateways replaces the implicit `mesh`; keep in-mesh callers on the same routes.

@@ -1,0 +1,95 @@
+"""What the per-kind reconcilers share: the status write, events on transitions, per-object
+serialisation and the outcome counted in metrics."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..kube import Kube
+from .conditions import READY, Check, condition, merge_conditions, now_rfc3339
+
+_locks: defaultdict[tuple[str, str, str], threading.Lock] = defaultdict(threading.Lock)
+_locks_guard = threading.Lock()
+
+
+@contextmanager
+def serialized(kind: str, namespace: str, name: str) -> Iterator[None]:
+    """One reconcile at a time per object: kopf's own handlers and the ones triggered by a
+    child's event may otherwise race on the same status."""
+    with _locks_guard:
+        lock = _locks[(kind, namespace, name)]
+    with lock:
+        yield
+
+
+class EventRecorder(Protocol):
+    def __call__(self, body: dict[str, Any], *, type: str, reason: str, message: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a reconcile ended, for metrics and for the caller's retry decision."""
+
+    result: str  # "ready", "progressing", "degraded", "failed", "error"
+    ready: bool
+    status_written: bool
+
+
+def build_status(
+    body: dict[str, Any], checks: list[Check], phase: str, extra: dict[str, Any]
+) -> dict[str, Any]:
+    old = body.get("status") or {}
+    generation = int(body["metadata"].get("generation") or 0)
+    status = {
+        "observedGeneration": generation,
+        "phase": phase,
+        "conditions": merge_conditions(
+            list(old.get("conditions") or []), checks, generation, now_rfc3339()
+        ),
+    }
+    status.update({k: v for k, v in extra.items() if v is not None})
+    return status
+
+
+def write_status(
+    kube: Kube, body: dict[str, Any], status: dict[str, Any], record: EventRecorder
+) -> bool:
+    """Patch the status only when it differs, and post an Event when `Ready` changes reason.
+    Fields that disappeared are removed (merge patch with null)."""
+    old = body.get("status") or {}
+    if _comparable(old) == _comparable(status):
+        return False
+    patch: dict[str, Any] = {k: None for k in old if k not in status}
+    patch.update(status)
+    meta = body["metadata"]
+    kube.patch_status(body["apiVersion"], body["kind"], meta["namespace"], meta["name"], patch)
+    before, after = condition(old.get("conditions"), READY), condition(status["conditions"], READY)
+    if after and (
+        before is None or (before["status"], before["reason"]) != (after["status"], after["reason"])
+    ):
+        record(
+            body,
+            type="Normal" if after["status"] == "True" else "Warning",
+            reason=after["reason"],
+            message=after["message"],
+        )
+    return True
+
+
+def _comparable(status: dict[str, Any]) -> dict[str, Any]:
+    """Status without the keys only kopf owns, so its bookkeeping never forces a write."""
+    return {k: v for k, v in status.items() if k != "kopf"}
+
+
+def outcome_of(status: dict[str, Any], written: bool) -> Outcome:
+    phase = status.get("phase", "")
+    ready = phase == "Ready"
+    return Outcome(phase.lower() or "unknown", ready, written)
+
+
+Reconciler = Callable[[Kube, dict[str, Any]], Outcome]

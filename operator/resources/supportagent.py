@@ -1,0 +1,183 @@
+"""SupportAgent reconciler: validate → resolve references → render → apply → report.
+
+Level-based: every call recomputes the whole desired state from the spec and what exists now,
+so create, update, resume, the drift timer and child events all run this same function.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api.base import API_VERSION
+from ..api.supportagent import SupportAgentSpec
+from ..api.tooladapter import ToolAdapterSpec
+from ..api.validation import SpecError, validate_spec
+from ..kube import Kube
+from ..render import Parent, UnresolvedReference, render_agent
+from ..render.names import serve_service_name, service_url
+from ..render.serve_config import agent_revision
+from .common import EventRecorder, Outcome, build_status, outcome_of, serialized, write_status
+from .conditions import READY, Check, condition, failed_spec, summarize
+
+KIND = "SupportAgent"
+RAY_SERVICE = "RayServiceReady"
+ROUTES = "RoutesReady"
+TOOLS = "ToolsReady"
+# Reasons that mean "on its way", not "broken": they make the agent Progressing, not Degraded.
+PROGRESSING_REASONS = frozenset(
+    {"RayServiceDeploying", "RayServiceUpdating", "ToolAdapterNotReady"}
+)
+SERVE_PORT = 8000
+
+
+def _secret_refs(spec: SupportAgentSpec) -> list[tuple[str, str]]:
+    refs = []
+    if spec.sessions.redis:
+        refs.append(("sessions.redis.urlSecretRef", spec.sessions.redis.url_secret_ref.name))
+    if spec.llm and spec.llm.api_key_secret_ref:
+        refs.append(("llm.apiKeySecretRef", spec.llm.api_key_secret_ref.name))
+    return refs
+
+
+def missing_references(
+    kube: Kube, namespace: str, spec: SupportAgentSpec
+) -> tuple[str, str] | None:
+    """The first Secret or ConfigMap the spec names that does not exist, as (reason, message)."""
+    for field, secret in _secret_refs(spec):
+        if not kube.exists("v1", "Secret", namespace, secret):
+            return "SecretNotFound", f"Secret {namespace}/{secret} (spec.{field}) does not exist"
+    kb = spec.knowledge_base
+    if kb and kb.config_map and not kube.exists("v1", "ConfigMap", namespace, kb.config_map.name):
+        return (
+            "ConfigMapNotFound",
+            f"ConfigMap {namespace}/{kb.config_map.name} (spec.knowledgeBase.configMap) "
+            "does not exist",
+        )
+    return None
+
+
+def load_adapters(
+    kube: Kube, namespace: str, spec: SupportAgentSpec
+) -> tuple[dict[str, ToolAdapterSpec], dict[str, dict[str, Any]]]:
+    """Valid specs and live bodies of the ToolAdapters the agent is granted. Missing or invalid
+    ones are left out; rendering then names them."""
+    specs: dict[str, ToolAdapterSpec] = {}
+    bodies: dict[str, dict[str, Any]] = {}
+    for grant in spec.tools:
+        body = kube.get(API_VERSION, "ToolAdapter", namespace, grant.adapter)
+        if body is None:
+            continue
+        bodies[grant.adapter] = body
+        try:
+            specs[grant.adapter] = validate_spec(ToolAdapterSpec, body.get("spec"))
+        except SpecError:
+            continue
+    return specs, bodies
+
+
+def rayservice_check(rayservice: dict[str, Any]) -> Check:
+    """Readiness as KubeRay reports it: its `Ready` condition (or legacy `serviceStatus`), for
+    the generation we applied, with every Serve application RUNNING."""
+    name = f"RayService {rayservice['metadata']['namespace']}/{rayservice['metadata']['name']}"
+    status = rayservice.get("status") or {}
+    generation = rayservice["metadata"].get("generation")
+    observed = status.get("observedGeneration")
+    if not status or (generation and observed is not None and observed < generation):
+        return Check(
+            RAY_SERVICE,
+            "False",
+            "RayServiceDeploying",
+            f"{name}: KubeRay has not reported the current spec yet",
+        )
+    apps = (status.get("activeServiceStatus") or {}).get("applicationStatuses") or {}
+    not_running = sorted(
+        f"{app}={s.get('status')}" for app, s in apps.items() if s.get("status") != "RUNNING"
+    )
+    ready = condition(status.get("conditions"), "Ready")
+    if ready is not None:
+        is_ready = ready.get("status") == "True"
+        detail = ready.get("message") or ready.get("reason") or ""
+    else:
+        is_ready = status.get("serviceStatus") == "Running"
+        detail = f"serviceStatus {status.get('serviceStatus') or 'unset'}"
+    if is_ready and not not_running:
+        return Check(RAY_SERVICE, "True", "RayServiceRunning", f"{name} is serving")
+    if not_running:
+        detail = f"Serve applications not running: {', '.join(not_running)}"
+    failed = any(s.get("status") in ("DEPLOY_FAILED", "UNHEALTHY") for s in apps.values())
+    reason = "ServeApplicationFailed" if failed else "RayServiceDeploying"
+    return Check(RAY_SERVICE, "False", reason, f"{name}: {detail}")
+
+
+def tools_check(
+    namespace: str, spec: SupportAgentSpec, adapters: dict[str, dict[str, Any]]
+) -> tuple[Check, str]:
+    not_ready = []
+    for grant in spec.tools:
+        ready = condition((adapters[grant.adapter].get("status") or {}).get("conditions"), READY)
+        if not ready or ready.get("status") != "True":
+            not_ready.append(grant.adapter)
+    summary = f"{len(spec.tools) - len(not_ready)}/{len(spec.tools)}"
+    if not_ready:
+        names = ", ".join(f"ToolAdapter {namespace}/{n}" for n in not_ready)
+        return Check(TOOLS, "False", "ToolAdapterNotReady", f"{names} not ready"), summary
+    return Check(TOOLS, "True", "ToolAdaptersReady", f"{summary} ToolAdapters ready"), summary
+
+
+def routes_check(namespace: str, name: str, spec: SupportAgentSpec) -> Check:
+    if spec.ingress is None:
+        return Check(ROUTES, "True", "NoIngress", "No ingress hosts requested; in-cluster only")
+    return Check(
+        ROUTES,
+        "True",
+        "VirtualServiceApplied",
+        f"VirtualService {namespace}/{name} routes {', '.join(spec.ingress.hosts)}",
+    )
+
+
+def reconcile(kube: Kube, body: dict[str, Any], record: EventRecorder) -> Outcome:
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    with serialized(KIND, namespace, name):
+        status = _desired_status(kube, body)
+        written = write_status(kube, body, status, record)
+        return outcome_of(status, written)
+
+
+def _desired_status(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    try:
+        spec = validate_spec(SupportAgentSpec, body.get("spec"))
+    except SpecError as exc:
+        checks, phase = failed_spec("InvalidSpec", f"SupportAgent {namespace}/{name}: {exc}")
+        return build_status(body, checks, phase, {})
+
+    adapter_specs, adapter_bodies = load_adapters(kube, namespace, spec)
+    parent = Parent(KIND, name, namespace, meta.get("uid"))
+    missing = missing_references(kube, namespace, spec)
+    try:
+        children = render_agent(parent, spec, adapter_specs)
+    except UnresolvedReference as exc:
+        missing = missing or (exc.reason, exc.message)
+    if missing:
+        # Leave what runs untouched: a deleted Secret must not take a serving agent down.
+        checks, phase = failed_spec(*missing)
+        return build_status(body, checks, phase, {})
+
+    live = {child["kind"]: kube.apply(child) for child in children}
+    tools, ready_tools = tools_check(namespace, spec, adapter_bodies)
+    parts = [rayservice_check(live["RayService"]), routes_check(namespace, name, spec), tools]
+    ready, progressing, degraded, phase = summarize(parts, progressing_reasons=PROGRESSING_REASONS)
+    revision = agent_revision(spec)
+    return build_status(
+        body,
+        [ready, progressing, degraded, *parts],
+        phase,
+        {
+            "revision": revision,
+            "endpoint": service_url(serve_service_name(name), namespace, SERVE_PORT),
+            "traffic": [{"revision": revision, "percent": 100, "tag": "stable"}],
+            "readyTools": ready_tools,
+        },
+    )

@@ -1,0 +1,99 @@
+"""ToolAdapter reconciler: validate → check the credentials Secret → render the gateway →
+apply → report readiness from the Deployment's available replicas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from switchboard.serving.config import GATEWAY_HTTP_PORT
+
+from ..api.tooladapter import ToolAdapterSpec
+from ..api.validation import SpecError, validate_spec
+from ..kube import Kube
+from ..render import Parent, render_adapter
+from ..render.names import gateway_name, service_url
+from .common import EventRecorder, Outcome, build_status, outcome_of, serialized, write_status
+from .conditions import Check, failed_spec, summarize
+
+KIND = "ToolAdapter"
+GATEWAY = "GatewayReady"
+PROGRESSING_REASONS = frozenset({"GatewayRollingOut", "GatewayStarting"})
+
+
+def gateway_check(deployment: dict[str, Any], min_replicas: int) -> Check:
+    """Ready when the Deployment controller has seen the current template and enough replicas
+    are available; starting (none available yet) is progress, too few later is degradation."""
+    meta = deployment["metadata"]
+    name = f"Deployment {meta['namespace']}/{meta['name']}"
+    status = deployment.get("status") or {}
+    observed = status.get("observedGeneration")
+    if observed is None or observed < (meta.get("generation") or 0):
+        return Check(
+            GATEWAY,
+            "False",
+            "GatewayRollingOut",
+            f"{name}: rollout of the current spec not observed yet",
+        )
+    available = int(status.get("availableReplicas") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    if available == 0:
+        return Check(GATEWAY, "False", "GatewayStarting", f"{name}: no replica available yet")
+    if updated < available:
+        return Check(
+            GATEWAY, "False", "GatewayRollingOut", f"{name}: {updated}/{available} replicas updated"
+        )
+    if available < min_replicas:
+        return Check(
+            GATEWAY,
+            "False",
+            "GatewayUnderReplicated",
+            f"{name}: {available} of at least {min_replicas} replicas available",
+        )
+    return Check(GATEWAY, "True", "GatewayAvailable", f"{name}: {available} replicas available")
+
+
+def reconcile(kube: Kube, body: dict[str, Any], record: EventRecorder) -> Outcome:
+    meta = body["metadata"]
+    with serialized(KIND, meta["namespace"], meta["name"]):
+        status = _desired_status(kube, body)
+        written = write_status(kube, body, status, record)
+        return outcome_of(status, written)
+
+
+def _desired_status(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    try:
+        spec = validate_spec(ToolAdapterSpec, body.get("spec"))
+    except SpecError as exc:
+        checks, phase = failed_spec("InvalidSpec", f"ToolAdapter {namespace}/{name}: {exc}")
+        return build_status(body, checks, phase, {})
+    secret = spec.credentials.secret_ref
+    if secret and not kube.exists("v1", "Secret", namespace, secret):
+        checks, phase = failed_spec(
+            "SecretNotFound",
+            f"Secret {namespace}/{secret} (spec.credentials.secretRef) does not exist",
+        )
+        return build_status(body, checks, phase, {})
+
+    parent = Parent(KIND, name, namespace, meta.get("uid"))
+    live = {
+        obj["kind"]: kube.apply(obj) for obj in render_adapter(parent, spec, kube.hpa_api_version())
+    }
+    deployment = live["Deployment"]
+    gateway = gateway_check(deployment, spec.gateway.min_replicas)
+    ready, progressing, degraded, phase = summarize(
+        [gateway], progressing_reasons=PROGRESSING_REASONS
+    )
+    return build_status(
+        body,
+        [ready, progressing, degraded, gateway],
+        phase,
+        {
+            "endpoint": service_url(gateway_name(name), namespace, GATEWAY_HTTP_PORT),
+            "availableReplicas": int(
+                (deployment.get("status") or {}).get("availableReplicas") or 0
+            ),
+            "operations": len(spec.operations),
+        },
+    )
