@@ -109,7 +109,8 @@ class LlmSpec(ApiModel):
 
     cel_rules = (
         CelRule(
-            rule="(self.backend == 'openai') == (has(self.endpoint) && has(self.apiKeySecretRef))",
+            rule="self.backend == 'openai' ? (has(self.endpoint) && has(self.apiKeySecretRef))"
+            " : (!has(self.endpoint) && !has(self.apiKeySecretRef))",
             message="backend openai needs endpoint and apiKeySecretRef; other backends take none",
         ),
         CelRule(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import cache
 from typing import Any, TypeVar
 
@@ -23,14 +22,12 @@ from .crdgen import openapi_schema
 SpecT = TypeVar("SpecT", bound=BaseModel)
 
 
-@dataclass(frozen=True)
 class SpecError(Exception):
     """A spec the operator cannot act on; `message` names the field at fault."""
 
-    message: str
-
-    def __str__(self) -> str:
-        return self.message
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 def _is_sorted(values: celtypes.ListType) -> celtypes.BoolType:

@@ -7,7 +7,6 @@ and `switchboard render` prints it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from ..api.base import API_VERSION
@@ -47,14 +46,12 @@ def render_adapter(
     return render_gateway(parent, spec, hpa_api_version)
 
 
-@dataclass(frozen=True)
 class RenderError(Exception):
     """A manifest that cannot be rendered, named by kind, namespace and name."""
 
-    message: str
-
-    def __str__(self) -> str:
-        return self.message
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 def render_manifests(
