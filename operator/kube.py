@@ -3,10 +3,13 @@ discovery. Objects go in and out as plain dicts, exactly as the renderers produc
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -76,7 +79,10 @@ class Kube:
         try:
             config.load_incluster_config(client_configuration=configuration)
         except config.ConfigException:
-            config.load_kube_config(client_configuration=configuration)
+            # Read KUBECONFIG now: the client captured it at import, maybe before it was set.
+            config.load_kube_config(
+                config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+            )
         configuration.connection_pool_maxsize = pool_size
         return cls(client.ApiClient(configuration))
 
@@ -88,23 +94,28 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> Any:
+        method, url, headers, _, _ = self._api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            auth_settings=["BearerToken"],
+        )
         try:
-            return self._api.call_api(
-                path,
-                method,
-                query_params=query or [],
-                header_params={"Accept": "application/json", "Content-Type": content_type},
-                body=body,
-                response_type="object",
-                auth_settings=["BearerToken"],
-                _return_http_data_only=True,
-                _preload_content=True,
-                _request_timeout=30,
+            # JSON is YAML too, so apply patches are sent as JSON like every other body.
+            response = self._api.call_api(
+                method, url, header_params=headers, body=body, _request_timeout=30
             )
+            data = response.read()
         except ApiException as exc:
-            raise KubeError(exc.status or 0, str(exc.reason), _api_message(exc)) from None
-        except OSError as exc:  # connection refused, DNS, TLS
+            raise KubeError(
+                exc.status or 0, str(exc.reason), _message(exc.body, exc.reason)
+            ) from None
+        except (OSError, urllib3.exceptions.HTTPError) as exc:  # refused, TLS, timeouts
             raise KubeError(0, "Unreachable", str(exc)) from None
+        if response.status >= 400:
+            raise KubeError(response.status, str(response.reason), _message(data, response.reason))
+        return json.loads(data) if data else {}
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply under the operator's field manager; returns the live object."""
@@ -172,11 +183,10 @@ class Kube:
         )
 
 
-def _api_message(exc: ApiException) -> str:
-    import json
-
+def _message(data: Any, reason: Any) -> str:
+    """The API server's own explanation from a Status body, else the HTTP reason."""
     try:
-        body = json.loads(exc.body or "{}")
+        status = json.loads(data or b"{}")
     except ValueError:
-        return str(exc.body or exc.reason)
-    return str(body.get("message") or exc.reason)
+        return str(data or reason)
+    return str(status.get("message") or reason) if isinstance(status, dict) else str(reason)

@@ -55,6 +55,13 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         start_http_server(port)
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's own readers of the service account or `KUBECONFIG` (read at login time, unlike
+    the client library's default, which captures `KUBECONFIG` when first imported)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 def plain(obj: Any) -> Any:
     """kopf's body views → plain dicts and lists (for comparison and JSON)."""
     if isinstance(obj, Mapping):

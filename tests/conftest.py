@@ -21,8 +21,9 @@ What the fixtures need, and how to get it:
 
 The server knows two bearer tokens: ``admin-token`` (``system:masters``) and ``operator-token``,
 the operator's service account ``system:serviceaccount:switchboard-system:switchboard-operator``
-with the usual service-account groups, so a test can bind the chart's RBAC to it and act as the
-operator (``envtest.kubeconfig_for(envtest.operator_token)``).
+(``envtest.operator_user``) with the usual service-account groups, so a test can bind the chart's
+RBAC to it and act as the operator (``envtest.kubeconfig_for(envtest.operator_token)``). Every
+request is audited; ``envtest.audit_events()`` returns the events (user, verb, URI, status code).
 
 Tests that use these fixtures are marked ``envtest`` automatically (``-m "not envtest"`` skips
 them deliberately).
@@ -46,7 +47,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes.client import ApiException
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENVTEST_SCRIPTS = REPO_ROOT / "tests" / "envtest"
@@ -91,6 +92,24 @@ class EnvTest:
     admin_token: str
     operator_token: str
     bin_dir: Path
+    operator_user: str = OPERATOR_USER
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: one JSON event per request (Metadata level)."""
+        return self.run_dir / "audit.log"
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """Every audit event (``audit.k8s.io/v1`` Event) written so far, oldest first."""
+        if not self.audit_log.exists():
+            return []
+        events = []
+        for line in self.audit_log.read_text().splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:  # a line still being written
+                continue
+        return events
 
     def kubeconfig_for(self, token: str, name: str | None = None) -> Path:
         """Write a kubeconfig that talks to this server with ``token``; return its path."""
@@ -103,9 +122,19 @@ class EnvTest:
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         return path
 
+    def client_for(self, token: str, name: str | None = None) -> client.ApiClient:
+        """An ApiClient that talks to this server with ``token`` (close it when done)."""
+        return new_api_client(self.kubeconfig_for(token, name))
+
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of the API server's and etcd's logs, for failure messages."""
         return _log_tail(self.run_dir, lines)
+
+
+def new_api_client(kubeconfig: Path) -> client.ApiClient:
+    """``kubernetes.config.new_client_from_config`` for one kubeconfig file, typed."""
+    api: client.ApiClient = config.new_client_from_config(config_file=str(kubeconfig))
+    return api
 
 
 def _log_tail(run_dir: Path, lines: int = 30) -> str:
@@ -182,8 +211,9 @@ def envtest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnvTest]:
         try:
             started = _bash("start.sh", env, timeout=START_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"envtest start.sh timed out after {START_TIMEOUT_S:.0f}s\n"
-                        + _log_tail(run_dir))
+            pytest.fail(
+                f"envtest start.sh timed out after {START_TIMEOUT_S:.0f}s\n" + _log_tail(run_dir)
+            )
         if started.returncode != 0:
             pytest.fail(
                 f"envtest start.sh failed (exit {started.returncode}):\n{started.stderr.strip()}\n"
@@ -204,11 +234,8 @@ def envtest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnvTest]:
 @pytest.fixture(scope="session")
 def kube_admin(envtest: EnvTest) -> Iterator[client.ApiClient]:
     """A ``kubernetes`` ApiClient for the session's server, as ``system:masters``."""
-    api = config.new_client_from_config(config_file=str(envtest.kubeconfig))
-    try:
+    with new_api_client(envtest.kubeconfig) as api:
         yield api
-    finally:
-        api.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,65 +303,63 @@ def _load_crds(paths: list[Path]) -> dict[str, dict[str, Any]]:
     return crds
 
 
-def _read_crd(ext: client.ApiextensionsV1Api, name: str) -> dict[str, Any]:
-    # Raw JSON throughout: the client's models are not needed and slow on large schemas.
-    resp = ext.read_custom_resource_definition(name, _preload_content=False)
-    crd: dict[str, Any] = json.loads(resp.data)
-    return crd
-
-
 def _create_or_replace_crd(ext: client.ApiextensionsV1Api, crd: dict[str, Any]) -> None:
+    # The client validates bodies into its pydantic models; for these CRDs that round trip is
+    # lossless (checked field by field against the YAML), so the typed API is used as is.
+    body = client.V1CustomResourceDefinition.model_validate(crd)
     name = crd["metadata"]["name"]
     try:
-        ext.create_custom_resource_definition(body=crd, _preload_content=False)
+        ext.create_custom_resource_definition(body=body)
     except ApiException as exc:
         if exc.status != 409:
             pytest.fail(f"creating CRD {name} failed ({exc.status}): {exc.body}")
-        current = _read_crd(ext, name)
-        body = copy.deepcopy(crd)
-        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        current = ext.read_custom_resource_definition(name)
+        if current.metadata and body.metadata:
+            body.metadata.resource_version = current.metadata.resource_version
         try:
-            ext.replace_custom_resource_definition(name, body=body, _preload_content=False)
+            ext.replace_custom_resource_definition(name, body=body)
         except ApiException as exc2:
             pytest.fail(f"replacing CRD {name} failed ({exc2.status}): {exc2.body}")
 
 
-def _condition(crd: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    for cond in crd.get("status", {}).get("conditions") or []:
-        if cond.get("type") == kind:
-            found: dict[str, Any] = cond
-            return found
-    return None
+def _condition(
+    crd: client.V1CustomResourceDefinition, kind: str
+) -> client.V1CustomResourceDefinitionCondition | None:
+    conditions = crd.status.conditions if crd.status else None
+    return next((c for c in conditions or [] if c.type == kind), None)
+
+
+def _served(api: client.ApiClient, crd: dict[str, Any]) -> bool:
+    """Whether every served version of ``crd`` answers a list request yet."""
+    spec = crd["spec"]
+    objects = client.CustomObjectsApi(api)
+    try:
+        for version in spec["versions"]:
+            if version.get("served", True):
+                objects.list_cluster_custom_object(
+                    spec["group"], version["name"], spec["names"]["plural"], limit=1
+                )
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
 
 
 def _wait_established(api: client.ApiClient, crds: dict[str, dict[str, Any]]) -> None:
     """Wait until every CRD is Established and each served version answers a list."""
     ext = client.ApiextensionsV1Api(api)
-    objects = client.CustomObjectsApi(api)
     deadline = time.monotonic() + ESTABLISH_TIMEOUT_S
     pending = set(crds)
     while pending:
         for name in sorted(pending):
-            live = _read_crd(ext, name)
+            live = ext.read_custom_resource_definition(name)
             accepted = _condition(live, "NamesAccepted")
-            if accepted and accepted.get("status") == "False":
-                pytest.fail(f"CRD {name} names not accepted: {accepted.get('message')}")
+            if accepted and accepted.status == "False":
+                pytest.fail(f"CRD {name} names not accepted: {accepted.message}")
             established = _condition(live, "Established")
-            if not established or established.get("status") != "True":
-                continue
-            spec = crds[name]["spec"]
-            try:
-                for version in spec["versions"]:
-                    if version.get("served", True):
-                        objects.list_cluster_custom_object(
-                            spec["group"], version["name"], spec["names"]["plural"], limit=1,
-                            _preload_content=False,
-                        )
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-                continue
-            pending.discard(name)
+            if established and established.status == "True" and _served(api, crds[name]):
+                pending.discard(name)
         if pending:
             if time.monotonic() > deadline:
                 pytest.fail(f"CRDs not established after {ESTABLISH_TIMEOUT_S:.0f}s: {pending}")

@@ -1,0 +1,635 @@
+"""The operator, run in-process by kopf, against a real kube-apiserver — as its own service
+account, bound only to the ClusterRole the project ships (operator/rbac/clusterrole.yaml).
+
+KubeRay, Istio and the Deployment controller do not run on the test server; where the operator
+waits on them, the tests patch the children's `status` as those controllers would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from kopf.testing import KopfRunner
+from kubernetes import client, dynamic
+from kubernetes.client.rest import ApiException
+
+pytestmark = pytest.mark.envtest
+
+REPO = Path(__file__).resolve().parents[1]
+GROUP, VERSION = "switchboard.dev", "v1alpha1"
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
+    """Poll until `probe` returns something truthy; fail naming `what` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Cluster:
+    """Admin-side helpers: create manifests, read objects, play KubeRay and kube-controller."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.dyn = dynamic.DynamicClient(api)
+        self.objects = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+
+    def namespace(self, name: str) -> str:
+        self.core.create_namespace({"metadata": {"name": name}})
+        return name
+
+    def resource(self, api_version: str, kind: str) -> Any:
+        return self.dyn.resources.get(api_version=api_version, kind=kind)
+
+    def create(self, doc: dict[str, Any], namespace: str) -> dict[str, Any]:
+        res = self.resource(doc["apiVersion"], doc["kind"])
+        created: dict[str, Any] = res.create(body=doc, namespace=namespace).to_dict()
+        return created
+
+    def apply_dir(self, folder: Path, namespace: str) -> None:
+        for path in sorted(folder.glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc:
+                    self.create(doc, namespace)
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = (
+                self.resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
+            )
+        except dynamic.exceptions.NotFoundError:
+            return None
+        return found
+
+    def list(self, api_version: str, kind: str, namespace: str) -> list[dict[str, Any]]:
+        found = self.resource(api_version, kind).get(namespace=namespace).to_dict()
+        return list(found["items"])
+
+    def patch(self, api_version: str, kind: str, namespace: str, name: str, body: Any) -> None:
+        self.resource(api_version, kind).patch(
+            name=name, namespace=namespace, body=body, content_type="application/merge-patch+json"
+        )
+
+    def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: Any
+    ) -> None:
+        res = self.resource(api_version, kind)
+        res.status.patch(
+            name=name,
+            namespace=namespace,
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        self.resource(api_version, kind).delete(name=name, namespace=namespace)
+
+    # --- the custom resources' view ------------------------------------------------------
+
+    def agent(self, namespace: str, name: str) -> dict[str, Any]:
+        found = self.get(f"{GROUP}/{VERSION}", "SupportAgent", namespace, name)
+        assert found is not None
+        return found
+
+    def condition(
+        self, kind: str, namespace: str, name: str, type_: str = "Ready"
+    ) -> dict[str, Any] | None:
+        body = self.get(f"{GROUP}/{VERSION}", kind, namespace, name) or {}
+        conditions = (body.get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == type_), None)
+
+    def events(self, namespace: str, name: str) -> list[tuple[str, str]]:
+        events = self.core.list_namespaced_event(namespace).items
+        return [(e.type, e.reason) for e in events if e.involved_object.name == name]
+
+    # --- playing the controllers that are not there --------------------------------------
+
+    def make_gateways_available(self, namespace: str, replicas: int = 2) -> None:
+        for dep in self.list("apps/v1", "Deployment", namespace):
+            meta = dep["metadata"]
+            self.patch_status(
+                "apps/v1",
+                "Deployment",
+                namespace,
+                meta["name"],
+                {
+                    "observedGeneration": meta["generation"],
+                    "replicas": replicas,
+                    "updatedReplicas": replicas,
+                    "readyReplicas": replicas,
+                    "availableReplicas": replicas,
+                },
+            )
+
+    def make_rayservice_running(self, namespace: str, name: str) -> None:
+        """The status KubeRay 1.x writes once every Serve application runs."""
+        rs = self.get("ray.io/v1", "RayService", namespace, name)
+        assert rs is not None
+        config = yaml.safe_load(rs["spec"]["serveConfigV2"])
+        apps = {
+            app["name"]: {"status": "RUNNING", "health_last_update_time": "2026-11-22T00:00:00Z"}
+            for app in config["applications"]
+        }
+        self.patch_status(
+            "ray.io/v1",
+            "RayService",
+            namespace,
+            name,
+            {
+                "observedGeneration": rs["metadata"]["generation"],
+                "serviceStatus": "Running",
+                "numServeEndpoints": 1,
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "NonZeroServeEndpoints",
+                        "message": "Number of serve endpoints is greater than 0",
+                        "lastTransitionTime": "2026-11-22T00:00:00Z",
+                    }
+                ],
+                "activeServiceStatus": {"applicationStatuses": apps},
+            },
+        )
+
+
+def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> bool:
+    refs = obj["metadata"].get("ownerReferences") or []
+    return any(r["uid"] == owner["metadata"]["uid"] and r.get("controller") for r in refs)
+
+
+def applied_by_switchboard(obj: dict[str, Any]) -> bool:
+    return any(
+        m.get("manager") == "switchboard" and m.get("operation") == "Apply"
+        for m in obj["metadata"].get("managedFields") or []
+    )
+
+
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(kube_admin: client.ApiClient, installed_crds: dict[str, Any]) -> Cluster:
+    return Cluster(kube_admin)
+
+
+@pytest.fixture(scope="module")
+def operator(envtest: Any, cluster: Cluster) -> Iterator[dict[str, Any]]:
+    """kopf running `switchboard.operator.main` under the operator's own, least-privilege token."""
+    role = yaml.safe_load((REPO / "operator" / "rbac" / "clusterrole.yaml").read_text())
+    rbac = client.RbacAuthorizationV1Api(cluster.api)
+    rbac.create_cluster_role(role)
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": "switchboard-operator"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": role["metadata"]["name"],
+            },
+            "subjects": [{"kind": "User", "name": envtest.operator_user}],
+        }
+    )
+    metrics_port = free_port()
+    saved = {k: os.environ.get(k) for k in ("KUBECONFIG", "SWITCHBOARD_METRICS_PORT")}
+    os.environ["KUBECONFIG"] = str(envtest.kubeconfig_for(envtest.operator_token))
+    os.environ["SWITCHBOARD_METRICS_PORT"] = str(metrics_port)
+    args = ["run", "-A", "--standalone", "-m", "switchboard.operator.main"]
+    audit_start = len(envtest.audit_events())
+    try:
+        with KopfRunner(args, timeout=60) as runner:
+            yield {"runner": runner, "metrics_port": metrics_port, "audit_start": audit_start}
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    assert runner.exception is None, runner.output
+    assert runner.exit_code == 0, runner.output
+
+
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quickstart(cluster: Cluster, operator: dict[str, Any]) -> str:
+    namespace = cluster.namespace("quickstart")
+    cluster.apply_dir(REPO / "examples" / "quickstart", namespace)
+    return namespace
+
+
+def test_quickstart_creates_every_child_with_owner_and_field_manager(
+    cluster: Cluster, quickstart: str
+) -> None:
+    ns = quickstart
+    agent = cluster.agent(ns, "acme")
+    rs = wait_for("RayService acme", lambda: cluster.get("ray.io/v1", "RayService", ns, "acme"))
+    vs = wait_for(
+        "VirtualService acme",
+        lambda: cluster.get("networking.istio.io/v1", "VirtualService", ns, "acme"),
+    )
+    for child in (rs, vs):
+        assert owned_by(child, agent)
+        assert applied_by_switchboard(child)
+    for adapter_name in ("orders", "ticketing"):
+        adapter = wait_for(
+            adapter_name,
+            lambda n=adapter_name: cluster.get(f"{GROUP}/{VERSION}", "ToolAdapter", ns, n),
+        )
+        for api_version, kind in (
+            ("apps/v1", "Deployment"),
+            ("v1", "Service"),
+            ("autoscaling/v2beta2", "HorizontalPodAutoscaler"),
+        ):
+            child = wait_for(
+                f"{kind} {adapter_name}-gateway",
+                lambda a=api_version, k=kind, n=adapter_name: cluster.get(a, k, ns, f"{n}-gateway"),
+            )
+            assert owned_by(child, adapter), kind
+            assert applied_by_switchboard(child), kind
+        # The HPA owns the replica count: the operator never sets it.
+        deployment = cluster.get("apps/v1", "Deployment", ns, f"{adapter_name}-gateway")
+        assert deployment is not None
+        owned = [
+            json.dumps(m.get("fieldsV1"))
+            for m in deployment["metadata"]["managedFields"]
+            if m["manager"] == "switchboard"
+        ]
+        assert owned and all('"f:replicas"' not in f for f in owned)
+
+    # Nothing reports ready yet, and the status says why — honestly, not "applied".
+    ready = wait_for("agent Ready condition", lambda: cluster.condition("SupportAgent", ns, "acme"))
+    assert ready["status"] == "False"
+    assert ready["reason"] in ("RayServiceDeploying", "ToolAdapterNotReady")
+    assert ready["observedGeneration"] == agent["metadata"]["generation"]
+    assert {
+        "type",
+        "status",
+        "reason",
+        "message",
+        "lastTransitionTime",
+        "observedGeneration",
+    } <= set(ready)
+    # kopf's bookkeeping lives under switchboard.dev, and no handler result lands in status.
+    agent = cluster.agent(ns, "acme")
+    annotations = agent["metadata"].get("annotations") or {}
+    assert not any("kopf.zalando.org" in k for k in annotations)
+    assert not any("kopf.zalando.org" in f for f in agent["metadata"].get("finalizers") or [])
+    assert set(agent["status"]) <= {
+        "observedGeneration",
+        "phase",
+        "conditions",
+        "revision",
+        "endpoint",
+        "traffic",
+        "readyTools",
+    }
+
+
+def test_agent_ready_once_kuberay_and_gateways_report(cluster: Cluster, quickstart: str) -> None:
+    ns = quickstart
+    wait_for("gateway Deployments", lambda: len(cluster.list("apps/v1", "Deployment", ns)) == 2)
+    cluster.make_gateways_available(ns)
+    for adapter in ("orders", "ticketing"):
+        wait_for(
+            f"ToolAdapter {adapter} Ready",
+            lambda a=adapter: (
+                (cluster.condition("ToolAdapter", ns, a) or {}).get("status") == "True"
+            ),
+        )
+    assert (cluster.condition("SupportAgent", ns, "acme") or {}).get("status") != "True"
+
+    cluster.make_rayservice_running(ns, "acme")
+    wait_for(
+        "agent Ready",
+        lambda: (cluster.condition("SupportAgent", ns, "acme") or {}).get("status") == "True",
+    )
+    agent = cluster.agent(ns, "acme")
+    status = agent["status"]
+    assert status["phase"] == "Ready"
+    assert status["readyTools"] == "2/2"
+    assert status["traffic"] == [{"revision": status["revision"], "percent": 100, "tag": "stable"}]
+    types = {c["type"]: c["status"] for c in status["conditions"]}
+    assert types == {
+        "Ready": "True",
+        "Progressing": "False",
+        "Degraded": "False",
+        "RayServiceReady": "True",
+        "RoutesReady": "True",
+        "ToolsReady": "True",
+    }
+    wait_for("Ready event", lambda: ("Normal", "Ready") in cluster.events(ns, "acme"))
+
+    # Status is written only on change: a drift pass over unchanged facts leaves it alone.
+    version = agent["metadata"]["resourceVersion"]
+    cluster.patch(
+        f"{GROUP}/{VERSION}",
+        "SupportAgent",
+        ns,
+        "acme",
+        {"metadata": {"labels": {"touched": "yes"}}},
+    )
+    time.sleep(2)
+    after = cluster.agent(ns, "acme")
+    assert after["status"] == agent["status"]
+    assert int(after["metadata"]["resourceVersion"]) > int(version)  # only the label moved it
+
+
+def test_spec_edit_updates_children_in_place(cluster: Cluster, quickstart: str) -> None:
+    ns = quickstart
+    cluster.patch(
+        f"{GROUP}/{VERSION}",
+        "SupportAgent",
+        ns,
+        "acme",
+        {
+            "spec": {
+                "nlu": {"autoscaling": {"maxReplicas": 6}},
+                "ingress": {"hosts": ["support.acme.example.com", "help.acme.example.com"]},
+            }
+        },
+    )
+
+    def updated() -> bool:
+        rs = cluster.get("ray.io/v1", "RayService", ns, "acme") or {}
+        vs = cluster.get("networking.istio.io/v1", "VirtualService", ns, "acme") or {}
+        config = yaml.safe_load(rs.get("spec", {}).get("serveConfigV2", "{}"))
+        nlu = [
+            d
+            for app in config.get("applications", [])
+            for d in app.get("deployments", [])
+            if d["name"] == "NLU"
+        ]
+        return (
+            bool(nlu)
+            and nlu[0]["autoscaling_config"]["max_replicas"] == 6
+            and "help.acme.example.com" in vs.get("spec", {}).get("hosts", [])
+        )
+
+    wait_for("children updated", updated)
+    assert len(cluster.list("ray.io/v1", "RayService", ns)) == 1
+    assert len(cluster.list("networking.istio.io/v1", "VirtualService", ns)) == 1
+    # A new RayService generation that KubeRay has not reported yet is not Ready.
+    wait_for(
+        "agent back to deploying",
+        lambda: (
+            (cluster.condition("SupportAgent", ns, "acme") or {}).get("reason")
+            == "RayServiceDeploying"
+        ),
+    )
+    agent = cluster.agent(ns, "acme")
+    assert agent["status"]["observedGeneration"] == agent["metadata"]["generation"]
+    cluster.make_rayservice_running(ns, "acme")
+    wait_for(
+        "agent Ready again",
+        lambda: (cluster.condition("SupportAgent", ns, "acme") or {}).get("status") == "True",
+    )
+
+
+def test_deleted_children_are_recreated(cluster: Cluster, quickstart: str) -> None:
+    ns = quickstart
+    for api_version, kind, name in (
+        ("networking.istio.io/v1", "VirtualService", "acme"),
+        ("v1", "Service", "orders-gateway"),
+        ("ray.io/v1", "RayService", "acme"),
+    ):
+        before = cluster.get(api_version, kind, ns, name)
+        assert before is not None
+        cluster.delete(api_version, kind, ns, name)
+        again = wait_for(
+            f"{kind} {name} re-created",
+            lambda a=api_version, k=kind, n=name, uid=before["metadata"]["uid"]: (
+                (o := cluster.get(a, k, ns, n)) is not None and o["metadata"]["uid"] != uid and o
+            ),
+        )
+        assert applied_by_switchboard(again)
+
+
+def test_missing_tooladapter_condition_clears_when_created(
+    cluster: Cluster, operator: dict[str, Any]
+) -> None:
+    ns = cluster.namespace("late-adapter")
+    agent = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "SupportAgent",
+        "metadata": {"name": "early"},
+        "spec": {
+            "nlu": {"modelUri": "file:///models/nlu"},
+            "tools": [{"adapter": "crm", "operations": ["lookup_customer"]}],
+        },
+    }
+    cluster.create(agent, ns)
+    ready = wait_for(
+        "ToolAdapterNotFound",
+        lambda: (
+            (c := cluster.condition("SupportAgent", ns, "early"))
+            and c["reason"] == "ToolAdapterNotFound"
+            and c
+        ),
+    )
+    assert ready["status"] == "False"
+    assert f"ToolAdapter {ns}/crm does not exist" in ready["message"]
+    assert cluster.agent(ns, "early")["status"]["phase"] == "Failed"
+    wait_for(
+        "Warning event", lambda: ("Warning", "ToolAdapterNotFound") in cluster.events(ns, "early")
+    )
+    assert cluster.get("ray.io/v1", "RayService", ns, "early") is None
+
+    cluster.create(
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ToolAdapter",
+            "metadata": {"name": "crm"},
+            "spec": {
+                "system": "crm",
+                "baseURL": "http://crm.example.com",
+                "operations": [{"name": "lookup_customer", "path": "/customers/{id}"}],
+            },
+        },
+        ns,
+    )
+    wait_for(
+        "condition cleared",
+        lambda: (
+            (cluster.condition("SupportAgent", ns, "early") or {}).get("reason")
+            not in (None, "ToolAdapterNotFound")
+        ),
+    )
+    wait_for("RayService created", lambda: cluster.get("ray.io/v1", "RayService", ns, "early"))
+
+
+@pytest.mark.parametrize(
+    ("name", "spec", "reason", "fragment"),
+    [
+        (
+            "min-over-max",
+            {
+                "nlu": {"modelUri": "file:///m"},
+                "workerPools": {"cpu": {"minWorkers": 5, "maxWorkers": 2}},
+            },
+            "InvalidSpec",
+            "spec.workerPools.cpu: minWorkers must be less than or equal to maxWorkers",
+        ),
+        (
+            "gpu-llm-no-pool",
+            {
+                "nlu": {"modelUri": "file:///m"},
+                "llm": {"modelUri": "file:///l", "gpusPerReplica": 1},
+            },
+            "InvalidSpec",
+            "needs workerPools.gpu",
+        ),
+        (
+            "missing-secret",
+            {
+                "nlu": {"modelUri": "file:///m"},
+                "sessions": {
+                    "store": "redis",
+                    "redis": {"urlSecretRef": {"name": "nope", "key": "url"}},
+                },
+            },
+            "SecretNotFound",
+            "Secret invalid/nope",
+        ),
+        (
+            "missing-kb",
+            {"nlu": {"modelUri": "file:///m"}, "knowledgeBase": {"configMap": {"name": "nokb"}}},
+            "ConfigMapNotFound",
+            "ConfigMap invalid/nokb",
+        ),
+    ],
+)
+def test_wrong_but_schema_valid_agent_is_conditioned(
+    cluster: Cluster,
+    operator: dict[str, Any],
+    invalid_ns: str,
+    name: str,
+    spec: dict[str, Any],
+    reason: str,
+    fragment: str,
+) -> None:
+    cluster.create(
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "SupportAgent",
+            "metadata": {"name": name},
+            "spec": spec,
+        },
+        invalid_ns,
+    )
+    ready = wait_for(
+        f"{reason} on {name}",
+        lambda: (
+            (c := cluster.condition("SupportAgent", invalid_ns, name))
+            and c["reason"] == reason
+            and c
+        ),
+    )
+    assert ready["status"] == "False"
+    assert fragment in ready["message"]
+    wait_for(f"{reason} event", lambda: ("Warning", reason) in cluster.events(invalid_ns, name))
+
+
+def test_unknown_operation_is_conditioned(cluster: Cluster, quickstart: str) -> None:
+    spec = {
+        "nlu": {"modelUri": "file:///m"},
+        "tools": [{"adapter": "orders", "operations": ["get_order", "drop_tables"]}],
+    }
+    cluster.create(
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "SupportAgent",
+            "metadata": {"name": "greedy"},
+            "spec": spec,
+        },
+        quickstart,
+    )
+    ready = wait_for(
+        "UnknownOperation",
+        lambda: (
+            (c := cluster.condition("SupportAgent", quickstart, "greedy"))
+            and c["reason"] == "UnknownOperation"
+            and c
+        ),
+    )
+    assert "drop_tables" in ready["message"] and f"{quickstart}/orders" in ready["message"]
+
+
+def test_schema_rejects_invalid_agent(cluster: Cluster, invalid_ns: str) -> None:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "SupportAgent",
+        "metadata": {"name": "int4"},
+        "spec": {"nlu": {"modelUri": "file:///m", "quantization": "int4"}},
+    }
+    with pytest.raises(ApiException) as raised:
+        cluster.objects.create_namespaced_custom_object(
+            GROUP, VERSION, invalid_ns, "supportagents", body
+        )
+    assert raised.value.status == 422
+    assert "quantization" in raised.value.body
+
+
+def test_every_example_is_accepted_and_reconciled(
+    cluster: Cluster, operator: dict[str, Any]
+) -> None:
+    ns = cluster.namespace("examples")
+    cluster.apply_dir(REPO / "examples" / "quickstart", ns)
+    cluster.apply_dir(REPO / "examples" / "gpu-llm", ns)
+    rs = wait_for(
+        "RayService acme-llm", lambda: cluster.get("ray.io/v1", "RayService", ns, "acme-llm")
+    )
+    groups = {g["groupName"] for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    assert groups == {"cpu", "gpu"}
+
+
+def test_operator_metrics_are_exported(operator: dict[str, Any], quickstart: str) -> None:
+    url = f"http://127.0.0.1:{operator['metrics_port']}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    assert 'switchboard_reconcile_total{kind="SupportAgent",outcome="ready"}' in text
+    assert "switchboard_reconcile_duration_seconds_bucket" in text
+    assert 'switchboard_agents{ready="true"}' in text
+
+
+def test_no_forbidden_call_under_the_shipped_role(
+    envtest: Any, operator: dict[str, Any], quickstart: str
+) -> None:
+    """Runs last in this module: every request the operator made so far was allowed."""
+    events = envtest.audit_events()[operator["audit_start"] :]
+    mine = [e for e in events if e.get("user", {}).get("username") == envtest.operator_user]
+    denied = [
+        f"{e['verb']} {e['requestURI']}"
+        for e in mine
+        if e.get("responseStatus", {}).get("code") == 403
+    ]
+    assert len(mine) > 50, "the audit log shows (almost) no requests from the operator"
+    assert denied == []
+
+
+@pytest.fixture(scope="module")
+def invalid_ns(cluster: Cluster, operator: dict[str, Any]) -> str:
+    return cluster.namespace("invalid")
