@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..kube import Kube
-from .conditions import READY, Check, condition, merge_conditions, now_rfc3339
+from .conditions import READY, Check, condition, failed_spec, merge_conditions, now_rfc3339
 
 _locks: defaultdict[tuple[str, str, str], threading.Lock] = defaultdict(threading.Lock)
 _locks_guard = threading.Lock()
@@ -86,10 +86,29 @@ def _comparable(status: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in status.items() if k != "kopf"}
 
 
-def outcome_of(status: dict[str, Any], written: bool) -> Outcome:
+DesiredStatus = Callable[[Kube, dict[str, Any]], dict[str, Any]]
+
+
+def reconcile_object(
+    kind: str,
+    desired_status: DesiredStatus,
+    kube: Kube,
+    body: dict[str, Any],
+    record: EventRecorder,
+) -> Outcome:
+    """Apply what `desired_status` renders (it does the applying) and write the status it
+    returns, one reconcile at a time per object."""
+    meta = body["metadata"]
+    with serialized(kind, meta["namespace"], meta["name"]):
+        status = desired_status(kube, body)
+        written = write_status(kube, body, status, record)
     phase = status.get("phase", "")
-    ready = phase == "Ready"
-    return Outcome(phase.lower() or "unknown", ready, written)
+    return Outcome(phase.lower() or "unknown", phase == "Ready", written)
 
 
-Reconciler = Callable[[Kube, dict[str, Any]], Outcome]
+def invalid_spec_status(kind: str, body: dict[str, Any], error: Exception) -> dict[str, Any]:
+    meta = body["metadata"]
+    checks, phase = failed_spec(
+        "InvalidSpec", f"{kind} {meta['namespace']}/{meta['name']}: {error}"
+    )
+    return build_status(body, checks, phase, {})

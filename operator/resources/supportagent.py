@@ -16,7 +16,13 @@ from ..kube import Kube
 from ..render import Parent, UnresolvedReference, render_agent
 from ..render.names import serve_service_name, service_url
 from ..render.serve_config import agent_revision
-from .common import EventRecorder, Outcome, build_status, outcome_of, serialized, write_status
+from .common import (
+    EventRecorder,
+    Outcome,
+    build_status,
+    invalid_spec_status,
+    reconcile_object,
+)
 from .conditions import READY, Check, condition, failed_spec, summarize
 
 KIND = "SupportAgent"
@@ -136,12 +142,7 @@ def routes_check(namespace: str, name: str, spec: SupportAgentSpec) -> Check:
 
 
 def reconcile(kube: Kube, body: dict[str, Any], record: EventRecorder) -> Outcome:
-    meta = body["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
-    with serialized(KIND, namespace, name):
-        status = _desired_status(kube, body)
-        written = write_status(kube, body, status, record)
-        return outcome_of(status, written)
+    return reconcile_object(KIND, _desired_status, kube, body, record)
 
 
 def _desired_status(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
@@ -150,8 +151,7 @@ def _desired_status(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
     try:
         spec = validate_spec(SupportAgentSpec, body.get("spec"))
     except SpecError as exc:
-        checks, phase = failed_spec("InvalidSpec", f"SupportAgent {namespace}/{name}: {exc}")
-        return build_status(body, checks, phase, {})
+        return invalid_spec_status(KIND, body, exc)
 
     adapter_specs, adapter_bodies = load_adapters(kube, namespace, spec)
     parent = Parent(KIND, name, namespace, meta.get("uid"))

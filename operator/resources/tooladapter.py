@@ -12,7 +12,13 @@ from ..api.validation import SpecError, validate_spec
 from ..kube import Kube
 from ..render import Parent, render_adapter
 from ..render.names import gateway_name, service_url
-from .common import EventRecorder, Outcome, build_status, outcome_of, serialized, write_status
+from .common import (
+    EventRecorder,
+    Outcome,
+    build_status,
+    invalid_spec_status,
+    reconcile_object,
+)
 from .conditions import Check, failed_spec, summarize
 
 KIND = "ToolAdapter"
@@ -53,11 +59,7 @@ def gateway_check(deployment: dict[str, Any], min_replicas: int) -> Check:
 
 
 def reconcile(kube: Kube, body: dict[str, Any], record: EventRecorder) -> Outcome:
-    meta = body["metadata"]
-    with serialized(KIND, meta["namespace"], meta["name"]):
-        status = _desired_status(kube, body)
-        written = write_status(kube, body, status, record)
-        return outcome_of(status, written)
+    return reconcile_object(KIND, _desired_status, kube, body, record)
 
 
 def _desired_status(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
@@ -66,8 +68,7 @@ def _desired_status(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
     try:
         spec = validate_spec(ToolAdapterSpec, body.get("spec"))
     except SpecError as exc:
-        checks, phase = failed_spec("InvalidSpec", f"ToolAdapter {namespace}/{name}: {exc}")
-        return build_status(body, checks, phase, {})
+        return invalid_spec_status(KIND, body, exc)
     secret = spec.credentials.secret_ref
     if secret and not kube.exists("v1", "Secret", namespace, secret):
         checks, phase = failed_spec(

@@ -1,0 +1,1146 @@
+"""Operator benchmark: render time, and N SupportAgents from create to Ready on a real API server.
+
+    .venv/bin/python benchmarks/operator.py [--agents 200] [--json-out FILE]
+
+Prints one JSON document to stdout (progress goes to stderr). In one run it measures:
+
+1. Render time: ``render_agent`` for the quickstart agent and for the benchmark's CPU-only agent,
+   ``validate_spec`` of the quickstart agent (every reconcile runs it), and the full
+   ``render_manifests`` of ``examples/quickstart``: median and p95 in ms.
+2. Scale: etcd + kube-apiserver 1.20 from ``tests/envtest/start.sh`` (binaries as for the tests:
+   ``SWITCHBOARD_ENVTEST_BIN`` or ``~/.cache/switchboard/envtest-1.20``) in a temporary RUN dir,
+   the project's CRDs plus Istio's VirtualService and the RayService stand-in, and the operator as
+   a subprocess (``switchboard operator -A``) under the operator's own token bound only to the
+   shipped ClusterRole (``operator/rbac/clusterrole.yaml``), exactly as the envtest suite runs
+   it. One shared ToolAdapter (2 operations) is created and made Ready by patching its gateway
+   Deployment's status; then N SupportAgents (CPU-only, granted that adapter) are created from a
+   thread pool while a fake KubeRay thread marks each RayService running as soon as it appears.
+   Reported: wall time from the first create to all agents Ready, agents/s, per-agent latencies,
+   the operator's peak RSS (VmHWM, its process tree included) and CPU time, its own reconcile
+   metrics from ``/metrics``, and the API requests it made (from the server's audit log).
+3. Clean-up, always: operator SIGINT → wait → SIGKILL, then ``tests/envtest/stop.sh``.
+
+Targets (from the issue): 200 agents Ready in at most 30 s, operator peak RSS at most 250 MB. They
+are reported with pass/fail; a miss does not change the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import yaml
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+from prometheus_client.parser import text_string_to_metric_families
+
+from switchboard.operator.api.supportagent import SupportAgentSpec
+from switchboard.operator.api.tooladapter import ToolAdapterSpec
+from switchboard.operator.api.validation import validate_spec
+from switchboard.operator.render import Parent, render_agent, render_manifests
+
+REPO = Path(__file__).resolve().parents[1]
+ENVTEST_SCRIPTS = REPO / "tests" / "envtest"
+DEFAULT_ENVTEST_BIN = Path.home() / ".cache" / "switchboard" / "envtest-1.20"
+SHARED = Path(os.environ.get("SWITCHBOARD_SHARED_DIR", REPO.parent / "shared"))
+ISTIO_VS_CRD = SHARED / "schemas" / "crds" / "networking.istio.io" / "virtualservices.yaml"
+RAYSERVICE_STANDIN_CRD = ENVTEST_SCRIPTS / "rayservice-standin-crd.yaml"
+CLUSTER_ROLE = REPO / "operator" / "rbac" / "clusterrole.yaml"
+QUICKSTART = REPO / "examples" / "quickstart"
+
+GROUP, VERSION = "switchboard.dev", "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+ADMIN_TOKEN = "admin-token"
+OPERATOR_TOKEN = "operator-token"
+OPERATOR_USER = "system:serviceaccount:switchboard-system:switchboard-operator"
+OPERATOR_GROUPS = "system:serviceaccounts,system:serviceaccounts:switchboard-system"
+NAMESPACE = "bench"
+ADAPTER = "crm"
+ADAPTER_OPERATIONS = ("lookup_customer", "create_ticket")
+GATEWAY_REPLICAS = 2
+
+TARGET_SECONDS = 30.0
+TARGET_RSS_MB = 250.0
+TARGET_AGENTS = 200
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def summary_ms(seconds: list[float]) -> dict[str, float | int]:
+    """median / p95 / min / max of durations given in seconds, in ms."""
+    if not seconds:
+        return {"n": 0}
+    ms = [s * 1000 for s in seconds]
+    return {
+        "n": len(ms),
+        "median_ms": round(statistics.median(ms), 3),
+        "p95_ms": round(percentile(ms, 95), 3),
+        "min_ms": round(min(ms), 3),
+        "max_ms": round(max(ms), 3),
+    }
+
+
+def summary_s(seconds: list[float]) -> dict[str, float | int]:
+    if not seconds:
+        return {"n": 0}
+    return {
+        "n": len(seconds),
+        "p50_s": round(statistics.median(seconds), 3),
+        "p95_s": round(percentile(seconds, 95), 3),
+        "max_s": round(max(seconds), 3),
+    }
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_ports(count: int, *, taken: set[int] | None = None) -> list[int]:
+    """Free loopback ports below the ephemeral range (32768+), as tests/conftest.py picks them."""
+    rng = random.SystemRandom()
+    chosen: list[int] = []
+    avoid = set(taken or ())
+    for _ in range(1000):
+        port = rng.randrange(20000, 32000)
+        if port in avoid or port in chosen or not port_is_free(port):
+            continue
+        chosen.append(port)
+        if len(chosen) == count:
+            return chosen
+    raise RuntimeError("no free loopback ports")
+
+
+def cpu_model() -> str:
+    with suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    mem_kb = 0
+    with suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "mem_total_gb": round(mem_kb / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def concurrent_pytest() -> bool:
+    """Whether a pytest run is going on beside us (the figures are then noisier)."""
+    found = subprocess.run(
+        ["pgrep", "-f", "pytest"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    return any(int(pid) != os.getpid() for pid in found)
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Render time
+
+
+def time_calls(fn: Callable[[], object], iterations: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(iterations):
+        started = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def bench_agent_spec() -> dict[str, Any]:
+    """The benchmark's SupportAgent: CPU-only (defaults), granted the shared adapter."""
+    return {
+        "nlu": {"modelUri": "file:///models/nlu/bench-v1", "quantization": "int8"},
+        "tools": [{"adapter": ADAPTER, "operations": list(ADAPTER_OPERATIONS)}],
+    }
+
+
+def bench_adapter_spec() -> dict[str, Any]:
+    return {
+        "system": "crm",
+        "baseURL": "http://crm.example.com/api",
+        "operations": [
+            {"name": "lookup_customer", "method": "GET", "path": "/customers/{id}"},
+            {"name": "create_ticket", "method": "POST", "path": "/tickets", "mutating": True},
+        ],
+    }
+
+
+def bench_render(iterations: int) -> dict[str, Any]:
+    documents = [
+        doc
+        for path in sorted(QUICKSTART.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+    agent_doc = next(d for d in documents if d["kind"] == "SupportAgent")
+    adapters = {
+        d["metadata"]["name"]: validate_spec(ToolAdapterSpec, d["spec"])
+        for d in documents
+        if d["kind"] == "ToolAdapter"
+    }
+    quickstart_spec = validate_spec(SupportAgentSpec, agent_doc["spec"])
+    quickstart_parent = Parent("SupportAgent", "acme", "quickstart", "uid-acme")
+    cpu_spec = validate_spec(SupportAgentSpec, bench_agent_spec())
+    cpu_adapters = {ADAPTER: validate_spec(ToolAdapterSpec, bench_adapter_spec())}
+    cpu_parent = Parent("SupportAgent", "agent-0000", NAMESPACE, "uid-bench")
+    slow = max(20, iterations // 10)
+    log(f"render: {iterations} iterations (render_manifests and validate_spec: {slow})")
+    return {
+        "render_agent_quickstart": summary_ms(
+            time_calls(
+                lambda: render_agent(quickstart_parent, quickstart_spec, adapters), iterations, 50
+            )
+        ),
+        "render_agent_cpu_only": summary_ms(
+            time_calls(lambda: render_agent(cpu_parent, cpu_spec, cpu_adapters), iterations, 50)
+        ),
+        "validate_spec_quickstart_agent": summary_ms(
+            time_calls(lambda: validate_spec(SupportAgentSpec, agent_doc["spec"]), slow, 5)
+        ),
+        "render_manifests_quickstart": summary_ms(
+            time_calls(lambda: render_manifests(copy.deepcopy(documents)), slow, 5)
+        ),
+        "notes": (
+            "render_agent takes validated specs (pure rendering); validate_spec is pydantic + the "
+            "CRD's CEL rules, run once per reconcile; render_manifests = validate + render of "
+            "examples/quickstart (2 ToolAdapters, 1 SupportAgent: 8 objects)"
+        ),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# 2a. The API server
+
+
+# Keys whose values are maps of field names (not schema keywords) or plain data.
+_NAME_MAPS = frozenset({"properties", "patternProperties", "definitions"})
+_DATA_KEYS = frozenset({"default", "example", "enum"})
+
+
+def strip_schema(node: Any, *, names: bool = False) -> Any:
+    """Drop ``x-kubernetes-validations`` and ``default: ""`` (as tests/conftest.py does)."""
+    if isinstance(node, list):
+        return [strip_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if names:
+            out[key] = strip_schema(value)
+        elif key == "x-kubernetes-validations" or (key == "default" and value == ""):
+            continue
+        elif key in _DATA_KEYS:
+            out[key] = value
+        else:
+            out[key] = strip_schema(value, names=key in _NAME_MAPS)
+    return out
+
+
+def load_crds() -> list[dict[str, Any]]:
+    paths = [*sorted((REPO / "crds").glob("*.yaml")), ISTIO_VS_CRD, RAYSERVICE_STANDIN_CRD]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise SystemExit(f"benchmark: CRD files missing: {', '.join(missing)}")
+    crds = []
+    for path in paths:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+                doc = copy.deepcopy(doc)
+                doc.get("metadata", {}).pop("resourceVersion", None)
+                doc.pop("status", None)
+                for version in doc["spec"]["versions"]:
+                    schema = version.get("schema", {})
+                    if "openAPIV3Schema" in schema:
+                        schema["openAPIV3Schema"] = strip_schema(schema["openAPIV3Schema"])
+                crds.append(doc)
+    return crds
+
+
+@dataclass
+class EnvTest:
+    run_dir: Path
+    bin_dir: Path
+    api_port: int = 0
+    kubeconfig: Path | None = None
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def _script(
+        self, name: str, env: dict[str, str], timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", str(ENVTEST_SCRIPTS / name)],
+            env={**os.environ, "RUN": str(self.run_dir), **env},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def start(self) -> None:
+        missing = [
+            b for b in ("kube-apiserver", "etcd") if not os.access(self.bin_dir / b, os.X_OK)
+        ]
+        if missing:
+            raise SystemExit(
+                f"benchmark: envtest binaries missing in {self.bin_dir}: {', '.join(missing)} "
+                "(build them with `make envtest`, or set SWITCHBOARD_ENVTEST_BIN)"
+            )
+        (self.run_dir / "tokens.csv").write_text(
+            f'{ADMIN_TOKEN},admin,admin,"system:masters"\n'
+            f'{OPERATOR_TOKEN},{OPERATOR_USER},uid-op,"{OPERATOR_GROUPS},system:authenticated"\n'
+        )
+        for _ in range(5):
+            api, etcd = pick_ports(2)
+            if port_is_free(etcd + 1) and etcd + 1 != api:
+                break
+        else:
+            raise RuntimeError("no free ports for etcd + kube-apiserver")
+        self.api_port = api
+        env = {"BIN": str(self.bin_dir), "API_PORT": str(api), "ETCD_PORT": str(etcd)}
+        started = self._script("start.sh", env, timeout=180)
+        for name in ("etcd", "apiserver"):  # known as soon as start.sh launched them
+            pid_file = self.run_dir / f"{name}.pid"
+            if pid_file.exists():
+                self.pids[name] = int(pid_file.read_text().strip())
+        if started.returncode != 0:
+            raise RuntimeError(f"start.sh failed ({started.returncode}): {started.stderr[-3000:]}")
+        self.kubeconfig = Path(started.stdout.strip().splitlines()[-1])
+
+    def stop(self) -> None:
+        self._script("stop.sh", {}, timeout=90)
+
+    def kubeconfig_for(self, token: str, user: str) -> Path:
+        assert self.kubeconfig is not None
+        doc = yaml.safe_load(self.kubeconfig.read_text())
+        doc["users"] = [{"name": user, "user": {"token": token}}]
+        for context in doc["contexts"]:
+            context["context"]["user"] = user
+        path = self.run_dir / f"kubeconfig-{user}"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    def audit_events(self) -> Iterator[dict[str, Any]]:
+        audit = self.run_dir / "audit.log"
+        if not audit.exists():
+            return
+        with audit.open() as lines:
+            for line in lines:
+                with suppress(json.JSONDecodeError):
+                    yield json.loads(line)
+
+
+def api_client(kubeconfig: Path, pool: int) -> client.ApiClient:
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    configuration.connection_pool_maxsize = pool
+    return client.ApiClient(configuration)
+
+
+def install_crds(api: client.ApiClient, crds: list[dict[str, Any]]) -> None:
+    ext = client.ApiextensionsV1Api(api)
+    for crd in crds:
+        ext.create_custom_resource_definition(
+            body=client.V1CustomResourceDefinition.model_validate(crd)
+        )
+    objects = client.CustomObjectsApi(api)
+    deadline = time.monotonic() + 60
+    pending = {c["metadata"]["name"]: c for c in crds}
+    while pending:
+        for name, crd in list(pending.items()):
+            spec = crd["spec"]
+            try:
+                for version in spec["versions"]:
+                    objects.list_cluster_custom_object(
+                        spec["group"], version["name"], spec["names"]["plural"], limit=1
+                    )
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                continue
+            del pending[name]
+        if pending:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"CRDs not served after 60 s: {sorted(pending)}")
+            time.sleep(0.2)
+
+
+def bind_operator_role(api: client.ApiClient) -> None:
+    """The shipped ClusterRole, bound to the operator's token (as the envtest suite does)."""
+    role = yaml.safe_load(CLUSTER_ROLE.read_text())
+    rbac = client.RbacAuthorizationV1Api(api)
+    rbac.create_cluster_role(role)
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": "switchboard-operator"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": role["metadata"]["name"],
+            },
+            "subjects": [{"kind": "User", "name": OPERATOR_USER}],
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# 2b. The operator process
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    out: dict[str, str] = {}
+    with suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            out[key] = value.strip()
+    return out
+
+
+def _kb(value: str | None) -> int:
+    return int(value.split()[0]) if value else 0
+
+
+def descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        current = stack.pop()
+        with suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                with suppress(OSError, ValueError):
+                    kids = [int(k) for k in (task / "children").read_text().split()]
+                    found += kids
+                    stack += kids
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (its reaped children's too), in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class OperatorProcess:
+    """`switchboard operator -A` as a subprocess; samples its process tree's memory."""
+
+    def __init__(
+        self, kubeconfig: Path, run_dir: Path, metrics_port: int, liveness_port: int
+    ) -> None:
+        self.metrics_port = metrics_port
+        self.liveness_port = liveness_port
+        self.log_path = run_dir / "operator.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                str(REPO / ".venv" / "bin" / "switchboard"),
+                "operator",
+                "-A",
+                "--metrics-port",
+                str(metrics_port),
+                "--liveness-port",
+                str(liveness_port),
+            ],
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        self.children_seen: set[int] = set()
+        self.child_hwm_kb: dict[int, int] = {}
+        self.tree_rss_peak_kb = 0
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
+        self._sampler.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2) and self.proc.poll() is None:
+            kids = descendants(self.pid)
+            self.children_seen.update(kids)
+            tree = _kb(_proc_status(self.pid).get("VmRSS"))
+            for kid in kids:
+                status = _proc_status(kid)
+                tree += _kb(status.get("VmRSS"))
+                hwm = _kb(status.get("VmHWM"))
+                self.child_hwm_kb[kid] = max(self.child_hwm_kb.get(kid, 0), hwm)
+            self.tree_rss_peak_kb = max(self.tree_rss_peak_kb, tree)
+
+    def memory(self) -> dict[str, Any]:
+        status = _proc_status(self.pid)
+        hwm_kb = _kb(status.get("VmHWM"))
+        children_kb = sum(self.child_hwm_kb.values())
+        return {
+            "pid": self.pid,
+            "vm_hwm_mb": round(hwm_kb / 1024, 1),
+            "vm_rss_mb": round(_kb(status.get("VmRSS")) / 1024, 1),
+            "threads": int(status.get("Threads", "0") or 0),
+            "child_processes": sorted(self.children_seen),
+            "children_vm_hwm_mb": round(children_kb / 1024, 1),
+            "peak_rss_mb": round((hwm_kb + children_kb) / 1024, 1),
+            "tree_rss_sampled_peak_mb": round(self.tree_rss_peak_kb / 1024, 1),
+        }
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_live(self, timeout: float) -> None:
+        url = f"http://127.0.0.1:{self.liveness_port}/healthz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"operator exited ({self.proc.returncode}):\n{self.log_tail()}")
+            with (
+                suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(url, timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"operator not live after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def scrape(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text: str = response.read().decode()
+        return text
+
+    def log_tail(self, lines: int = 40) -> str:
+        with suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def stop(self, grace: float = 20.0) -> dict[str, Any]:
+        """SIGINT (kopf's graceful stop), then SIGKILL; the same for any child left over."""
+        self._stop.set()
+        self.children_seen.update(descendants(self.pid))
+        how = "already exited"
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(grace)
+                how = "SIGINT"
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                how = "SIGKILL"
+        for kid in self.children_seen:
+            with suppress(OSError):
+                if Path(f"/proc/{kid}").exists():
+                    os.kill(kid, signal.SIGKILL)
+        self._log.close()
+        return {"stopped_by": how, "exit_code": self.proc.returncode}
+
+
+def parse_metrics(text: str) -> dict[str, Any]:
+    reconciles: dict[str, dict[str, float]] = {}
+    durations: dict[str, dict[str, Any]] = {}
+    agents: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "switchboard_reconcile_total":
+                reconciles.setdefault(labels["kind"], {})[labels["outcome"]] = sample.value
+            elif sample.name.startswith("switchboard_reconcile_duration_seconds"):
+                entry = durations.setdefault(labels["kind"], {"buckets": {}})
+                suffix = sample.name.removeprefix("switchboard_reconcile_duration_seconds")
+                if suffix == "_sum":
+                    entry["sum_s"] = round(sample.value, 3)
+                elif suffix == "_count":
+                    entry["count"] = int(sample.value)
+                elif suffix == "_bucket":
+                    entry["buckets"][labels["le"]] = int(sample.value)
+            elif sample.name == "switchboard_agents":
+                agents[labels["ready"]] = sample.value
+    for entry in durations.values():
+        if entry.get("count"):
+            entry["mean_ms"] = round(entry["sum_s"] / entry["count"] * 1000, 1)
+    return {
+        "switchboard_reconcile_total": reconciles,
+        "switchboard_reconcile_duration_seconds": durations,
+        "switchboard_agents": agents,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# 2c. The load: fake KubeRay, a Ready watcher, the creates
+
+
+def ready_status(body: dict[str, Any]) -> str | None:
+    for cond in (body.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            status: str | None = cond.get("status")
+            return status
+    return None
+
+
+def running_rayservice_status(rayservice: dict[str, Any]) -> dict[str, Any]:
+    """The status KubeRay 1.x writes once every Serve application runs (as the envtest suite)."""
+    serve = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    apps = {
+        app["name"]: {"status": "RUNNING", "health_last_update_time": "2026-01-01T00:00:00Z"}
+        for app in serve["applications"]
+    }
+    return {
+        "observedGeneration": rayservice["metadata"]["generation"],
+        "serviceStatus": "Running",
+        "numServeEndpoints": 1,
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "NonZeroServeEndpoints",
+                "message": "Number of serve endpoints is greater than 0",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ],
+        "activeServiceStatus": {"applicationStatuses": apps},
+    }
+
+
+class Watcher(threading.Thread):
+    """Watches one custom resource in the namespace, calling `on_event(type, object)`."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        group: str,
+        version: str,
+        plural: str,
+        on_event: Callable[[str, dict[str, Any]], None],
+    ) -> None:
+        super().__init__(name=f"watch-{plural}", daemon=True)
+        self.objects = client.CustomObjectsApi(api)
+        self.args = (group, version, NAMESPACE, plural)
+        self.on_event = on_event
+        self.stopping = threading.Event()
+        self.started_watching = threading.Event()
+        self.errors: list[str] = []
+        self._watch: watch.Watch | None = None
+
+    def run(self) -> None:
+        resource_version: str | None = None
+        while not self.stopping.is_set():
+            self._watch = watch.Watch()
+            kwargs: dict[str, Any] = {"timeout_seconds": 30}
+            if resource_version:
+                kwargs["resource_version"] = resource_version
+            try:
+                stream = self._watch.stream(
+                    self.objects.list_namespaced_custom_object, *self.args, **kwargs
+                )
+                self.started_watching.set()
+                for event in stream:
+                    obj = event["raw_object"]
+                    if event["type"] == "ERROR":
+                        resource_version = None  # expired: start over from "now" + synthetic ADDs
+                        break
+                    resource_version = obj["metadata"]["resourceVersion"]
+                    self.on_event(event["type"], obj)
+                    if self.stopping.is_set():
+                        break
+            except ApiException as exc:
+                if exc.status == 410:
+                    resource_version = None
+                    continue
+                self.errors.append(f"{exc.status} {exc.reason}")
+                time.sleep(0.5)
+            except Exception as exc:
+                if self.stopping.is_set():
+                    return
+                self.errors.append(repr(exc))
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self._watch is not None:
+            self._watch.stop()
+
+
+@dataclass
+class AgentTimes:
+    create_sent: float = 0.0
+    create_done: float = 0.0
+    rayservice_seen: float = 0.0
+    rayservice_running: float = 0.0
+    ready: float = 0.0
+
+
+class Load:
+    """N SupportAgents created at once, KubeRay played, readiness timed per agent."""
+
+    def __init__(self, api: client.ApiClient, agents: int, workers: int) -> None:
+        self.api = api
+        self.objects = client.CustomObjectsApi(api)
+        self.names = [f"agent-{i:04d}" for i in range(agents)]
+        self.times = {name: AgentTimes() for name in self.names}
+        self.workers = workers
+        self.lock = threading.Lock()
+        self.all_ready = threading.Event()
+        self.ready_count = 0
+        self.kuberay_patched: set[tuple[str, int]] = set()
+        self.kuberay_errors: list[str] = []
+        self.create_errors: list[str] = []
+        self.kuberay_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kuberay")
+        self.rs_watch = Watcher(api, "ray.io", "v1", "rayservices", self._rayservice_event)
+        self.agent_watch = Watcher(api, GROUP, VERSION, "supportagents", self._agent_event)
+
+    # fake KubeRay: a RayService whose generation is not observed yet is reported running
+    def _rayservice_event(self, kind: str, rayservice: dict[str, Any]) -> None:
+        if kind == "DELETED":
+            return
+        meta = rayservice["metadata"]
+        name, generation = meta["name"], int(meta.get("generation") or 0)
+        observed = (rayservice.get("status") or {}).get("observedGeneration")
+        now = time.monotonic()
+        with self.lock:
+            times = self.times.get(name)
+            if times and not times.rayservice_seen:
+                times.rayservice_seen = now
+            if observed == generation or (name, generation) in self.kuberay_patched:
+                return
+            self.kuberay_patched.add((name, generation))
+        self.kuberay_pool.submit(self._mark_running, rayservice)
+
+    def _mark_running(self, rayservice: dict[str, Any]) -> None:
+        name = rayservice["metadata"]["name"]
+        try:
+            self.objects.patch_namespaced_custom_object_status(
+                "ray.io",
+                "v1",
+                NAMESPACE,
+                "rayservices",
+                name,
+                {"status": running_rayservice_status(rayservice)},
+                _content_type="application/merge-patch+json",
+            )
+        except ApiException as exc:
+            self.kuberay_errors.append(f"{name}: {exc.status} {exc.reason}")
+            return
+        with self.lock:
+            times = self.times.get(name)
+            if times and not times.rayservice_running:
+                times.rayservice_running = time.monotonic()
+
+    def _agent_event(self, kind: str, agent: dict[str, Any]) -> None:
+        if kind == "DELETED" or ready_status(agent) != "True":
+            return
+        now = time.monotonic()
+        with self.lock:
+            times = self.times.get(agent["metadata"]["name"])
+            if times is None or times.ready:
+                return
+            times.ready = now
+            self.ready_count += 1
+            if self.ready_count == len(self.names):
+                self.all_ready.set()
+
+    def _create(self, name: str) -> None:
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": "SupportAgent",
+            "metadata": {"name": name},
+            "spec": bench_agent_spec(),
+        }
+        times = self.times[name]
+        times.create_sent = time.monotonic()
+        try:
+            self.objects.create_namespaced_custom_object(
+                GROUP, VERSION, NAMESPACE, "supportagents", body
+            )
+        except ApiException as exc:
+            self.create_errors.append(f"{name}: {exc.status} {exc.reason}")
+        times.create_done = time.monotonic()
+
+    def start_watching(self) -> None:
+        for watcher in (self.rs_watch, self.agent_watch):
+            watcher.start()
+        for watcher in (self.rs_watch, self.agent_watch):
+            if not watcher.started_watching.wait(30):
+                raise RuntimeError(f"{watcher.name} did not start")
+        time.sleep(0.5)  # let both watch requests reach the server before the first create
+
+    def run(self, timeout: float) -> dict[str, Any]:
+        log(f"creating {len(self.names)} SupportAgents from {self.workers} threads")
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="create") as pool:
+            list(pool.map(self._create, self.names))
+        created = time.monotonic()
+        log(
+            f"all created in {created - started:.2f} s; waiting for Ready (timeout {timeout:.0f} s)"
+        )
+        last_report = created
+        while not self.all_ready.wait(1.0):
+            now = time.monotonic()
+            if now - started > timeout:
+                break
+            if now - last_report >= 5:
+                log(f"  {self.ready_count}/{len(self.names)} Ready after {now - started:.1f} s")
+                last_report = now
+        finished = time.monotonic()
+        self.confirm_by_listing()
+        return self.report(started, created, finished)
+
+    def confirm_by_listing(self) -> None:
+        """Cross-check the watch with one list (an agent the watch missed counts as Ready now)."""
+        found = self.objects.list_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, "supportagents"
+        )
+        now = time.monotonic()
+        self.listed_ready = 0
+        for item in found.get("items", []):
+            if ready_status(item) == "True":
+                self.listed_ready += 1
+                times = self.times.get(item["metadata"]["name"])
+                if times and not times.ready:
+                    times.ready = now
+
+    def report(self, started: float, created: float, finished: float) -> dict[str, Any]:
+        ready = [t for t in self.times.values() if t.ready]
+        first_create = min(t.create_sent for t in self.times.values())
+        last_ready = max((t.ready for t in ready), default=finished)
+        total = last_ready - first_create
+        complete = len(ready) == len(self.names)
+        return {
+            "agents": len(self.names),
+            "agents_ready": len(ready),
+            "agents_ready_by_list": self.listed_ready,
+            "all_ready": complete,
+            "create_threads": self.workers,
+            "create_phase_s": round(created - started, 3),
+            "total_s": round(total, 3) if complete else None,
+            "agents_per_s": round(len(ready) / total, 2) if ready and total > 0 else None,
+            "per_agent_create_to_ready": summary_s([t.ready - t.create_sent for t in ready]),
+            "per_agent_create_request": summary_s([t.create_done - t.create_sent for t in ready]),
+            "per_agent_create_to_rayservice_applied": summary_s(
+                [t.rayservice_seen - t.create_sent for t in ready if t.rayservice_seen]
+            ),
+            "per_agent_rayservice_running_to_ready": summary_s(
+                [t.ready - t.rayservice_running for t in ready if t.rayservice_running]
+            ),
+            "first_ready_after_s": round(min(t.ready for t in ready) - first_create, 3)
+            if ready
+            else None,
+            "kuberay_status_patches": len(self.kuberay_patched),
+            "errors": {
+                "create": self.create_errors[:20],
+                "kuberay": self.kuberay_errors[:20],
+                "watch": (self.rs_watch.errors + self.agent_watch.errors)[:20],
+            },
+        }
+
+    def stop(self) -> None:
+        for watcher in (self.rs_watch, self.agent_watch):
+            watcher.stop()
+        self.kuberay_pool.shutdown(wait=True, cancel_futures=True)
+
+
+def prepare_adapter(api: client.ApiClient, timeout: float = 60) -> None:
+    """One shared ToolAdapter, Ready: its gateway Deployment's status patched to available."""
+    objects = client.CustomObjectsApi(api)
+    apps = client.AppsV1Api(api)
+    objects.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        NAMESPACE,
+        "tooladapters",
+        {
+            "apiVersion": API_VERSION,
+            "kind": "ToolAdapter",
+            "metadata": {"name": ADAPTER},
+            "spec": bench_adapter_spec(),
+        },
+    )
+    deadline = time.monotonic() + timeout
+    gateway = f"{ADAPTER}-gateway"
+    patched = False
+    while time.monotonic() < deadline:
+        if not patched:
+            try:
+                deployment = apps.read_namespaced_deployment(gateway, NAMESPACE)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+            else:
+                generation = deployment.metadata.generation if deployment.metadata else 1
+                apps.patch_namespaced_deployment_status(
+                    gateway,
+                    NAMESPACE,
+                    {
+                        "status": {
+                            "observedGeneration": generation,
+                            "replicas": GATEWAY_REPLICAS,
+                            "updatedReplicas": GATEWAY_REPLICAS,
+                            "readyReplicas": GATEWAY_REPLICAS,
+                            "availableReplicas": GATEWAY_REPLICAS,
+                        }
+                    },
+                    _content_type="application/merge-patch+json",
+                )
+                patched = True
+        if patched:
+            adapter = objects.get_namespaced_custom_object(
+                GROUP, VERSION, NAMESPACE, "tooladapters", ADAPTER
+            )
+            if ready_status(adapter) == "True":
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"ToolAdapter {NAMESPACE}/{ADAPTER} not Ready after {timeout:.0f} s")
+
+
+def audit_summary(envtest: EnvTest, since: str, until: str | None, agents: int) -> dict[str, Any]:
+    """The operator's API requests between two audit timestamps (RFC 3339, microseconds)."""
+    by_call: Counter[str] = Counter()
+    codes: Counter[str] = Counter()
+    total = watches = 0
+    for event in envtest.audit_events():
+        if event.get("user", {}).get("username") != OPERATOR_USER:
+            continue
+        stamp = event.get("requestReceivedTimestamp", "")
+        if stamp < since or (until and stamp > until):
+            continue
+        if event.get("verb") == "watch":  # long-lived streams, not per-agent work
+            watches += 1
+            continue
+        ref = event.get("objectRef") or {}
+        resource = ref.get("resource", "?") + (
+            f"/{ref['subresource']}" if ref.get("subresource") else ""
+        )
+        by_call[f"{event.get('verb')} {resource}"] += 1
+        codes[str((event.get("responseStatus") or {}).get("code", "?"))] += 1
+        total += 1
+    return {
+        "operator_requests": total,
+        "watch_requests_not_counted": watches,
+        "per_agent": round(total / agents, 2) if agents else None,
+        "by_verb_and_resource": dict(by_call.most_common()),
+        "by_response_code": dict(codes.most_common()),
+    }
+
+
+def audit_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --------------------------------------------------------------------------------------------
+# Orchestration
+
+
+def ensure_namespace(api: client.ApiClient) -> None:
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
+
+
+@contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """SIGTERM/SIGHUP → SystemExit, so the clean-up in `finally` runs."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def pid_running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
+    bin_dir = Path(os.environ.get("SWITCHBOARD_ENVTEST_BIN", DEFAULT_ENVTEST_BIN)).expanduser()
+    run_dir = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
+    envtest = EnvTest(run_dir=run_dir, bin_dir=bin_dir)
+    operator: OperatorProcess | None = None
+    load: Load | None = None
+    result: dict[str, Any] = {"run_dir": str(run_dir) if args.keep else None}
+    cleanup: dict[str, Any] = {}
+    try:
+        log(f"starting etcd + kube-apiserver in {run_dir}")
+        envtest.start()
+        assert envtest.kubeconfig is not None
+        admin = api_client(envtest.kubeconfig, pool=args.create_workers + 8)
+        install_crds(admin, load_crds())
+        bind_operator_role(admin)
+        ensure_namespace(admin)
+        log("CRDs installed, ClusterRole bound; starting the operator")
+
+        metrics_port, liveness_port = pick_ports(2, taken={envtest.api_port})
+        operator_kubeconfig = envtest.kubeconfig_for(OPERATOR_TOKEN, "switchboard-operator")
+        operator = OperatorProcess(operator_kubeconfig, run_dir, metrics_port, liveness_port)
+        operator.wait_live(60)
+        prepare_adapter(admin)
+        time.sleep(1.0)  # let the adapter's follow-up events settle before measuring
+        idle = operator.memory()
+        idle_cpu = cpu_seconds(operator.pid)
+        log(f"operator live (pid {operator.pid}, {idle['vm_rss_mb']} MB RSS); ToolAdapter Ready")
+
+        load = Load(admin, args.agents, args.create_workers)
+        load.start_watching()
+        since = audit_now()
+        scale = load.run(args.timeout)
+        until = audit_now()
+        busy_cpu = cpu_seconds(operator.pid) - idle_cpu
+        log(
+            f"{scale['agents_ready']}/{scale['agents']} Ready; total {scale['total_s']} s; "
+            f"settling {args.settle:.0f} s"
+        )
+        time.sleep(args.settle)  # follow-up events (status writes, child events) land now
+        settled_cpu = cpu_seconds(operator.pid) - idle_cpu
+        memory = operator.memory()
+        metrics = parse_metrics(operator.scrape())
+        total_s = scale["total_s"]
+        peak = memory["peak_rss_mb"]
+        result.update(
+            {
+                "scale": scale,
+                "operator_memory": {"idle_before_load": idle, "after_load": memory},
+                "operator_cpu_s": {
+                    "until_all_ready": round(busy_cpu, 2),
+                    "including_settle": round(settled_cpu, 2),
+                    "note": "user+system CPU of the operator process; 1.0 per second = one core",
+                },
+                "operator_metrics": metrics,
+                "api_requests": {
+                    "until_all_ready": audit_summary(envtest, since, until, args.agents),
+                    "including_settle": audit_summary(envtest, since, None, args.agents),
+                },
+                "operator_alive_at_end": operator.alive(),
+                "targets": {
+                    "agents": TARGET_AGENTS,
+                    "max_seconds": TARGET_SECONDS,
+                    "max_rss_mb": TARGET_RSS_MB,
+                    "seconds_pass": (
+                        total_s is not None
+                        and total_s <= TARGET_SECONDS
+                        and args.agents >= TARGET_AGENTS
+                    ),
+                    "rss_pass": peak <= TARGET_RSS_MB,
+                    "measured_seconds": total_s,
+                    "measured_peak_rss_mb": peak,
+                },
+            }
+        )
+    finally:
+        if load is not None:
+            load.stop()
+        if operator is not None:
+            cleanup["operator"] = operator.stop()
+            if not result.get("scale") or not result["scale"].get("all_ready"):
+                log("operator log tail:\n" + operator.log_tail())
+        log("stopping the servers")
+        envtest.stop()
+        pids = dict(envtest.pids)
+        if operator is not None:
+            pids["operator"] = operator.pid
+            pids.update({f"operator-child-{p}": p for p in operator.children_seen})
+        cleanup["leftover_processes"] = sorted(n for n, p in pids.items() if pid_running(p))
+        if args.keep:
+            log(f"kept {run_dir} (audit.log, operator.log)")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        result["cleanup"] = cleanup
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--agents", type=int, default=TARGET_AGENTS, help="SupportAgents to create")
+    parser.add_argument("--create-workers", type=int, default=16, help="threads creating agents")
+    parser.add_argument("--render-iterations", type=int, default=2000)
+    parser.add_argument("--timeout", type=float, default=300, help="max seconds to wait for Ready")
+    parser.add_argument("--settle", type=float, default=5, help="seconds to wait after all Ready")
+    parser.add_argument("--skip-scale", action="store_true", help="render benchmark only")
+    parser.add_argument("--keep", action="store_true", help="keep the RUN dir (logs, audit log)")
+    parser.add_argument("--json-out", type=Path, help="also write the JSON document here")
+    args = parser.parse_args(argv)
+
+    document: dict[str, Any] = {
+        "benchmark": "switchboard operator",
+        "command": " ".join([".venv/bin/python", "benchmarks/operator.py", *sys.argv[1:]]),
+        "machine": machine_info(),
+        "concurrent_pytest_at_start": concurrent_pytest(),
+    }
+    with terminate_as_exit():
+        document["render"] = bench_render(args.render_iterations)
+        if not args.skip_scale:
+            document.update(bench_scale(args))
+    document["concurrent_pytest_at_end"] = concurrent_pytest()
+    document["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    text = json.dumps(document, indent=2)
+    print(text)
+    if args.json_out:
+        args.json_out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
