@@ -88,6 +88,18 @@ def cmd_operator(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_nlu(args: argparse.Namespace) -> int:
+    try:
+        from switchboard.serving.nlu.cli import main as nlu_main
+    except ImportError as exc:  # the operator image has no torch
+        print(
+            f"switchboard nlu needs the serving extra: pip install 'switchboard[serving]' ({exc})",
+            file=sys.stderr,
+        )
+        return 2
+    return nlu_main(args.nlu_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="switchboard", description="Run AI customer-support agents on Ray Serve."
@@ -118,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--liveness-port", type=int, default=8081, help="health endpoint port")
     op.add_argument("-v", "--verbose", action="store_true")
     op.set_defaults(func=cmd_operator)
+
+    nlu = sub.add_parser(
+        "nlu",
+        help="train, evaluate and try the intent classifier (switchboard nlu -h)",
+        add_help=False,
+    )
+    nlu.add_argument("nlu_args", nargs=argparse.REMAINDER)
+    nlu.set_defaults(func=cmd_nlu)
     return parser
 
 

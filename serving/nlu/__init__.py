@@ -1,0 +1,1 @@
+"""Intent classification: a MiniLM encoder with a classification head, trained offline."""
