@@ -97,7 +97,8 @@ def cmd_nlu(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    return nlu_main(args.nlu_args)
+    code: int = nlu_main(args.nlu_args)
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -113,8 +113,24 @@ class AgentAppConfig(Contract):
     llm: LlmConfig | None = None
     knowledge_base: KnowledgeBaseConfig | None = None
     tools: list[ToolConfig] = Field(default_factory=list)
+    intents: list[IntentPlanConfig] = Field(default_factory=list)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     sessions: SessionConfig = Field(default_factory=SessionConfig)
+
+
+class IntentPlanConfig(Contract):
+    """What the orchestrator does for one intent (see `SupportAgent.spec.intents`)."""
+
+    intent: str
+    required_slots: list[str] = Field(default_factory=list)
+    slot_prompts: dict[str, str] = Field(default_factory=dict)
+    operation: str | None = None
+    """`adapter.operation` to call once the required slots are filled."""
+    answer_template: str | None = None
+    """Python format string over `slots` and `result`, e.g. `Order {slots[order_id]} is
+    {result[status]}.`"""
+    use_knowledge_base: bool = False
+    handoff: bool = False
 
 
 class RevisionRoute(Contract):

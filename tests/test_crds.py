@@ -495,6 +495,21 @@ VALID_CASES: list[tuple[str, str, dict[str, Any]]] = [
     ),
     ("agent-gpu-pool-unused", "SupportAgent", {"workerPools": GPU_POOL}),
     ("agent-kb-configmap", "SupportAgent", {"knowledgeBase": {"configMap": {"name": "kb"}}}),
+    (
+        "agent-plans",
+        "SupportAgent",
+        {
+            "intents": [
+                {"intent": "human", "handoff": True},
+                {
+                    "intent": "status",
+                    "requiredSlots": ["order_id"],
+                    "slotPrompts": {"order_id": "Which order?"},
+                    "operation": "orders.get_order",
+                },
+            ]
+        },
+    ),
     ("agent-kb-volume", "SupportAgent", {"knowledgeBase": {"volume": {"claimName": "kb"}}}),
     (
         "agent-redis",
@@ -607,6 +622,18 @@ INVALID_CASES: list[tuple[str, str, dict[str, Any], str]] = [
         "SupportAgent",
         {"llm": {"modelUri": "file:///m", "gpusPerReplica": 1}},
         "spec: an LLM with gpusPerReplica above 0 needs workerPools.gpu",
+    ),
+    (
+        "plan-handoff-and-operation",
+        "SupportAgent",
+        {"intents": [{"intent": "x", "handoff": True, "operation": "orders.get_order"}]},
+        "spec.intents[0]: a plan either hands off or calls an operation, not both",
+    ),
+    (
+        "plan-slot-without-prompt",
+        "SupportAgent",
+        {"intents": [{"intent": "x", "requiredSlots": ["order_id"]}]},
+        "spec.intents[0]: every required slot needs a prompt in slotPrompts",
     ),
     (
         "handoff-adapter-not-in-tools",

@@ -874,6 +874,16 @@ def test_unresolved_references(tools: list[dict[str, Any]], fragments: list[str]
         assert fragment in str(caught.value)
 
 
+def test_plan_calling_an_ungranted_operation_is_unresolved() -> None:
+    plan = {"intent": "refund", "operation": "orders.refund_order"}
+    spec = patched(BASE_AGENT, {"tools": BASE_AGENT["tools"][:1], "policy": None})
+    spec["tools"] = [{"adapter": "orders", "operations": ["get_order"]}]
+    spec["intents"] = [plan]
+    with pytest.raises(RenderError) as caught:
+        render_manifests(manifests(spec))
+    assert "intent refund calls orders.refund_order, which is not granted" in str(caught.value)
+
+
 def test_adapter_in_another_namespace_does_not_resolve() -> None:
     docs = manifests(patched(BASE_AGENT, {"tools": BASE_AGENT["tools"][:1], "policy": None}))
     for doc in docs:
@@ -902,10 +912,9 @@ def test_other_kinds_are_skipped_and_namespaces_kept() -> None:
 
 
 def test_render_errors_survive_context_managers() -> None:
-    """KNOWN BUG: `RenderError` (operator/render/__init__.py) and `SpecError`
-    (operator/api/validation.py) are `@dataclass(frozen=True)` exceptions, so any code that sets
-    an attribute on them in flight (`contextlib.contextmanager.__exit__` sets `__traceback__`,
-    `add_note` sets `__notes__`; kopf, pytest and ExceptionGroups do both) raises
+    """Regression: `RenderError` and `SpecError` were frozen dataclasses, so code that sets an
+    attribute on them in flight (`contextlib.contextmanager.__exit__` sets `__traceback__`,
+    `add_note` sets `__notes__`; kopf, pytest and ExceptionGroups do both) raised
     `FrozenInstanceError` instead, hiding the message that names the object at fault."""
     import contextlib
 

@@ -194,6 +194,38 @@ class ToolGrant(ApiModel):
     """Operations of that adapter the agent may call."""
 
 
+class IntentPlan(ApiModel):
+    """What the agent does when it recognises one intent."""
+
+    cel_rules = (
+        CelRule(
+            rule="!(self.handoff && has(self.operation))",
+            message="a plan either hands off or calls an operation, not both",
+        ),
+        CelRule(
+            rule="self.requiredSlots.all(s, s in self.slotPrompts)",
+            message="every required slot needs a prompt in slotPrompts",
+        ),
+    )
+
+    intent: str = Field(min_length=1, max_length=100)
+    """Intent label as the NLU model predicts it."""
+    required_slots: list[str] = Field(default_factory=list, max_length=10)
+    """Slots that must be known before acting (e.g. `order_id`); the agent asks for each
+    missing one, over as many turns as it takes."""
+    slot_prompts: dict[str, str] = Field(default_factory=dict)
+    """Question asked for each missing slot, e.g. `order_id: What is your order number?`."""
+    operation: str | None = Field(default=None, pattern=r"^[a-z0-9-]+\.[a-z][a-z0-9_]*$")
+    """`adapter.operation` to call once the slots are filled; it must be granted in `tools`."""
+    answer_template: str | None = Field(default=None, max_length=2000)
+    """Reply, with `{slots[name]}` and `{result[field]}` filled in; without one the LLM (or
+    a generic template) phrases the answer."""
+    use_knowledge_base: bool = False
+    """Answer from knowledge-base passages, citing them."""
+    handoff: bool = False
+    """Always hand the conversation to a human (e.g. `talk_to_human`)."""
+
+
 class PolicySpec(ApiModel):
     """The policy gate every action passes before it runs."""
 
@@ -277,6 +309,11 @@ class SupportAgentSpec(ApiModel):
         default_factory=list, max_length=50, json_schema_extra=list_map("adapter")
     )
     """ToolAdapters the agent may use, and which of their operations (one entry per adapter)."""
+    intents: list[IntentPlan] = Field(
+        default_factory=list, max_length=200, json_schema_extra=list_map("intent")
+    )
+    """Per-intent plans; intents without a plan are answered from the knowledge base when
+    there is one, else handed off."""
     policy: PolicySpec = Field(default_factory=PolicySpec)
     """Handoff, approval and safety policy."""
     sessions: SessionSpec = Field(default_factory=SessionSpec)

@@ -167,9 +167,22 @@ def tool_configs(
     return tools
 
 
+def check_plan_operations(parent: Parent, spec: SupportAgentSpec) -> None:
+    """Every operation a plan calls must be granted to the agent in `tools`."""
+    granted = {f"{g.adapter}.{op}" for g in spec.tools for op in g.operations}
+    for plan in spec.intents:
+        if plan.operation and plan.operation not in granted:
+            raise UnresolvedReference(
+                "UnknownOperation",
+                f"SupportAgent {parent.namespace}/{parent.name}: intent {plan.intent} calls "
+                f"{plan.operation}, which is not granted in spec.tools",
+            )
+
+
 def agent_app_config(
     parent: Parent, spec: SupportAgentSpec, adapters: Mapping[str, ToolAdapterSpec]
 ) -> contract.AgentAppConfig:
+    check_plan_operations(parent, spec)
     rev = agent_revision(spec)
     llm = None
     if spec.llm:
@@ -205,6 +218,18 @@ def agent_app_config(
             contract.KnowledgeBaseConfig(path=kb_path, top_k=kb.top_k) if kb and kb_path else None
         ),
         tools=tool_configs(parent, spec, adapters),
+        intents=[
+            contract.IntentPlanConfig(
+                intent=plan.intent,
+                required_slots=list(plan.required_slots),
+                slot_prompts=dict(plan.slot_prompts),
+                operation=plan.operation,
+                answer_template=plan.answer_template,
+                use_knowledge_base=plan.use_knowledge_base,
+                handoff=plan.handoff,
+            )
+            for plan in spec.intents
+        ],
         policy=contract.PolicyConfig(
             handoff_confidence_threshold=policy.handoff_confidence_threshold,
             approval_required=list(policy.approval_required),
