@@ -1,0 +1,499 @@
+"""One conversation turn: understand → plan → policy gate → act → answer, or hand off.
+
+Every turn records an explicit plan (the steps taken and why) in the audit trail. Customer data
+is redacted before it reaches an LLM prompt, a log line or an audit record; raw slot values stay
+only in the session, where the agent needs them to act.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..config import AgentAppConfig, IntentPlanConfig, ToolOperationConfig
+from .pii import redact, redact_value
+from .sessions import SessionStore
+from .tools import TaskRunner, ToolCaller, ToolResult
+from .types import (
+    Action,
+    ChatRequest,
+    ChatResponse,
+    Handoff,
+    PendingPlan,
+    Session,
+    Source,
+    TaskRecord,
+)
+
+TRANSCRIPT_TURNS = 20
+HANDOFF_OPERATION = "create_ticket"
+
+audit_logger = logging.getLogger("switchboard.audit")
+
+
+@dataclass(frozen=True)
+class Understanding:
+    intent: str
+    confidence: float
+    is_oos: bool
+    slots: dict[str, str]
+    extractable: frozenset[str] = frozenset()
+    """Slot names the extractor knows how to find; other slots are taken verbatim."""
+
+
+@dataclass(frozen=True)
+class Passage:
+    id: str
+    title: str
+    text: str
+    score: float
+
+
+class Understander(Protocol):
+    async def understand(self, text: str) -> Understanding: ...
+
+
+class Generator(Protocol):
+    async def generate(self, prompt: str, max_tokens: int) -> str: ...
+
+
+class Retriever(Protocol):
+    async def search(self, text: str, k: int) -> list[Passage]: ...
+
+
+class TurnMetrics(Protocol):
+    def turn(self, status: str, intent: str, seconds: float) -> None: ...
+    def escalation(self, reason: str) -> None: ...
+
+
+class NoMetrics:
+    def turn(self, status: str, intent: str, seconds: float) -> None:
+        return None
+
+    def escalation(self, reason: str) -> None:
+        return None
+
+
+class _Missing(dict[str, Any]):
+    """Template values: a field the system did not return renders as `unknown`."""
+
+    def __missing__(self, key: str) -> str:
+        return "unknown"
+
+
+def _as_template_value(value: Any) -> Any:
+    return _Missing(value) if isinstance(value, dict) else value
+
+
+def fill_template(template: str, slots: dict[str, str], result: Any) -> str | None:
+    try:
+        return template.format(slots=_Missing(slots), result=_as_template_value(result or {}))
+    except (KeyError, IndexError, ValueError, AttributeError):
+        return None
+
+
+@dataclass
+class Turn:
+    """What happened in one turn, for the response and the audit record."""
+
+    trace_id: str
+    understanding: Understanding | None = None
+    steps: list[str] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
+    policy: list[str] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    handoff: Handoff | None = None
+    sources: list[Source] = field(default_factory=list)
+    updates: list[str] = field(default_factory=list)
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        config: AgentAppConfig,
+        understander: Understander,
+        tools: ToolCaller,
+        sessions: SessionStore,
+        tasks: TaskRunner,
+        generator: Generator | None = None,
+        retriever: Retriever | None = None,
+        metrics: TurnMetrics | None = None,
+        audit: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.understander = understander
+        self.tools = tools
+        self.sessions = sessions
+        self.tasks = tasks
+        self.generator = generator
+        self.retriever = retriever
+        self.metrics = metrics or NoMetrics()
+        self.audit = audit or (lambda record: audit_logger.info(json.dumps(record)))
+        self.plans = {p.intent: p for p in config.intents}
+        self.operations: dict[str, tuple[str, ToolOperationConfig]] = {
+            f"{t.adapter}.{op.name}": (t.adapter, op) for t in config.tools for op in t.operations
+        }
+
+    # --- the turn ------------------------------------------------------------------------
+
+    async def turn(self, request: ChatRequest) -> ChatResponse:
+        started = time.perf_counter()
+        turn = Turn(trace_id=uuid.uuid4().hex)
+        session = await self.sessions.get(request.session_id) or Session(
+            session_id=request.session_id, customer_id=request.customer_id
+        )
+        status = "ok"
+        try:
+            await self._collect_finished_tasks(session, turn)
+            reply = await self._respond(session, request.message, turn)
+        except Exception:
+            status = "error"
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            intent = turn.understanding.intent if turn.understanding else "unknown"
+            if turn.handoff:
+                status = "handoff"
+                self.metrics.escalation(turn.handoff.reason)
+            self.metrics.turn(status, intent, seconds)
+        if turn.updates:
+            reply = " ".join([*turn.updates, reply])
+        session.transcript = [
+            *session.transcript,
+            {"role": "customer", "text": redact(request.message)},
+            {"role": "agent", "text": redact(reply)},
+        ][-TRANSCRIPT_TURNS:]
+        await self.sessions.put(session)
+        self._audit(request, turn, reply, seconds)
+        u = turn.understanding
+        return ChatResponse(
+            reply=reply,
+            intent=u.intent if u else None,
+            confidence=round(u.confidence, 4) if u else None,
+            actions=turn.actions,
+            handoff=turn.handoff,
+            sources=turn.sources,
+            trace_id=turn.trace_id,
+            revision=self.config.revision,
+        )
+
+    async def _respond(self, session: Session, message: str, turn: Turn) -> str:
+        understanding = await self.understander.understand(message)
+        turn.understanding = understanding
+        turn.steps.append(f"understand: intent={understanding.intent}")
+        pending = session.pending
+        if pending and self._continues(pending, understanding):
+            current = self.plans[pending.intent]
+            turn.steps.append(f"continue plan {current.intent}")
+            self._fill_slots(pending, current, understanding, message)
+            # The turn is about the pending intent, whatever this message looks like alone.
+            turn.understanding = Understanding(
+                current.intent, understanding.confidence, False, understanding.slots
+            )
+            return await self._run_plan(session, current, pending, message, turn)
+        session.pending = None
+
+        threshold = self.config.policy.handoff_confidence_threshold
+        if understanding.is_oos or understanding.confidence < threshold:
+            turn.policy.append(
+                f"confidence {understanding.confidence:.2f} below {threshold:.2f} "
+                f"or out of scope: hand off"
+            )
+            return await self._handoff(session, "low_confidence", turn)
+        plan = self.plans.get(understanding.intent)
+        if plan is None:
+            if self.retriever is not None:
+                turn.steps.append("no plan: answer from the knowledge base")
+                return await self._answer_from_knowledge(message, turn)
+            return await self._handoff(session, "no_plan", turn)
+        pending = PendingPlan(intent=plan.intent)
+        self._fill_slots(pending, plan, understanding, message)
+        return await self._run_plan(session, plan, pending, message, turn)
+
+    def _continues(self, pending: PendingPlan, understanding: Understanding) -> bool:
+        """A reply to our question continues the plan, unless the customer clearly moved on to
+        another intent and gave none of the slot we asked for."""
+        if pending.intent not in self.plans:
+            return False
+        if pending.awaiting and pending.awaiting in understanding.slots:
+            return True
+        switched = (
+            understanding.intent != pending.intent
+            and not understanding.is_oos
+            and understanding.confidence >= self.config.policy.handoff_confidence_threshold
+            and understanding.intent in self.plans
+        )
+        return not switched
+
+    def _fill_slots(
+        self, pending: PendingPlan, plan: IntentPlanConfig, understanding: Understanding, text: str
+    ) -> None:
+        for name in plan.required_slots:
+            if name in understanding.slots and name not in pending.slots:
+                pending.slots[name] = understanding.slots[name]
+        awaiting = pending.awaiting
+        if awaiting and awaiting not in pending.slots and awaiting not in understanding.extractable:
+            pending.slots[awaiting] = text.strip()  # free-text slot: the answer is the value
+
+    async def _run_plan(
+        self,
+        session: Session,
+        plan: IntentPlanConfig,
+        pending: PendingPlan,
+        message: str,
+        turn: Turn,
+    ) -> str:
+        if plan.handoff:
+            turn.steps.append(f"plan {plan.intent}: hand off")
+            session.pending = None
+            return await self._handoff(session, "requested", turn)
+        missing = [s for s in plan.required_slots if s not in pending.slots]
+        if missing:
+            pending.awaiting = missing[0]
+            session.pending = pending
+            turn.steps.append(f"ask for slot {missing[0]}")
+            return plan.slot_prompts.get(missing[0], f"Could you tell me your {missing[0]}?")
+        session.pending = None
+        result: Any = None
+        if plan.operation:
+            outcome = await self._act(session, plan, pending.slots, turn)
+            if isinstance(outcome, str):
+                return outcome
+            result = outcome.result
+        if plan.use_knowledge_base and self.retriever is not None:
+            return await self._answer_from_knowledge(message, turn, pending.slots, result)
+        return await self._answer(plan, pending.slots, result, message, turn)
+
+    async def _act(
+        self, session: Session, plan: IntentPlanConfig, slots: dict[str, str], turn: Turn
+    ) -> ToolResult | str:
+        """Run the plan's operation through the policy gate; a string is the turn's reply."""
+        assert plan.operation
+        adapter, op = self.operations[plan.operation]
+        payload = dict(slots)
+        policy = self.config.policy
+        if plan.operation in policy.approval_required:
+            turn.policy.append(f"{plan.operation} needs human approval")
+            turn.actions.append(
+                Action(operation=plan.operation, status="proposed", detail=redact_value(payload))  # type: ignore[arg-type]
+            )
+            proposed = {"operation": plan.operation, "input": redact_value(payload)}
+            return await self._handoff(session, "approval_required", turn, proposed)
+        if len(turn.tool_calls) >= policy.max_tool_calls_per_turn:
+            turn.policy.append(f"tool call limit {policy.max_tool_calls_per_turn} reached")
+            return await self._handoff(session, "tool_call_limit", turn)
+        turn.policy.append(f"{plan.operation} allowed")
+        if op.long_running:
+            task_id = self.tasks.start(adapter, op.name, payload, self._task_done(session, plan))
+            turn.steps.append(f"start {plan.operation} as task {task_id}")
+            turn.tool_calls.append({"operation": plan.operation, "outcome": "started"})
+            turn.actions.append(Action(operation=plan.operation, status="started", task_id=task_id))
+            session.tasks.append(TaskRecord(task_id=task_id, operation=plan.operation))
+            return (
+                f"I've started that ({plan.operation}); it takes a little while. "
+                f"I'll tell you here as soon as it's done (reference {task_id})."
+            )
+        key = f"{turn.trace_id}-{len(turn.tool_calls)}" if op.mutating else None
+        started = time.perf_counter()
+        result = await self.tools.call(adapter, op.name, payload, key)
+        turn.tool_calls.append(
+            {
+                "operation": plan.operation,
+                "outcome": "success" if result.ok else "failure",
+                "status": result.status,
+                "attempts": result.attempts,
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+            }
+        )
+        turn.steps.append(f"call {plan.operation}: {'ok' if result.ok else result.error}")
+        if not result.ok:
+            turn.actions.append(
+                Action(operation=plan.operation, status="failed", detail={"error": result.error})
+            )
+            if 400 <= result.status < 500 and result.status not in (408, 429):
+                # The system understood and said no (unknown order, already shipped...).
+                return (
+                    "I couldn't do that: the system reported "
+                    f"{_describe_refusal(result)}. Could you check the details?"
+                )
+            return await self._handoff(session, "tool_failure", turn)
+        turn.actions.append(Action(operation=plan.operation, status="succeeded"))
+        return result
+
+    def _task_done(self, session: Session, plan: IntentPlanConfig) -> Any:
+        store, session_id, operation = self.sessions, session.session_id, plan.operation or ""
+
+        async def done(task_id: str, result: ToolResult) -> None:
+            record = TaskRecord(
+                task_id=task_id,
+                operation=operation,
+                status="succeeded" if result.ok else "failed",
+                result=result.result if result.ok else {"error": result.error},
+            )
+            await store.put_task(session_id, record)
+
+        return done
+
+    async def _collect_finished_tasks(self, session: Session, turn: Turn) -> None:
+        finished = await self.sessions.tasks(session.session_id)
+        for task in session.tasks:
+            done = finished.get(task.task_id)
+            if task.reported or done is None or done.status == "running":
+                continue
+            task.status, task.result, task.reported = done.status, done.result, True
+            verb = "finished" if done.status == "succeeded" else "failed"
+            turn.updates.append(f"Update on {task.task_id}: {task.operation} {verb}.")
+            turn.steps.append(f"report task {task.task_id} {done.status}")
+        session.tasks = [t for t in session.tasks if not t.reported][-10:] + [
+            t for t in session.tasks if t.reported
+        ][-5:]
+
+    # --- answers -------------------------------------------------------------------------
+
+    async def _answer(
+        self, plan: IntentPlanConfig, slots: dict[str, str], result: Any, message: str, turn: Turn
+    ) -> str:
+        if plan.answer_template:
+            filled = fill_template(plan.answer_template, slots, result)
+            if filled is not None:
+                turn.steps.append("answer from template")
+                return filled
+        if self.generator is not None:
+            facts = json.dumps(redact_value({"slots": slots, "result": result}), default=str)
+            prompt = (
+                "You are a customer-support agent. Answer the customer in two sentences at most, "
+                f"using only these facts.\nFacts: {facts}\nCustomer: {redact(message)}\nAgent:"
+            )
+            return await self._generate(prompt, turn) or "Done."
+        turn.steps.append("answer: generic confirmation")
+        return "Done: your request has been processed."
+
+    async def _answer_from_knowledge(
+        self, message: str, turn: Turn, slots: dict[str, str] | None = None, result: Any = None
+    ) -> str:
+        assert self.retriever is not None
+        k = self.config.knowledge_base.top_k if self.config.knowledge_base else 3
+        passages = await self.retriever.search(message, k)
+        turn.sources = [Source(id=p.id, title=p.title, score=round(p.score, 4)) for p in passages]
+        turn.steps.append(f"retrieve {len(passages)} passages")
+        if not passages:
+            return "I couldn't find that in our help articles. Would you like to talk to a person?"
+        if self.generator is not None:
+            context = "\n".join(f"[{p.id}] {p.text}" for p in passages)
+            prompt = (
+                "You are a customer-support agent. Answer from the passages only, in two "
+                f"sentences at most.\nPassages:\n{context}\nCustomer: {redact(message)}\nAgent:"
+            )
+            generated = await self._generate(prompt, turn)
+            if generated:
+                return f"{generated} (source: {passages[0].id})"
+        best = passages[0]
+        return f"{_first_sentences(best.text, 2)} (source: {best.id})"
+
+    async def _generate(self, prompt: str, turn: Turn) -> str | None:
+        """The LLM phrases the answer; a failing LLM falls back to templates, not to an error."""
+        assert self.generator is not None
+        max_tokens = self.config.llm.max_tokens if self.config.llm else 128
+        try:
+            text = (await self.generator.generate(prompt, max_tokens)).strip()
+        except Exception as exc:
+            turn.steps.append(f"llm failed: {type(exc).__name__}")
+            return None
+        turn.steps.append("answer from llm")
+        return text or None
+
+    # --- handoff -------------------------------------------------------------------------
+
+    async def _handoff(
+        self, session: Session, reason: str, turn: Turn, proposed: dict[str, Any] | None = None
+    ) -> str:
+        """A ticket for a human with the context, so the customer need not repeat anything."""
+        session.handed_off = True
+        session.pending = None
+        u = turn.understanding
+        adapter = self.config.policy.handoff_adapter
+        ticket_id = None
+        if adapter:
+            body = {
+                "reason": reason,
+                "intent": u.intent if u else None,
+                "confidence": round(u.confidence, 3) if u else None,
+                "slots": redact_value(u.slots if u else {}),
+                "attempted_actions": [a.model_dump() for a in turn.actions],
+                "proposed_action": proposed,
+                "transcript": session.transcript[-10:],
+                "trace_id": turn.trace_id,
+            }
+            payload = {
+                "subject": f"[{self.config.agent}] {reason.replace('_', ' ')}: "
+                f"{u.intent if u else 'unknown'}",
+                "body": json.dumps(body, indent=1, default=str),
+                "priority": "high" if reason in ("tool_failure", "approval_required") else "normal",
+            }
+            key = f"{turn.trace_id}-handoff"
+            result = await self.tools.call(adapter, HANDOFF_OPERATION, payload, key)
+            turn.tool_calls.append(
+                {
+                    "operation": f"{adapter}.{HANDOFF_OPERATION}",
+                    "outcome": "success" if result.ok else "failure",
+                }
+            )
+            if result.ok and isinstance(result.result, dict):
+                ticket_id = str(result.result.get("ticket_id") or result.result.get("id") or "")
+        turn.handoff = Handoff(reason=reason, ticket_id=ticket_id or None, proposed_action=proposed)
+        turn.steps.append(f"hand off: {reason}")
+        reasons = {
+            "low_confidence": "I'm not sure I understood",
+            "requested": "Of course",
+            "approval_required": "That needs a colleague's approval",
+            "tool_failure": "I can't reach that system right now",
+            "tool_call_limit": "That needs more steps than I may take",
+            "no_plan": "That's something a colleague handles",
+        }
+        lead = reasons.get(reason, "Let me get a colleague")
+        ticket = f" (ticket {ticket_id})" if ticket_id else ""
+        return f"{lead}, so I've passed this to a human agent{ticket} with our conversation so far."
+
+    # --- audit ---------------------------------------------------------------------------
+
+    def _audit(self, request: ChatRequest, turn: Turn, reply: str, seconds: float) -> None:
+        u = turn.understanding
+        record = {
+            "trace_id": turn.trace_id,
+            "agent": self.config.agent,
+            "revision": self.config.revision,
+            "session_id": request.session_id,
+            "channel": request.channel,
+            "message": redact(request.message),
+            "intent": u.intent if u else None,
+            "confidence": round(u.confidence, 4) if u else None,
+            "plan": turn.steps,
+            "policy": turn.policy,
+            "tool_calls": turn.tool_calls,
+            "handoff": turn.handoff.model_dump() if turn.handoff else None,
+            "reply": redact(reply),
+            "latency_ms": round(seconds * 1000, 1),
+        }
+        self.audit(redact_value(record))  # type: ignore[arg-type]
+
+
+def _describe_refusal(result: ToolResult) -> str:
+    if result.status == 404:
+        return "that it could not find it"
+    if result.status == 409:
+        return "that it can no longer be changed"
+    return f"an error ({result.status})"
+
+
+def _first_sentences(text: str, n: int) -> str:
+    body = " ".join(
+        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
+    )
+    sentences = [s.strip() for s in body.split(". ") if s.strip()]
+    joined = ". ".join(sentences[:n])
+    return joined if joined.endswith(".") else joined + "."

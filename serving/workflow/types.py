@@ -1,0 +1,84 @@
+"""The chat API's request and response, and the session state kept between turns."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_MESSAGE_CHARS = 4000
+
+
+class ChatRequest(BaseModel):
+    """`POST /v1/chat` body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+    message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+    customer_id: str | None = Field(default=None, max_length=128)
+    channel: str | None = Field(default=None, max_length=32)
+
+
+class Action(BaseModel):
+    """A tool operation the agent ran, started, or proposed during the turn."""
+
+    operation: str
+    status: Literal["succeeded", "failed", "started", "proposed"]
+    task_id: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class Handoff(BaseModel):
+    """The conversation went to a human."""
+
+    reason: str
+    ticket_id: str | None = None
+    proposed_action: dict[str, Any] | None = None
+
+
+class Source(BaseModel):
+    """A knowledge-base passage the answer is grounded in."""
+
+    id: str
+    title: str
+    score: float
+
+
+class ChatResponse(BaseModel):
+    reply: str
+    intent: str | None
+    confidence: float | None
+    actions: list[Action] = Field(default_factory=list)
+    handoff: Handoff | None = None
+    sources: list[Source] = Field(default_factory=list)
+    trace_id: str
+    revision: str | None = None
+
+
+class PendingPlan(BaseModel):
+    """An intent the agent is still collecting slots for."""
+
+    intent: str
+    slots: dict[str, str] = Field(default_factory=dict)
+    awaiting: str | None = None
+
+
+class TaskRecord(BaseModel):
+    """A long-running operation started on an earlier turn."""
+
+    task_id: str
+    operation: str
+    status: Literal["running", "succeeded", "failed"] = "running"
+    result: Any = None
+    reported: bool = False
+
+
+class Session(BaseModel):
+    session_id: str
+    customer_id: str | None = None
+    transcript: list[dict[str, str]] = Field(default_factory=list)
+    """Redacted turns, newest last (role, text)."""
+    pending: PendingPlan | None = None
+    tasks: list[TaskRecord] = Field(default_factory=list)
+    handed_off: bool = False
