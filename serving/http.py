@@ -1,0 +1,91 @@
+"""The agent's HTTP surface, shared by the Serve router and the single-process server: request
+parsing with JSON errors (never a stack trace), and the OpenAPI description of `/v1/chat`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from .workflow.types import ChatRequest, ChatResponse
+
+MAX_BODY_BYTES = 16 * 1024
+log = logging.getLogger("switchboard.http")
+
+# (request, revision header value) -> response dict
+ChatDispatch = Callable[[ChatRequest, str | None], Awaitable[dict[str, Any]]]
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+
+
+async def parse_chat_request(request: Request) -> ChatRequest | JSONResponse:
+    """The validated body, or the 4xx response explaining what is wrong with it."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return error(413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        return error(413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return error(400, "malformed_json", "the body is not valid JSON")
+    if not isinstance(data, dict):
+        return error(400, "malformed_request", "the body must be a JSON object")
+    try:
+        return ChatRequest.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()
+        ]
+        return error(
+            422, "invalid_request", "the request does not match the schema", problems=problems
+        )
+
+
+async def handle_chat(
+    request: Request, dispatch: ChatDispatch, revision_header: str
+) -> JSONResponse:
+    parsed = await parse_chat_request(request)
+    if isinstance(parsed, JSONResponse):
+        return parsed
+    try:
+        result = await dispatch(parsed, request.headers.get(revision_header))
+    except Exception:
+        log.exception("chat turn failed")
+        return error(500, "internal_error", "the agent could not complete this turn")
+    return JSONResponse(result)
+
+
+CHAT_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": ChatRequest.model_json_schema()}},
+    },
+    "responses": {
+        "200": {
+            "description": "The agent's reply",
+            "content": {"application/json": {"schema": ChatResponse.model_json_schema()}},
+        },
+        "400": {"description": "Malformed JSON"},
+        "413": {"description": "Body too large"},
+        "422": {"description": "Body does not match the schema"},
+    },
+}
+
+
+def new_api(title: str) -> FastAPI:
+    api = FastAPI(title=title, version="v1")
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return api
