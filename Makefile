@@ -21,7 +21,7 @@ LINT_PATHS := operator serving tests benchmarks
 MYPY_PATH := $(VENV)/mypy-path
 MYPY_LINKS := $(MYPY_PATH)/switchboard/operator $(MYPY_PATH)/switchboard/serving
 
-.PHONY: venv envtest lint test crds clean distclean
+.PHONY: venv envtest redis lint test crds clean distclean
 
 venv: $(STAMP) $(MYPY_LINKS)
 
@@ -49,7 +49,14 @@ lint: venv
 	MYPYPATH=$(MYPY_PATH) $(BIN)/mypy -p switchboard.operator -p switchboard.serving
 	echo "<== lint: $$((SECONDS - t))s"
 
-test: venv envtest lint
+# Tests start a real Redis for the shared session store; Debian's package when it is missing.
+redis:
+	command -v redis-server >/dev/null || { \
+	  sudo=; [[ $$EUID -eq 0 ]] || sudo="sudo -n"; \
+	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends redis-server; }
+	redis-server --version
+
+test: venv envtest redis lint
 	echo "==> pytest"; t=$$SECONDS
 	SWITCHBOARD_ENVTEST_BIN=$(ENVTEST_BIN) $(BIN)/python -m pytest -q
 	echo "<== pytest: $$((SECONDS - t))s"
