@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import time
@@ -379,3 +380,48 @@ def installed_crds(kube_admin: client.ApiClient) -> dict[str, dict[str, Any]]:
         _create_or_replace_crd(ext, crd)
     _wait_established(kube_admin, crds)
     return crds
+
+
+# --------------------------------------------------------------------------------------------
+# Redis, for the shared session store
+
+
+@dataclass(frozen=True)
+class RedisServer:
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real `redis-server` on a free loopback port (Debian's package; `make test` installs
+    it). Missing or failing to start fails the tests, never skips them."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: run `make redis` (Debian: redis-server)")
+    data = tmp_path_factory.mktemp("redis")
+    port = _pick_ports()[0]
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(data), "--protected-mode", "yes"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"redis-server did not start on port {port}")
+        time.sleep(0.05)
+    try:
+        yield RedisServer(f"redis://127.0.0.1:{port}/0", port, process)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
