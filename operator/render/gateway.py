@@ -64,7 +64,9 @@ def _selector(parent: Parent) -> dict[str, str]:
 def render_deployment(parent: Parent, spec: ToolAdapterSpec) -> dict[str, Any]:
     name = gateway_name(parent.name)
     meta = metadata(parent, name, "tool-gateway")
-    config = gateway_config(parent, spec).model_dump_json(exclude_none=True)
+    # Not exclude_none: `idempotency_header: null` means "disabled"; dropped, the gateway would
+    # read the default header and retry mutating calls the system cannot deduplicate.
+    config = gateway_config(parent, spec).model_dump_json()
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if spec.credentials.secret_ref:
