@@ -32,6 +32,7 @@ from .config import (
     NluConfig,
     ToolConfig,
 )
+from .nlu_service import NluService, understanding
 from .workflow.orchestrator import Orchestrator, Passage, Understanding
 from .workflow.sessions import open_store
 from .workflow.tools import HttpToolCaller, TaskDone, ToolResult
@@ -44,12 +45,7 @@ class NLU:
     """The intent classifier, batched across concurrent turns."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        from .nlu.model import IntentClassifier
-
-        self.config = NluConfig.model_validate(config)
-        self.model = IntentClassifier.load(
-            self.config.model_path, quantization=self.config.quantization
-        )
+        self.service = NluService(NluConfig.model_validate(config))
         self.inference_seconds = serve.metrics.Histogram(
             "nlu_inference_time_seconds",
             description="NLU model time per batch.",
@@ -64,18 +60,9 @@ class NLU:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def classify(self, texts: list[str]) -> list[dict[str, Any]]:
         started = time.perf_counter()
-        predictions = self.model.predict(texts)
+        results = self.service.classify(texts)
         self.inference_seconds.observe(time.perf_counter() - started)
-        return [
-            {
-                "intent": p.intent,
-                "confidence": p.confidence,
-                "is_oos": p.is_oos,
-                "slots": dict(p.slots),
-                "extractable": sorted(self.model.slot_names),
-            }
-            for p in predictions
-        ]
+        return results
 
 
 class Retriever:
@@ -109,13 +96,7 @@ class _HandleUnderstander:
 
     async def understand(self, text: str) -> Understanding:
         raw: dict[str, Any] = await self.handle.classify.remote(text)
-        return Understanding(
-            intent=raw["intent"],
-            confidence=float(raw["confidence"]),
-            is_oos=bool(raw["is_oos"]),
-            slots=dict(raw["slots"]),
-            extractable=frozenset(raw["extractable"]),
-        )
+        return understanding(raw)
 
 
 class _HandleRetriever:

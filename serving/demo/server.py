@@ -8,16 +8,11 @@ control of SIGINT/SIGTERM.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-import uvicorn
-from starlette.applications import Starlette
-
+from ..asgi_thread import STARTUP_TIMEOUT_SECONDS, ServerThread, listen, url_of
 from .apps import DEFAULT_TICKETING_PREFIX, build_orders_app, build_ticketing_app, normalize_prefix
 from .faults import FaultInjector
 from .store import DemoStore
@@ -27,9 +22,6 @@ from .store import DemoStore
 DEFAULT_ORDERS_TOKEN = "replace-me-orders-token"
 DEFAULT_TICKETING_USERNAME = "switchboard"
 DEFAULT_TICKETING_PASSWORD = "replace-me-ticketing-password"
-STARTUP_TIMEOUT_SECONDS = 10.0
-# In-flight requests (a long injected delay, say) are cancelled after this on stop().
-GRACEFUL_SHUTDOWN_SECONDS = 2
 
 
 @dataclass(frozen=True)
@@ -37,55 +29,6 @@ class DemoCredentials:
     orders_token: str = DEFAULT_ORDERS_TOKEN
     ticketing_username: str = DEFAULT_TICKETING_USERNAME
     ticketing_password: str = DEFAULT_TICKETING_PASSWORD
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=2048)
-
-
-def _url(sock: socket.socket, host: str) -> str:
-    port = sock.getsockname()[1]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-class _ServerThread:
-    def __init__(
-        self, name: str, app: Starlette, sock: socket.socket, log_level: str, access_log: bool
-    ) -> None:
-        config = uvicorn.Config(
-            app,
-            lifespan="off",
-            # The host process owns logging: uvicorn's loggers propagate to its handlers.
-            log_config=None,
-            log_level=log_level,
-            access_log=access_log,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        )
-        self.server = uvicorn.Server(config)
-        self.sock = sock
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [sock]}, name=name, daemon=True
-        )
-
-    def start(self, timeout: float) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise RuntimeError(f"{self.thread.name} server exited during startup")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.thread.name} server did not start in {timeout}s")
-            time.sleep(0.01)
-
-    def signal_stop(self) -> None:
-        self.server.should_exit = True
-
-    def join(self, timeout: float) -> None:
-        if self.thread.is_alive():
-            self.thread.join(timeout)
-        # uvicorn closes the socket on a normal shutdown; this covers a failed startup.
-        self.sock.close()
 
 
 class DemoSystems:
@@ -99,7 +42,7 @@ class DemoSystems:
         ticketing_url: str,
         orders_faults: FaultInjector,
         ticketing_faults: FaultInjector,
-        threads: list[_ServerThread],
+        threads: list[ServerThread],
     ) -> None:
         self.store = store
         self.credentials = credentials
@@ -153,7 +96,7 @@ def start_demo_systems(
     credentials = credentials or DemoCredentials()
     store = DemoStore(db_path)
     orders_faults, ticketing_faults = FaultInjector(), FaultInjector()
-    threads: list[_ServerThread] = []
+    threads: list[ServerThread] = []
     try:
         orders_app = build_orders_app(store, token=credentials.orders_token, faults=orders_faults)
         ticketing_app = build_ticketing_app(
@@ -163,11 +106,11 @@ def start_demo_systems(
             prefix=ticketing_prefix,
             faults=ticketing_faults,
         )
-        orders_sock = _listen(host, orders_port)
-        threads.append(_ServerThread("demo-orders", orders_app, orders_sock, log_level, access_log))
-        ticketing_sock = _listen(host, ticketing_port)
+        orders_sock = listen(host, orders_port)
+        threads.append(ServerThread("demo-orders", orders_app, orders_sock, log_level, access_log))
+        ticketing_sock = listen(host, ticketing_port)
         threads.append(
-            _ServerThread("demo-ticketing", ticketing_app, ticketing_sock, log_level, access_log)
+            ServerThread("demo-ticketing", ticketing_app, ticketing_sock, log_level, access_log)
         )
         for t in threads:
             t.start(STARTUP_TIMEOUT_SECONDS)
@@ -181,8 +124,8 @@ def start_demo_systems(
     return DemoSystems(
         store=store,
         credentials=credentials,
-        orders_url=_url(orders_sock, host),
-        ticketing_url=_url(ticketing_sock, host) + normalize_prefix(ticketing_prefix),
+        orders_url=url_of(orders_sock, host),
+        ticketing_url=url_of(ticketing_sock, host) + normalize_prefix(ticketing_prefix),
         orders_faults=orders_faults,
         ticketing_faults=ticketing_faults,
         threads=threads,
