@@ -38,6 +38,8 @@ from .workflow.sessions import open_store
 from .workflow.tools import HttpToolCaller, TaskDone, ToolResult
 from .workflow.types import ChatRequest
 
+# Deployment name -> `.options()` keyword arguments, as in a serveConfigV2 deployment entry.
+DeploymentOptions = dict[str, dict[str, Any]]
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 
 
@@ -244,19 +246,26 @@ Orchestrator_: Deployment = serve.deployment(name=ORCHESTRATOR_DEPLOYMENT)(Orche
 IngressDeployment: Deployment = serve.deployment(name=INGRESS_DEPLOYMENT)(Ingress)
 
 
-def build_app(args: dict[str, Any]) -> Application:
+def with_options(deployment: Deployment, options: DeploymentOptions | None) -> Deployment:
+    """Apply a rendered `serveConfigV2` deployment entry (local runs; on a cluster Serve's
+    controller applies the config itself)."""
+    if not options or deployment.name not in options:
+        return deployment
+    return deployment.options(**options[deployment.name])
+
+
+def build_app(args: dict[str, Any], options: DeploymentOptions | None = None) -> Application:
     """Serve entry point (`switchboard.serving.app:build_app`); `args` is an AgentAppConfig."""
     config = AgentAppConfig.model_validate(args)
-    nlu = NLUDeployment.bind(config.nlu.model_dump())
-    retriever = (
-        RetrieverDeployment.bind(config.knowledge_base.model_dump())
-        if config.knowledge_base
-        else None
+    nlu = with_options(NLUDeployment, options).bind(config.nlu.model_dump())
+    retriever = None
+    if config.knowledge_base:
+        kb = config.knowledge_base.model_dump()
+        retriever = with_options(RetrieverDeployment, options).bind(kb)
+    llm = None
+    if config.llm is not None and config.llm.backend != "openai":
+        llm = with_options(LLMDeployment, options).bind(config.llm.model_dump())
+    orchestrator = with_options(Orchestrator_, options).bind(
+        config.model_dump(), nlu, retriever, llm
     )
-    llm = (
-        LLMDeployment.bind(config.llm.model_dump())
-        if config.llm is not None and config.llm.backend != "openai"
-        else None
-    )
-    orchestrator = Orchestrator_.bind(config.model_dump(), nlu, retriever, llm)
-    return IngressDeployment.bind(orchestrator)
+    return with_options(IngressDeployment, options).bind(orchestrator)

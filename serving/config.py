@@ -204,3 +204,26 @@ class ToolGatewayConfig(Contract):
     idempotency_header: str | None = "Idempotency-Key"
     """Header carrying an idempotency key on mutating calls; None sends none (and then
     mutating calls are never retried)."""
+
+
+# --- a local run (`switchboard serve`) ------------------------------------------------------
+
+
+class LocalGateway(Contract):
+    config: ToolGatewayConfig
+    credentials: dict[str, str] = Field(default_factory=dict)
+    """Secret keys → values, written to a private directory the local gateway reads."""
+
+
+class LocalAgent(Contract):
+    app: AgentAppConfig
+    router: RouterConfig
+    serve_config: dict[str, Any]
+    """The rendered `serveConfigV2`; local runs take the deployment options from it."""
+
+
+class LocalPlan(Contract):
+    """What `switchboard serve` runs: built by the operator's renderers from the manifests."""
+
+    agents: list[LocalAgent]
+    gateways: list[LocalGateway] = Field(default_factory=list)

@@ -64,7 +64,12 @@ class Router:
 RouterDeployment: Deployment = serve.deployment(name=ROUTER_DEPLOYMENT)(Router)
 
 
-def build_app(args: dict[str, Any]) -> Application:
+def build_app(
+    args: dict[str, Any], options: dict[str, dict[str, Any]] | None = None
+) -> Application:
     """Serve entry point (`switchboard.serving.router:build_app`); `args` is a RouterConfig."""
     config = RouterConfig.model_validate(args)
-    return RouterDeployment.bind(config.model_dump())
+    deployment = RouterDeployment
+    if options and ROUTER_DEPLOYMENT in options:
+        deployment = deployment.options(**options[ROUTER_DEPLOYMENT])
+    return deployment.bind(config.model_dump())

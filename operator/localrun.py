@@ -1,0 +1,161 @@
+"""The operator's view of a local run: the same manifests, rendered by the same pure functions,
+with cluster-only paths and URLs swapped for local ones (`switchboard serve`).
+
+Pure: it returns contract objects; `switchboard.serving.local` runs them.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from switchboard.serving import config as contract
+
+from .api.base import API_VERSION
+from .api.supportagent import SupportAgentSpec
+from .api.tooladapter import ToolAdapterSpec
+from .api.validation import SpecError, validate_spec
+from .render import Parent, RenderError, UnresolvedReference
+from .render.gateway import gateway_config
+from .render.names import revision_app_name
+from .render.serve_config import agent_app_config, serve_config
+
+
+@dataclass(frozen=True)
+class LocalOverrides:
+    nlu_model: str | None = None
+    """Local NLU artifact directory for every agent (the manifests name cluster paths)."""
+    llm_model: str | None = None
+    """Local LLM directory for agents with an in-cluster LLM."""
+    knowledge_dir: str | None = None
+    """Where ConfigMap knowledge bases from the manifests are written."""
+    tool_urls: Mapping[str, str] = field(default_factory=dict)
+    """ToolAdapter name → the business system's local base URL."""
+    system_urls: Mapping[str, str] = field(default_factory=dict)
+    """ToolAdapter `system` (orders, ticketing, ...) → local base URL, for the demo systems."""
+
+
+def _secrets(documents: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    found: dict[str, dict[str, str]] = {}
+    for doc in documents:
+        if doc.get("kind") == "Secret" and doc.get("apiVersion") == "v1":
+            values = {k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()}
+            values.update({k: str(v) for k, v in (doc.get("stringData") or {}).items()})
+            found[doc["metadata"]["name"]] = values
+    return found
+
+
+def _config_maps(documents: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    return {
+        doc["metadata"]["name"]: {k: str(v) for k, v in (doc.get("data") or {}).items()}
+        for doc in documents
+        if doc.get("kind") == "ConfigMap" and doc.get("apiVersion") == "v1"
+    }
+
+
+def _ours(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in documents if d.get("apiVersion") == API_VERSION and d.get("kind") == kind]
+
+
+def local_plan(
+    documents: list[dict[str, Any]], overrides: LocalOverrides, namespace: str = "default"
+) -> contract.LocalPlan:
+    """Every agent and adapter in `documents`, ready for `switchboard.serving.local`."""
+    secrets, config_maps = _secrets(documents), _config_maps(documents)
+    adapters: dict[str, ToolAdapterSpec] = {}
+    gateways = []
+    for doc in _ours(documents, "ToolAdapter"):
+        name = doc["metadata"]["name"]
+        spec = _validated(ToolAdapterSpec, doc)
+        base_url = overrides.tool_urls.get(name) or overrides.system_urls.get(spec.system)
+        if base_url is None:
+            raise RenderError(
+                f"ToolAdapter {name}: no local URL for system {spec.system} "
+                f"(pass --tool-url {name}=URL, or --demo-systems)"
+            )
+        adapters[name] = spec
+        config = gateway_config(Parent("ToolAdapter", name, namespace), spec)
+        credentials: dict[str, str] = {}
+        if spec.credentials.secret_ref:
+            if spec.credentials.secret_ref not in secrets:
+                raise RenderError(
+                    f"ToolAdapter {name}: Secret {spec.credentials.secret_ref} is not among "
+                    "the manifests"
+                )
+            credentials = secrets[spec.credentials.secret_ref]
+        gateways.append(
+            contract.LocalGateway(
+                config=config.model_copy(update={"base_url": base_url}), credentials=credentials
+            )
+        )
+
+    agents = []
+    for doc in _ours(documents, "SupportAgent"):
+        name = doc["metadata"]["name"]
+        spec = _validated(SupportAgentSpec, doc)
+        parent = Parent("SupportAgent", name, namespace)
+        try:
+            app = agent_app_config(parent, spec, adapters)
+            rendered = serve_config(parent, spec, adapters)
+        except UnresolvedReference as exc:
+            raise RenderError(f"SupportAgent {name}: {exc.message}") from None
+        app = _localize(name, spec, app, overrides, config_maps)
+        for application in rendered["applications"]:
+            if application["name"] == revision_app_name(name, app.revision):
+                application["args"] = app.model_dump(mode="json", exclude_none=True)
+        router = contract.RouterConfig.model_validate(rendered["applications"][0]["args"])
+        agents.append(contract.LocalAgent(app=app, router=router, serve_config=rendered))
+    if not agents:
+        raise RenderError("no SupportAgent among the manifests")
+    return contract.LocalPlan(agents=agents, gateways=gateways)
+
+
+def _validated(model: type[Any], doc: dict[str, Any]) -> Any:
+    try:
+        return validate_spec(model, doc.get("spec"))
+    except SpecError as exc:
+        raise RenderError(f"{doc['kind']} {doc['metadata']['name']}: {exc}") from None
+
+
+def _localize(
+    name: str,
+    spec: SupportAgentSpec,
+    app: contract.AgentAppConfig,
+    overrides: LocalOverrides,
+    config_maps: dict[str, dict[str, str]],
+) -> contract.AgentAppConfig:
+    update: dict[str, Any] = {}
+    nlu_path = overrides.nlu_model or app.nlu.model_path
+    if not Path(nlu_path).is_dir():
+        raise RenderError(
+            f"SupportAgent {name}: NLU model {nlu_path} is not a local directory "
+            "(train one with `switchboard nlu train` and pass --nlu-model)"
+        )
+    update["nlu"] = app.nlu.model_copy(update={"model_path": str(Path(nlu_path).resolve())})
+    if app.llm is not None and app.llm.backend != "openai":
+        llm_path = overrides.llm_model or app.llm.model_path or ""
+        if not Path(llm_path).is_dir():
+            raise RenderError(f"SupportAgent {name}: LLM {llm_path} is not local (--llm-model)")
+        update["llm"] = app.llm.model_copy(
+            update={"model_path": str(Path(llm_path).resolve()), "device": "cpu"}
+        )
+    kb = spec.knowledge_base
+    if kb and app.knowledge_base:
+        if not kb.config_map:
+            raise RenderError(f"SupportAgent {name}: only ConfigMap knowledge bases run locally")
+        documents = config_maps.get(kb.config_map.name)
+        if documents is None:
+            raise RenderError(
+                f"SupportAgent {name}: ConfigMap {kb.config_map.name} is not among the manifests"
+            )
+        root = Path(overrides.knowledge_dir or ".switchboard/knowledge") / name
+        root.mkdir(parents=True, exist_ok=True)
+        for key, text in documents.items():
+            (root / key).write_text(text, encoding="utf-8")
+        update["knowledge_base"] = app.knowledge_base.model_copy(
+            update={"path": str(root.resolve())}
+        )
+    return app.model_copy(update=update)

@@ -1,0 +1,60 @@
+"""`switchboard chat URL`: a terminal chat with a running agent."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from typing import Any, TextIO
+
+
+def send(url: str, session_id: str, message: str, timeout: float = 60) -> dict[str, Any]:
+    body = json.dumps({"session_id": session_id, "message": message, "channel": "terminal"})
+    request = urllib.request.Request(
+        url.rstrip("/") + "/v1/chat",
+        data=body.encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+            return answer
+    except urllib.error.HTTPError as exc:
+        detail = json.loads(exc.read() or b"{}").get("error", {})
+        raise RuntimeError(f"HTTP {exc.code}: {detail.get('message', exc.reason)}") from None
+
+
+def describe(answer: dict[str, Any]) -> str:
+    lines = [f"agent> {answer['reply']}"]
+    meta = f"intent={answer.get('intent')} confidence={answer.get('confidence')}"
+    for action in answer.get("actions") or []:
+        meta += f" action={action['operation']}:{action['status']}"
+    if answer.get("handoff"):
+        handoff = answer["handoff"]
+        meta += f" handoff={handoff['reason']} ticket={handoff.get('ticket_id')}"
+    if answer.get("sources"):
+        meta += " sources=" + ",".join(s["id"] for s in answer["sources"])
+    lines.append(f"       [{meta} trace={answer['trace_id'][:12]}]")
+    return "\n".join(lines)
+
+
+def chat(url: str, session_id: str | None = None, stdin: TextIO = sys.stdin) -> int:
+    session = session_id or f"terminal-{uuid.uuid4().hex[:8]}"
+    print(f"Chatting with {url} (session {session}); Ctrl-D or 'quit' to leave.")
+    while True:
+        try:
+            line = input("you> ") if stdin is sys.stdin else stdin.readline()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if not line or line.strip() in ("quit", "exit"):
+            return 0
+        if not line.strip():
+            continue
+        try:
+            print(describe(send(url, session, line.strip())))
+        except (RuntimeError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)

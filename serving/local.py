@@ -1,0 +1,247 @@
+"""Running agents on one machine: local tool gateways, the Serve applications on an embedded
+Ray, and the same pipeline in a single process (no Ray) for comparison.
+
+`switchboard serve` builds a `LocalPlan` (see `config`) from the same manifests the operator
+takes, with the operator's renderers, and runs it with these functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from .asgi_thread import ServerThread, serve_in_thread
+from .config import (
+    REVISION_HEADER,
+    AgentAppConfig,
+    GatewayAuth,
+    LocalAgent,
+    LocalGateway,
+    LocalPlan,
+)
+from .http import CHAT_OPENAPI, handle_chat, new_api
+from .nlu_service import NluService, understanding
+from .workflow.orchestrator import Orchestrator, Passage, Understanding
+from .workflow.sessions import open_store
+from .workflow.tools import AsyncioTaskRunner, HttpToolCaller
+from .workflow.types import ChatRequest
+
+# --- tool gateways ---------------------------------------------------------------------------
+
+
+@dataclass
+class RunningGateways:
+    urls: dict[str, str]
+    servers: list[ServerThread]
+    secrets: list[tempfile.TemporaryDirectory[str]]
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+        for directory in self.secrets:
+            directory.cleanup()
+
+
+def start_gateways(gateways: list[LocalGateway], host: str = "127.0.0.1") -> RunningGateways:
+    """One gateway per adapter in this process, with its credentials in a 0700 directory."""
+    from .gateway.app import create_app
+
+    running = RunningGateways({}, [], [])
+    try:
+        for gw in gateways:
+            secrets = tempfile.TemporaryDirectory(prefix=f"switchboard-{gw.config.adapter}-")
+            running.secrets.append(secrets)
+            for key, value in gw.credentials.items():
+                path = Path(secrets.name) / key
+                path.write_text(value, encoding="utf-8")
+                path.chmod(0o400)
+            auth = GatewayAuth(
+                type=gw.config.auth.type,
+                header_name=gw.config.auth.header_name,
+                credentials_dir=secrets.name,
+            )
+            config = gw.config.model_copy(update={"auth": auth})
+            url, server = serve_in_thread(
+                f"gateway-{gw.config.adapter}", create_app(config), host, lifespan="on"
+            )
+            running.urls[gw.config.adapter] = url
+            running.servers.append(server)
+    except Exception:
+        running.stop()
+        raise
+    return running
+
+
+def with_tool_urls(app: AgentAppConfig, urls: Mapping[str, str]) -> AgentAppConfig:
+    tools = [t.model_copy(update={"url": urls.get(t.adapter, t.url)}) for t in app.tools]
+    return app.model_copy(update={"tools": tools})
+
+
+# --- Ray Serve -------------------------------------------------------------------------------
+
+
+def fit_to_cpus(serve_config: dict[str, Any], cpus: float) -> dict[str, Any]:
+    """Scale replica CPU shares down so the minimum replicas of every application fit `cpus`
+    (the cluster sizes are for real worker pods; a laptop or CI box has two cores)."""
+    fitted = copy.deepcopy(serve_config)
+    deployments = [d for app in fitted["applications"] for d in app.get("deployments", [])]
+    needed = sum(
+        d.get("ray_actor_options", {}).get("num_cpus", 1)
+        * max(1, d.get("autoscaling_config", {}).get("min_replicas", 1))
+        for d in deployments
+    )
+    budget = cpus * 0.9  # headroom for Ray's own tasks (long-running tool calls)
+    if needed > budget:
+        for d in deployments:
+            options = d.setdefault("ray_actor_options", {})
+            options["num_cpus"] = round(options.get("num_cpus", 1) * budget / needed, 3)
+    return fitted
+
+
+def _options(serve_config: dict[str, Any], app_name: str) -> dict[str, dict[str, Any]]:
+    for app in serve_config["applications"]:
+        if app["name"] == app_name:
+            return {
+                d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app["deployments"]
+            }
+    return {}
+
+
+def deploy_agent(agent: LocalAgent, route_prefix: str = "/", cpus: float | None = None) -> None:
+    """The router and every revision application, with the rendered deployment options."""
+    from ray import serve
+
+    from . import app as agent_app
+    from . import router
+
+    config = fit_to_cpus(agent.serve_config, cpus) if cpus else agent.serve_config
+    revision_app = f"{agent.app.agent}-{agent.app.revision}"
+    serve.run(
+        agent_app.build_app(agent.app.model_dump(), _options(config, revision_app)),
+        name=revision_app,
+        route_prefix=None,
+    )
+    serve.run(
+        router.build_app(agent.router.model_dump(), _options(config, agent.app.agent)),
+        name=agent.app.agent,
+        route_prefix=route_prefix,
+    )
+
+
+def start_ray(
+    cpus: int, temp_dir: str | None = None, http_port: int = 8000, host: str = "127.0.0.1"
+) -> None:
+    """An embedded Ray with Serve's HTTP proxy on `host:http_port`."""
+    import ray
+    from ray import serve
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token files for a local run
+    ray.init(
+        num_cpus=cpus,
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    serve.start(http_options={"host": host, "port": http_port})
+
+
+# --- the same pipeline in one process --------------------------------------------------------
+
+
+class _LocalUnderstander:
+    def __init__(self, service: NluService) -> None:
+        self.service = service
+
+    async def understand(self, text: str) -> Understanding:
+        raw = (await asyncio.to_thread(self.service.classify, [text]))[0]
+        return understanding(raw)
+
+
+class _LocalRetriever:
+    def __init__(self, path: str, top_k: int) -> None:
+        from .retriever import KnowledgeBase
+
+        self.kb = KnowledgeBase.load(path, top_k=top_k)
+
+    async def search(self, text: str, k: int) -> list[Passage]:
+        return await self.kb.asearch(text, k)
+
+
+def local_orchestrator(app: AgentAppConfig) -> Orchestrator:
+    """The orchestrator with NLU, retriever and LLM as plain objects of this process."""
+    tools = HttpToolCaller(app.tools)
+    generator = None
+    if app.llm is not None:
+        from .llm import load_generator
+
+        generator = load_generator(app.llm)
+    retriever = (
+        _LocalRetriever(app.knowledge_base.path, app.knowledge_base.top_k)
+        if app.knowledge_base
+        else None
+    )
+    return Orchestrator(
+        app,
+        understander=_LocalUnderstander(NluService(app.nlu)),
+        tools=tools,
+        sessions=open_store(app.sessions, f"{app.namespace}:{app.agent}"),
+        tasks=AsyncioTaskRunner(tools),
+        generator=generator,
+        retriever=retriever,
+    )
+
+
+def single_process_api(app: AgentAppConfig) -> FastAPI:
+    """FastAPI app serving `/v1/chat` for one revision, with no Ray at all."""
+    orchestrator = local_orchestrator(app)
+    api = new_api(f"Switchboard agent {app.agent} (single process)")
+
+    async def dispatch(request: ChatRequest, _revision: str | None) -> dict[str, Any]:
+        return (await orchestrator.turn(request)).model_dump()
+
+    @api.post("/v1/chat", openapi_extra=CHAT_OPENAPI)
+    async def chat(request: Request) -> JSONResponse:
+        return await handle_chat(request, dispatch, REVISION_HEADER)
+
+    return api
+
+
+# --- `switchboard serve` ---------------------------------------------------------------------
+
+
+def serve_plan(plan: LocalPlan, *, host: str, port: int, cpus: int) -> tuple[str, Any]:
+    """Start gateways, Ray and every agent; return the base URL and a stop function."""
+    import ray
+    from ray import serve
+
+    gateways = start_gateways(plan.gateways, host)
+    try:
+        start_ray(cpus, http_port=port, host=host)
+        single = len(plan.agents) == 1
+        for agent in plan.agents:
+            local = agent.model_copy(update={"app": with_tool_urls(agent.app, gateways.urls)})
+            deploy_agent(local, "/" if single else f"/{agent.app.agent}", cpus=cpus)
+    except BaseException:
+        gateways.stop()
+        if ray.is_initialized():
+            ray.shutdown()
+        raise
+
+    def stop() -> None:
+        try:
+            serve.shutdown()  # type: ignore[no-untyped-call]
+        finally:
+            ray.shutdown()
+            gateways.stop()
+
+    return f"http://{host}:{port}", stop
