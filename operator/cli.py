@@ -7,6 +7,8 @@ can run `crds`, `render` and `operator`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -101,6 +103,78 @@ def cmd_nlu(args: argparse.Namespace) -> int:
     return code
 
 
+SAMPLE_REQUESTS = (
+    ("demo-1", "Where is my order ORD-10004?"),
+    ("demo-2", "I need to change the delivery address of my order"),
+    ("demo-3", "What shipping options do you have?"),
+)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The agents in the manifests on an embedded Ray Serve, with local tool gateways."""
+    import signal
+    import threading
+
+    from .localrun import LocalOverrides, local_plan
+    from .render import RenderError
+
+    try:
+        from switchboard.serving import local
+    except ImportError as exc:
+        print(f"switchboard serve needs the serving extra ({exc})", file=sys.stderr)
+        return 2
+    state = Path(args.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    demo = None
+    system_urls: dict[str, str] = {}
+    if args.demo_systems:
+        from switchboard.serving.demo import start_demo_systems
+
+        demo = start_demo_systems(state / "demo-systems.sqlite", orders_port=0, ticketing_port=0)
+        system_urls = {"orders": demo.orders_url, "ticketing": demo.ticketing_url}
+        print(f"demo systems: orders {demo.orders_url}, ticketing {demo.ticketing_url}")
+    try:
+        overrides = LocalOverrides(
+            nlu_model=args.nlu_model,
+            llm_model=args.llm_model,
+            knowledge_dir=str(state / "knowledge"),
+            tool_urls=dict(pair.split("=", 1) for pair in args.tool_url),
+            system_urls=system_urls,
+        )
+        try:
+            plan = local_plan(load_manifests(args.file), overrides, args.namespace)
+        except RenderError as exc:
+            print(f"switchboard: {exc}", file=sys.stderr)
+            return 1
+        print("starting Ray Serve and the agents (about a minute)...", flush=True)
+        url, stop = local.serve_plan(plan, host=args.host, port=args.port, cpus=args.cpus)
+        try:
+            print(f"\nagent ready at {url}  (OpenAPI: {url}/docs)\nTry:")
+            for session, message in SAMPLE_REQUESTS:
+                body = json.dumps({"session_id": session, "message": message})
+                print(f"  curl -s {url}/v1/chat -H 'content-type: application/json' -d '{body}'")
+            print(f"or chat: switchboard chat {url}\nCtrl-C stops everything.", flush=True)
+            stopped = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+            with contextlib.suppress(KeyboardInterrupt):
+                stopped.wait()
+        finally:
+            # A second Ctrl-C must not interrupt the shutdown and leave Ray processes behind.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            print("stopping...", flush=True)
+            stop()
+    finally:
+        if demo is not None:
+            demo.stop()
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from switchboard.serving.chat import chat
+
+    return chat(args.url, args.session)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="switchboard", description="Run AI customer-support agents on Ray Serve."
@@ -131,6 +205,30 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--liveness-port", type=int, default=8081, help="health endpoint port")
     op.add_argument("-v", "--verbose", action="store_true")
     op.set_defaults(func=cmd_operator)
+
+    serve = sub.add_parser("serve", help="run the manifests' agents locally on Ray Serve")
+    serve.add_argument("-f", "--file", action="append", required=True, help="file or directory")
+    serve.add_argument("-n", "--namespace", default="default")
+    serve.add_argument("--nlu-model", help="local NLU artifact directory (switchboard nlu train)")
+    serve.add_argument("--llm-model", help="local LLM directory for agents with an LLM")
+    serve.add_argument(
+        "--tool-url", action="append", default=[], metavar="ADAPTER=URL",
+        help="local base URL of a ToolAdapter's business system",
+    )  # fmt: skip
+    serve.add_argument(
+        "--demo-systems", action="store_true",
+        help="start the demo orders and ticketing systems (SQLite) and route adapters to them",
+    )  # fmt: skip
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--cpus", type=int, default=4, help="logical CPUs for the embedded Ray")
+    serve.add_argument("--state-dir", default=".switchboard", help="demo database, KB files")
+    serve.set_defaults(func=cmd_serve)
+
+    chat = sub.add_parser("chat", help="chat with a running agent in the terminal")
+    chat.add_argument("url", help="the agent's base URL, e.g. http://127.0.0.1:8000")
+    chat.add_argument("--session", help="session id (default: a new one)")
+    chat.set_defaults(func=cmd_chat)
 
     nlu = sub.add_parser(
         "nlu",

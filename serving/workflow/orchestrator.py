@@ -448,7 +448,7 @@ class Orchestrator:
         turn.handoff = Handoff(reason=reason, ticket_id=ticket_id or None, proposed_action=proposed)
         turn.steps.append(f"hand off: {reason}")
         reasons = {
-            "low_confidence": "I'm not sure I understood",
+            "low_confidence": "I'm not sure I understood that",
             "requested": "Of course",
             "approval_required": "That needs a colleague's approval",
             "tool_failure": "I can't reach that system right now",
@@ -457,7 +457,7 @@ class Orchestrator:
         }
         lead = reasons.get(reason, "Let me get a colleague")
         ticket = f" (ticket {ticket_id})" if ticket_id else ""
-        return f"{lead}, so I've passed this to a human agent{ticket} with our conversation so far."
+        return f"{lead}. I've passed this to a human agent{ticket} with our conversation so far."
 
     # --- audit ---------------------------------------------------------------------------
 
