@@ -4,7 +4,6 @@ revision's Serve application.
 Istio sets the revision header per weighted destination, so with Istio the choice is already
 made; without it (`trafficProvider: none`) the router applies the weights itself."""
 
-
 import random
 from typing import Any
 
