@@ -21,7 +21,7 @@ LINT_PATHS := operator serving tests benchmarks
 MYPY_PATH := $(VENV)/mypy-path
 MYPY_LINKS := $(MYPY_PATH)/switchboard/operator $(MYPY_PATH)/switchboard/serving
 
-.PHONY: venv envtest redis lint test crds clean distclean
+.PHONY: venv envtest redis lint test demo crds clean distclean
 
 venv: $(STAMP) $(MYPY_LINKS)
 
@@ -60,6 +60,15 @@ test: venv envtest redis lint
 	echo "==> pytest"; t=$$SECONDS
 	SWITCHBOARD_ENVTEST_BIN=$(ENVTEST_BIN) $(BIN)/python -m pytest -q
 	echo "<== pytest: $$((SECONDS - t))s"
+
+# The project's main job on one machine: the quickstart agent on a local Ray Serve, in front of
+# demo orders/ticketing systems. The demo NLU model is trained once (under a minute).
+DEMO_NLU := .switchboard/demo-nlu
+demo: venv
+	[[ -f $(DEMO_NLU)/manifest.json ]] || \
+	  $(BIN)/switchboard nlu train --data examples/nlu/ecommerce-intents.csv --out $(DEMO_NLU)
+	RAY_AUTH_MODE=disabled exec $(BIN)/switchboard serve -f examples/quickstart/ \
+	  --nlu-model $(DEMO_NLU) --demo-systems
 
 crds: venv
 	$(BIN)/switchboard crds
