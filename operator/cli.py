@@ -147,7 +147,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"switchboard: {exc}", file=sys.stderr)
             return 1
         print("starting Ray Serve and the agents (about a minute)...", flush=True)
-        url, stop = local.serve_plan(plan, host=args.host, port=args.port, cpus=args.cpus)
+        run = local.serve_plan(plan, host=args.host, port=args.port, cpus=args.cpus)
+        url = run.url
         try:
             print(f"\nagent ready at {url}  (OpenAPI: {url}/docs)\nTry:")
             for session, message in SAMPLE_REQUESTS:
@@ -162,7 +163,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # A second Ctrl-C must not interrupt the shutdown and leave Ray processes behind.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             print("stopping...", flush=True)
-            stop()
+            run.stop()
     finally:
         if demo is not None:
             demo.stop()

@@ -21,7 +21,12 @@ from .api.validation import SpecError, validate_spec
 from .render import Parent, RenderError, UnresolvedReference
 from .render.gateway import gateway_config
 from .render.names import revision_app_name
-from .render.serve_config import agent_app_config, serve_config
+from .render.serve_config import (
+    LLM_API_KEY_ENV,
+    REDIS_URL_ENV,
+    agent_app_config,
+    serve_config,
+)
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ def local_plan(
         )
 
     agents = []
+    env: dict[str, str] = {}
     for doc in _ours(documents, "SupportAgent"):
         name = doc["metadata"]["name"]
         spec = _validated(SupportAgentSpec, doc)
@@ -103,6 +109,7 @@ def local_plan(
         except UnresolvedReference as exc:
             raise RenderError(f"SupportAgent {name}: {exc.message}") from None
         app = _localize(name, spec, app, overrides, config_maps)
+        env.update(_secret_env(name, spec, secrets))
         for application in rendered["applications"]:
             if application["name"] == revision_app_name(name, app.revision):
                 application["args"] = app.model_dump(mode="json", exclude_none=True)
@@ -110,7 +117,27 @@ def local_plan(
         agents.append(contract.LocalAgent(app=app, router=router, serve_config=rendered))
     if not agents:
         raise RenderError("no SupportAgent among the manifests")
-    return contract.LocalPlan(agents=agents, gateways=gateways)
+    return contract.LocalPlan(agents=agents, gateways=gateways, env=env)
+
+
+def _secret_env(
+    name: str, spec: SupportAgentSpec, secrets: dict[str, dict[str, str]]
+) -> dict[str, str]:
+    """The variables the operator would fill from Secrets in the Ray pods."""
+    refs = []
+    if spec.sessions.redis:
+        refs.append((REDIS_URL_ENV, spec.sessions.redis.url_secret_ref))
+    if spec.llm and spec.llm.api_key_secret_ref:
+        refs.append((LLM_API_KEY_ENV, spec.llm.api_key_secret_ref))
+    env = {}
+    for variable, ref in refs:
+        value = secrets.get(ref.name, {}).get(ref.key)
+        if value is None:
+            raise RenderError(
+                f"SupportAgent {name}: Secret {ref.name} key {ref.key} is not among the manifests"
+            )
+        env[variable] = value
+    return env
 
 
 def _validated(model: type[Any], doc: dict[str, Any]) -> Any:

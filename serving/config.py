@@ -227,3 +227,5 @@ class LocalPlan(Contract):
 
     agents: list[LocalAgent]
     gateways: list[LocalGateway] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    """Environment for the replicas (what the Ray pods get from Secrets on a cluster)."""

@@ -11,7 +11,7 @@ import asyncio
 import copy
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,19 +138,28 @@ def deploy_agent(agent: LocalAgent, route_prefix: str = "/", cpus: float | None 
 
 
 def start_ray(
-    cpus: int, temp_dir: str | None = None, http_port: int = 8000, host: str = "127.0.0.1"
+    cpus: int,
+    temp_dir: str | None = None,
+    http_port: int = 8000,
+    host: str = "127.0.0.1",
+    metrics_port: int | None = None,
 ) -> None:
-    """An embedded Ray with Serve's HTTP proxy on `host:http_port`."""
+    """An embedded Ray with Serve's HTTP proxy on `host:http_port`; the seed metrics are served
+    by Ray's metrics agent on `metrics_port` (Prometheus format)."""
     import ray
     from ray import serve
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token files for a local run
+    options: dict[str, Any] = {}
+    if metrics_port:
+        options["_metrics_export_port"] = metrics_port
     ray.init(
         num_cpus=cpus,
         include_dashboard=False,
         _temp_dir=temp_dir,
         log_to_driver=False,
         configure_logging=False,
+        **options,
     )
     serve.start(http_options={"host": host, "port": http_port})
 
@@ -158,7 +167,7 @@ def start_ray(
 # --- the same pipeline in one process --------------------------------------------------------
 
 
-class _LocalUnderstander:
+class LocalUnderstander:
     def __init__(self, service: NluService) -> None:
         self.service = service
 
@@ -167,7 +176,7 @@ class _LocalUnderstander:
         return understanding(raw)
 
 
-class _LocalRetriever:
+class LocalRetriever:
     def __init__(self, path: str, top_k: int) -> None:
         from .retriever import KnowledgeBase
 
@@ -186,13 +195,13 @@ def local_orchestrator(app: AgentAppConfig) -> Orchestrator:
 
         generator = load_generator(app.llm)
     retriever = (
-        _LocalRetriever(app.knowledge_base.path, app.knowledge_base.top_k)
+        LocalRetriever(app.knowledge_base.path, app.knowledge_base.top_k)
         if app.knowledge_base
         else None
     )
     return Orchestrator(
         app,
-        understander=_LocalUnderstander(NluService(app.nlu)),
+        understander=LocalUnderstander(NluService(app.nlu)),
         tools=tools,
         sessions=open_store(app.sessions, f"{app.namespace}:{app.agent}"),
         tasks=AsyncioTaskRunner(tools),
@@ -219,14 +228,31 @@ def single_process_api(app: AgentAppConfig) -> FastAPI:
 # --- `switchboard serve` ---------------------------------------------------------------------
 
 
-def serve_plan(plan: LocalPlan, *, host: str, port: int, cpus: int) -> tuple[str, Any]:
-    """Start gateways, Ray and every agent; return the base URL and a stop function."""
+@dataclass(frozen=True)
+class LocalRun:
+    url: str
+    """Base URL of the agent (its router)."""
+    gateway_urls: dict[str, str]
+    stop: Callable[[], None]
+
+
+def serve_plan(
+    plan: LocalPlan,
+    *,
+    host: str,
+    port: int,
+    cpus: int,
+    temp_dir: str | None = None,
+    metrics_port: int | None = None,
+) -> LocalRun:
+    """Start gateways, Ray and every agent; `stop()` ends all of it."""
     import ray
     from ray import serve
 
     gateways = start_gateways(plan.gateways, host)
     try:
-        start_ray(cpus, http_port=port, host=host)
+        os.environ.update(plan.env)  # Ray's workers inherit the driver's environment
+        start_ray(cpus, temp_dir, http_port=port, host=host, metrics_port=metrics_port)
         single = len(plan.agents) == 1
         for agent in plan.agents:
             local = agent.model_copy(update={"app": with_tool_urls(agent.app, gateways.urls)})
@@ -244,4 +270,4 @@ def serve_plan(plan: LocalPlan, *, host: str, port: int, cpus: int) -> tuple[str
             ray.shutdown()
             gateways.stop()
 
-    return f"http://{host}:{port}", stop
+    return LocalRun(f"http://{host}:{port}", dict(gateways.urls), stop)

@@ -39,6 +39,7 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -425,3 +426,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------------------------
+# The demo NLU model (examples/nlu), trained once per session for the data-plane tests
+
+
+@pytest.fixture(scope="session")
+def demo_nlu_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`switchboard nlu train` on the demo e-commerce intents: a real fine-tuned, int8 model."""
+    out = tmp_path_factory.mktemp("demo-nlu") / "model"
+    data = REPO_ROOT / "examples" / "nlu" / "ecommerce-intents.csv"
+    trained = subprocess.run(
+        [sys.executable, "-m", "switchboard.operator.cli", "nlu", "train", "--data", str(data),
+         "--out", str(out), "--quiet"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    if trained.returncode != 0:
+        pytest.fail(f"training the demo NLU model failed:\n{trained.stderr[-3000:]}")
+    return out

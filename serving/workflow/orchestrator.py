@@ -8,7 +8,7 @@ only in the session, where the agent needs them to act.
 from __future__ import annotations
 
 import json
-import logging
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -33,7 +33,12 @@ from .types import (
 TRANSCRIPT_TURNS = 20
 HANDOFF_OPERATION = "create_ticket"
 
-audit_logger = logging.getLogger("switchboard.audit")
+
+def write_audit_line(record: dict[str, Any]) -> None:
+    """One JSON line per turn on stdout: collected from the pod (or Ray's worker logs) like
+    any container log, already redacted."""
+    sys.stdout.write(json.dumps({"audit": record}, default=str) + "\n")
+    sys.stdout.flush()
 
 
 @dataclass(frozen=True)
@@ -133,7 +138,7 @@ class Orchestrator:
         self.generator = generator
         self.retriever = retriever
         self.metrics = metrics or NoMetrics()
-        self.audit = audit or (lambda record: audit_logger.info(json.dumps(record)))
+        self.audit = audit or write_audit_line
         self.plans = {p.intent: p for p in config.intents}
         self.operations: dict[str, tuple[str, ToolOperationConfig]] = {
             f"{t.adapter}.{op.name}": (t.adapter, op) for t in config.tools for op in t.operations

@@ -1,0 +1,239 @@
+"""`switchboard nlu train|eval|predict` (dispatched from switchboard.operator.cli).
+
+Exit status: 0 success, 1 bad data or artifact (message, no traceback), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .artifact import ArtifactError, check_writable
+from .data import (
+    DataError,
+    Example,
+    check_classes,
+    merge_feedback,
+    read_csv,
+    read_feedback,
+    sample_per_class,
+)
+from .slots import DEFAULT_SLOT_PATTERNS, SlotConfigError, load_patterns
+
+PROG = "switchboard nlu"
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0.0 < value < 0.5:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 0.5, got {value}")
+    return value
+
+
+def _probability(raw: str) -> float:
+    value = float(raw)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Train, evaluate and try the intent classifier (offline)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser(
+        "train",
+        help="fine-tune on a CSV and write an artifact directory",
+        description="Fine-tune MiniLM + a linear head on a headed CSV, calibrate it on a "
+        "validation split, quantize it to int8, and write a versioned artifact directory.",
+    )
+    train.add_argument("--data", required=True, help="CSV with a header row")
+    train.add_argument("--out", required=True, help="artifact directory to write")
+    train.add_argument("--text-col", default="text", help="text column (default: text)")
+    train.add_argument("--label-col", default="category", help="label column (default: category)")
+    train.add_argument(
+        "--val-split", type=_fraction, default=0.1, help="validation fraction (default: 0.1)"
+    )
+    train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    train.add_argument("--epochs", type=_positive_int, default=None, help="default: 4")
+    train.add_argument("--batch-size", type=_positive_int, default=None, help="default: 32")
+    train.add_argument("--lr", type=float, default=None, help="encoder learning rate (1e-4)")
+    train.add_argument(
+        "--feedback",
+        action="append",
+        default=[],
+        metavar="JSONL",
+        help="feedback export to merge (corrected labels win; repeatable; see docs/nlu.md)",
+    )
+    train.add_argument("--slots", help="slot patterns (.json/.yaml) instead of the defaults")
+    train.add_argument(
+        "--oos-threshold",
+        type=_probability,
+        help="calibrated confidence below which a query is out of scope "
+        "(default: tuned on validation when the data has an 'oos' class, else 0.5)",
+    )
+    train.add_argument(
+        "--per-class",
+        type=_positive_int,
+        help="use at most N rows per class (quick runs)",
+    )
+    train.add_argument("--threads", type=_positive_int, help="training threads (default: all)")
+    train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    ev = sub.add_parser(
+        "eval",
+        help="accuracy, calibration, OOS and speed of fp32 and int8 on labelled data",
+    )
+    ev.add_argument("--model", required=True, help="artifact directory")
+    ev.add_argument("--data", required=True, help="CSV with a header row")
+    ev.add_argument("--text-col", default="text")
+    ev.add_argument("--label-col", default="category")
+    ev.add_argument("--json", action="store_true", help="print the report as JSON")
+    ev.add_argument(
+        "--threads", type=_positive_int, default=1, help="inference threads (default: 1)"
+    )
+    ev.add_argument(
+        "--latency-queries",
+        type=_positive_int,
+        default=200,
+        help="single queries timed per variant (default: 200)",
+    )
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    pr = sub.add_parser("predict", help="classify one or more texts")
+    pr.add_argument("--model", required=True, help="artifact directory")
+    pr.add_argument("text", nargs="+", help="query text(s)")
+    pr.add_argument("--quantization", choices=["int8", "none"], default="int8")
+    pr.add_argument("--top-k", type=_positive_int, default=3)
+    pr.add_argument("--json", action="store_true", help="one JSON object per text")
+    return parser
+
+
+def _load_training_data(args: argparse.Namespace) -> tuple[list[Example], dict[str, Any] | None]:
+    examples = read_csv(args.data, text_col=args.text_col, label_col=args.label_col)
+    summary: dict[str, Any] | None = None
+    if args.feedback:
+        corrections: list[Example] = []
+        skipped = 0
+        for path in args.feedback:
+            got, n = read_feedback(path)
+            corrections += got
+            skipped += n
+        examples, merged = merge_feedback(examples, corrections, skipped)
+        summary = {"files": list(args.feedback), **merged.__dict__}
+    if args.per_class:
+        examples = sample_per_class(examples, args.per_class, args.seed)
+    check_classes(examples, ", ".join([args.data, *args.feedback]))
+    return examples, summary
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    check_writable(Path(args.out))  # before minutes of training, not after
+    examples, feedback = _load_training_data(args)
+    patterns = load_patterns(args.slots) if args.slots else DEFAULT_SLOT_PATTERNS
+    if feedback:
+        print(
+            f"feedback: {feedback['used']} corrections ({feedback['relabelled']} relabelled, "
+            f"{feedback['added']} new), {feedback['skipped']} uncorrected records skipped",
+            file=sys.stderr,
+        )
+    from .train import TrainConfig, train_artifact
+
+    config = TrainConfig(val_split=args.val_split, seed=args.seed, threads=args.threads)
+    if args.epochs is not None:
+        config.epochs = args.epochs
+    if args.batch_size is not None:
+        config.batch_size = args.batch_size
+    if args.lr is not None:
+        config.learning_rate = args.lr
+    config.oos_threshold = args.oos_threshold
+    n_labels = len({ex.label for ex in examples})
+    print(f"training on {len(examples)} rows, {n_labels} intents", file=sys.stderr)
+    result = train_artifact(
+        examples,
+        args.out,
+        config,
+        sources=[args.data, *args.feedback],
+        slot_patterns=patterns,
+        feedback=feedback,
+        progress=not args.quiet,
+    )
+    val = result.metrics["validation"]
+    print(
+        f"wrote {result.path}: validation accuracy fp32 {val['fp32']['accuracy']:.4f}, "
+        f"int8 {val['int8']['accuracy']:.4f} "
+        f"({result.metrics['training']['seconds']:.0f} s training)"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .artifact import read_manifest
+
+    read_manifest(args.model)  # a bad artifact fails before reading a large CSV
+    examples = read_csv(args.data, text_col=args.text_col, label_col=args.label_col)
+    from .evaluate import evaluate, format_report
+
+    report = evaluate(
+        args.model,
+        examples,
+        threads=args.threads,
+        latency_queries=args.latency_queries,
+        progress=not args.quiet,
+    )
+    report["data"] = args.data
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .runtime import IntentClassifier
+
+    clf = IntentClassifier.load(args.model, args.quantization)
+    for prediction in clf.predict(args.text, top_k=args.top_k):
+        if args.json:
+            print(json.dumps(prediction.to_dict(), ensure_ascii=False))
+            continue
+        flag = " (out of scope)" if prediction.is_oos else ""
+        print(f"{prediction.intent}{flag}  confidence {prediction.confidence:.3f}")
+        for score in prediction.top_k:
+            print(f"  {score.probability:.3f}  {score.intent}")
+        for slot in prediction.slots:
+            print(f"  slot {slot.name} = {slot.value!r}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:  # argparse has printed usage; return its status instead of exiting
+        return int(exc.code) if isinstance(exc.code, int) else 2
+    try:
+        return COMMANDS[args.command](args)
+    except (DataError, ArtifactError, SlotConfigError) as exc:
+        print(f"{PROG} {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

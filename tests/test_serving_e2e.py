@@ -1,0 +1,365 @@
+"""The agent runtime for real: a fine-tuned int8 NLU model, Ray Serve on 2 CPUs (its own temp dir
+and ports, `RAY_AUTH_MODE=disabled`), tool gateways in front of the demo orders and ticketing
+systems (SQLite), sessions in a real Redis — built from examples/quickstart by the same code
+path as `switchboard serve`.
+
+The test agent differs from the quickstart in ways that make failures quick to provoke: a short
+gateway timeout and breaker window, Redis sessions, and `track_package` answered by a
+long-running operation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from switchboard.operator.localrun import LocalOverrides, local_plan
+from switchboard.serving import local
+from switchboard.serving.config import LocalPlan
+from switchboard.serving.demo import SAMPLE_ORDERS, DemoSystems, start_demo_systems
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = SAMPLE_ORDERS["shipped"]
+PROCESSING = SAMPLE_ORDERS["processing"]
+DELIVERED = SAMPLE_ORDERS["delivered"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def manifests_for_test(redis_url: str) -> list[dict[str, Any]]:
+    docs = [
+        d
+        for path in sorted((REPO / "examples" / "quickstart").glob("*.yaml"))
+        for d in yaml.safe_load_all(path.read_text())
+        if d
+    ]
+    for doc in docs:
+        if doc.get("kind") == "ToolAdapter" and doc["metadata"]["name"] == "orders":
+            spec = doc["spec"]
+            spec["timeoutSeconds"] = 0.5
+            spec["retries"] = {"attempts": 3, "initialBackoffMs": 20, "maxBackoffMs": 100}
+            spec["circuitBreaker"] = {"failureThreshold": 2, "openSeconds": 2}
+            spec["operations"].append(
+                {
+                    "name": "lookup_order_async",
+                    "method": "GET",
+                    "path": "/orders/{order_id}",
+                    "longRunning": True,
+                    "inputSchema": {"type": "object", "required": ["order_id"]},
+                }
+            )
+        if doc.get("kind") == "SupportAgent":
+            spec = doc["spec"]
+            spec["sessions"] = {
+                "store": "redis",
+                "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
+            }
+            spec["tools"][0]["operations"].append("lookup_order_async")
+            for plan in spec["intents"]:
+                if plan["intent"] == "track_package":
+                    plan["operation"] = "orders.lookup_order_async"
+    docs.append(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "redis"},
+            "stringData": {"url": redis_url},
+        }
+    )
+    return docs
+
+
+class Agent:
+    def __init__(
+        self, run: local.LocalRun, ray_dir: Path, metrics_port: int, demo: DemoSystems,
+        plan: LocalPlan,
+    ) -> None:  # fmt: skip
+        self.url = run.url
+        self.gateway_urls = run.gateway_urls
+        self.ray_dir = ray_dir
+        self.metrics_port = metrics_port
+        self.demo = demo
+        self.plan = plan
+
+    def raw(self, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        request = urllib.request.Request(
+            f"{self.url}/v1/chat", data=body, method="POST",
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def chat(self, session: str, message: str) -> dict[str, Any]:
+        status, body = self.raw(json.dumps({"session_id": session, "message": message}).encode())
+        assert status == 200, body
+        return body
+
+    def ticket(self, ticket_id: str) -> dict[str, Any]:
+        return self.demo.store.get_ticket(ticket_id)
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for log in (self.ray_dir / "session_latest" / "logs").rglob("*.out"):
+            for line in log.read_text(errors="replace").splitlines():
+                if line.startswith('{"audit":'):
+                    lines.append(json.loads(line)["audit"])
+        return lines
+
+    def gateway_metrics(self, adapter: str) -> str:
+        with urllib.request.urlopen(f"{self.gateway_urls[adapter]}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+
+@pytest.fixture(scope="module")
+def agent(
+    redis_server: Any, demo_nlu_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Agent]:
+    state = tmp_path_factory.mktemp("serving")
+    demo = start_demo_systems(state / "demo.sqlite", orders_port=0, ticketing_port=0)
+    overrides = LocalOverrides(
+        nlu_model=str(demo_nlu_model),
+        knowledge_dir=str(state / "knowledge"),
+        system_urls={"orders": demo.orders_url, "ticketing": demo.ticketing_url},
+    )
+    plan = local_plan(manifests_for_test(redis_server.url), overrides)
+    # Ray's socket paths must stay short (AF_UNIX limit), so not under pytest's tmp_path.
+    ray_dir = Path(tempfile.mkdtemp(prefix="sbray-", dir="/tmp"))
+    os.environ["RAY_metrics_report_interval_ms"] = "1000"  # noqa: SIM112 - Ray reads this name
+    metrics_port = free_port()
+    try:
+        run = local.serve_plan(
+            plan, host="127.0.0.1", port=free_port(), cpus=2, temp_dir=str(ray_dir),
+            metrics_port=metrics_port,
+        )  # fmt: skip
+    except BaseException:
+        demo.stop()
+        raise
+    try:
+        yield Agent(run, ray_dir, metrics_port, demo, plan)
+    finally:
+        run.stop()
+        demo.stop()
+        shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def test_order_status_calls_the_tool_and_answers_with_its_data(agent: Agent) -> None:
+    before = agent.demo.orders_faults.snapshot()["requests_seen"]
+    answer = agent.chat("happy-1", f"Where is my order {SHIPPED}?")
+    assert answer["intent"] == "order_status"
+    assert answer["actions"] == [
+        {"operation": "orders.get_order", "status": "succeeded", "task_id": None, "detail": {}}
+    ]
+    assert SHIPPED in answer["reply"] and "shipped" in answer["reply"]
+    assert re.fullmatch(r"[0-9a-f]{32}", answer["trace_id"])
+    assert answer["handoff"] is None
+    assert agent.demo.orders_faults.snapshot()["requests_seen"] == before + 1
+
+
+def test_missing_slot_is_asked_for_and_the_next_turn_completes(agent: Agent) -> None:
+    first = agent.chat("slots-1", "I need to change the delivery address of my order")
+    assert first["intent"] == "update_shipping_address"
+    assert first["actions"] == [] and "order" in first["reply"].lower()
+    second = agent.chat("slots-1", f"it's {PROCESSING}")
+    assert "address" in second["reply"].lower() and second["actions"] == []
+    third = agent.chat("slots-1", "221B Baker Street, London NW1 6XE")
+    assert third["actions"][0]["operation"] == "orders.update_shipping_address"
+    assert third["actions"][0]["status"] == "succeeded"
+    assert "221B Baker Street" in third["reply"]
+
+
+def test_low_confidence_hands_off_with_a_ticket_holding_the_context(agent: Agent) -> None:
+    answer = agent.chat("lowconf-1", "the quantum flux capacitor in my garden hums at night")
+    assert answer["handoff"]["reason"] == "low_confidence"
+    ticket = agent.ticket(answer["handoff"]["ticket_id"])
+    context = json.loads(ticket["body"])
+    assert context["reason"] == "low_confidence"
+    assert context["trace_id"] == answer["trace_id"]
+    assert "intent" in context and "transcript" in context
+
+
+def test_approval_required_operation_hands_off_with_the_proposed_action(agent: Agent) -> None:
+    answer = agent.chat("approval-1", f"I want a refund for order {DELIVERED}")
+    assert answer["intent"] == "refund_request"
+    assert answer["handoff"]["reason"] == "approval_required"
+    proposed = {"operation": "orders.refund_order", "input": {"order_id": DELIVERED}}
+    assert answer["handoff"]["proposed_action"] == proposed
+    assert answer["actions"][0]["status"] == "proposed"
+    ticket = json.loads(agent.ticket(answer["handoff"]["ticket_id"])["body"])
+    assert ticket["proposed_action"] == proposed
+    # Nothing was refunded: the operation was only proposed.
+    assert agent.demo.store.list_refunds(DELIVERED) == []
+
+
+def test_tool_5xx_is_retried_then_the_agent_falls_back_to_a_human(agent: Agent) -> None:
+    faults = agent.demo.orders_faults
+    faults.configure(fail_next=2, status=503)
+    try:
+        recovered = agent.chat("retry-1", f"Where is my order {SHIPPED}?")
+    finally:
+        faults.clear()
+    assert recovered["actions"][0]["status"] == "succeeded"  # third attempt succeeded
+
+    faults.configure(fail_next=3, status=500)
+    try:
+        failed = agent.chat("retry-2", f"Where is my order {SHIPPED}?")
+    finally:
+        faults.clear()
+    assert failed["actions"][0]["status"] == "failed"
+    assert failed["handoff"]["reason"] == "tool_failure"
+    assert failed["handoff"]["ticket_id"]
+    assert "can't reach" in failed["reply"]
+    time.sleep(2.2)  # let the breaker (2 failures) close again for the next tests
+
+
+def test_tool_timeout_is_retried_then_falls_back(agent: Agent) -> None:
+    faults = agent.demo.orders_faults
+    faults.configure(delay_seconds=2.0)
+    try:
+        answer = agent.chat("timeout-1", f"Where is my order {SHIPPED}?")
+    finally:
+        faults.clear()
+    assert answer["actions"][0]["status"] == "failed"
+    assert answer["handoff"]["reason"] == "tool_failure"
+    time.sleep(2.2)
+
+
+def test_breaker_opens_after_its_threshold_and_recovers(agent: Agent) -> None:
+    faults = agent.demo.orders_faults
+    faults.configure(fail_next=100, status=503)
+    try:
+        for i in range(2):  # failureThreshold: 2 failed calls (each after its retries)
+            agent.chat(f"breaker-{i}", f"Where is my order {SHIPPED}?")
+        seen = faults.snapshot()["requests_seen"]
+        started = time.monotonic()
+        rejected = agent.chat("breaker-open", f"Where is my order {SHIPPED}?")
+        assert faults.snapshot()["requests_seen"] == seen  # the open breaker answered at once
+        assert rejected["handoff"]["reason"] == "tool_failure"
+        assert time.monotonic() - started < 2
+    finally:
+        faults.clear()
+    time.sleep(2.2)  # openSeconds: 2, then a half-open trial closes it
+    healed = agent.chat("breaker-healed", f"Where is my order {SHIPPED}?")
+    assert healed["actions"][0]["status"] == "succeeded"
+
+
+def test_long_running_operation_reports_on_a_later_turn(agent: Agent) -> None:
+    started = agent.chat("async-1", f"can you track the package for order {SHIPPED}")
+    assert started["intent"] == "track_package"
+    action = started["actions"][0]
+    assert action["status"] == "started" and action["task_id"].startswith("task-")
+    time.sleep(2)
+    later = agent.chat("async-1", "thanks, anything new?")
+    assert f"Update on {action['task_id']}: orders.lookup_order_async finished." in later["reply"]
+
+
+def _orchestrator_replicas() -> list[str]:
+    """Names of live Orchestrator replica actors (through the GCS: no dashboard needed)."""
+    import ray
+
+    return [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "serve" and "#Orchestrator#" in a["name"]
+    ]
+
+
+def test_redis_sessions_survive_an_orchestrator_replica_restart(agent: Agent) -> None:
+    import ray
+    from ray import serve
+
+    first = agent.chat("restart-1", "I need to change the delivery address of my order")
+    assert first["actions"] == []
+    killed = _orchestrator_replicas()
+    assert killed
+    for name in killed:
+        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    app = agent.plan.agents[0].app
+
+    def replaced() -> bool:
+        status = serve.status().applications.get(f"{app.agent}-{app.revision}")
+        fresh = set(_orchestrator_replicas()) - set(killed)
+        return bool(status and status.status == "RUNNING" and fresh)
+
+    deadline = time.monotonic() + 60
+    while not replaced():
+        assert time.monotonic() < deadline, "the Orchestrator replica did not come back"
+        time.sleep(0.5)
+    second = agent.chat("restart-1", f"it's {PROCESSING}")
+    assert "address" in second["reply"].lower(), second  # the pending plan survived
+
+
+def test_malformed_and_oversized_requests_get_json_4xx(agent: Agent) -> None:
+    status, body = agent.raw(b"{not json")
+    assert status == 400 and body["error"]["code"] == "malformed_json"
+    status, body = agent.raw(json.dumps({"session_id": "x"}).encode())
+    assert status == 422 and body["error"]["problems"][0]["field"] == "message"
+    big = json.dumps({"session_id": "x", "message": "a" * 20000}).encode()
+    status, body = agent.raw(big)
+    assert status == 413 and body["error"]["code"] == "payload_too_large"
+    status, body = agent.raw(json.dumps({"session_id": "bad id!", "message": "hi"}).encode())
+    assert status == 422
+
+
+def test_audit_trail_is_one_redacted_line_per_turn(agent: Agent) -> None:
+    email, card, phone = "jane.roe@example.org", "4111 1111 1111 1111", "+44 20 7946 0958"
+    answer = agent.chat("pii-1", f"Where is my order {SHIPPED}? I'm {email}, {phone}, card {card}")
+    deadline = time.monotonic() + 10
+    while not (mine := [r for r in agent.audit_lines() if r["trace_id"] == answer["trace_id"]]):
+        assert time.monotonic() < deadline, "no audit line for the turn"
+        time.sleep(0.3)
+    record = mine[0]
+    assert record["intent"] == "order_status"
+    assert record["tool_calls"][0]["operation"] == "orders.get_order"
+    assert record["plan"] and record["policy"]
+    text = json.dumps(agent.audit_lines())
+    for secret in (email, card, phone, "4111111111111111"):
+        assert secret not in text
+
+
+def test_seed_metrics_are_exported(agent: Agent) -> None:
+    wanted = (
+        "ray_agent_request_total",
+        "ray_agent_response_latency_seconds_bucket",
+        "ray_nlu_inference_time_seconds_bucket",
+        "ray_escalation_to_human_total",
+    )
+    deadline = time.monotonic() + 30
+    text = ""
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{agent.metrics_port}/metrics", timeout=5
+        ) as r:
+            text = r.read().decode()
+        if all(name in text for name in wanted):
+            break
+        time.sleep(1)
+    for name in wanted:
+        assert name in text, name
+    assert 'intent="order_status"' in text
+    assert 'reason="approval_required"' in text
+    gateway = agent.gateway_metrics("orders")
+    assert 'tool_call_total{operation="get_order",outcome="success",tool="orders"}' in gateway
+    assert "tool_call_latency_seconds_bucket" in gateway
