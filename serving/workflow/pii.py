@@ -35,7 +35,12 @@ def _card(match: re.Match[str]) -> str:
     return "[CARD]" if 13 <= len(digits) <= 19 and luhn_valid(digits) else match.group()
 
 
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 def _phone(match: re.Match[str]) -> str:
+    if ISO_DATE.fullmatch(match.group()):  # delivery dates are not phone numbers
+        return match.group()
     digits = re.sub(r"\D", "", match.group())
     return "[PHONE]" if len(digits) >= 7 else match.group()
 
