@@ -87,6 +87,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         liveness_port=args.liveness_port,
         verbose=args.verbose,
+        prometheus_url=args.prometheus_url,
     )
 
 
@@ -204,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch all (default)")
     op.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics port")
     op.add_argument("--liveness-port", type=int, default=8081, help="health endpoint port")
+    op.add_argument(
+        "--prometheus-url", help="Prometheus for ModelRollout analysis (or per rollout)"
+    )
     op.add_argument("-v", "--verbose", action="store_true")
     op.set_defaults(func=cmd_operator)
 

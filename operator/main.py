@@ -18,7 +18,7 @@ from . import metrics
 from .api.base import API_VERSION, GROUP, VERSION
 from .kube import Kube, KubeError
 from .render.names import MANAGED_BY
-from .resources import supportagent, tooladapter
+from .resources import modelrollout, supportagent, tooladapter
 from .resources.common import EventRecorder, Outcome
 
 METRICS_PORT_ENV = "SWITCHBOARD_METRICS_PORT"
@@ -26,11 +26,24 @@ DRIFT_INTERVAL_SECONDS = 60.0
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 AGENTS: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": "supportagents"}
 ADAPTERS: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": "tooladapters"}
+ROLLOUTS: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": "modelrollouts"}
+PROMETHEUS_URL_ENV = "SWITCHBOARD_PROMETHEUS_URL"
+# Rollout steps are measured in seconds: the timer that advances them ticks often.
+ROLLOUT_TICK_SECONDS = 2.0
 
 Reconcile = Callable[[Kube, dict[str, Any], EventRecorder], Outcome]
+
+
+def _reconcile_rollout(kube: Kube, body: dict[str, Any], record: EventRecorder) -> Outcome:
+    context = modelrollout.RolloutContext(prometheus_url=os.environ.get(PROMETHEUS_URL_ENV))
+    outcome = modelrollout.reconcile(kube, body, record, context)
+    return outcome
+
+
 RECONCILERS: dict[str, Reconcile] = {
     supportagent.KIND: supportagent.reconcile,
     tooladapter.KIND: tooladapter.reconcile,
+    modelrollout.KIND: _reconcile_rollout,
 }
 
 log = logging.getLogger("switchboard.operator")
@@ -157,6 +170,39 @@ def adapter_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: A
             _reconcile_quietly(kube, supportagent.KIND, agent)
 
 
+# --- ModelRollout ----------------------------------------------------------------------
+
+
+@kopf.on.resume(**ROLLOUTS)
+@kopf.on.create(**ROLLOUTS)
+@kopf.on.update(**ROLLOUTS)
+def rollout_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    run_reconcile(memo.kube, modelrollout.KIND, plain(body))
+
+
+@kopf.timer(**ROLLOUTS, interval=ROLLOUT_TICK_SECONDS, initial_delay=ROLLOUT_TICK_SECONDS)
+def rollout_tick(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    run_reconcile(memo.kube, modelrollout.KIND, plain(body))
+
+
+@kopf.on.event(**ROLLOUTS)
+def rollout_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """The agent follows its rollout: a new weight, a rollback or a deletion re-renders its
+    RayService and routes (a deleted rollout returns all traffic to stable)."""
+    meta = body["metadata"]
+    status = body.get("status") or {}
+    deleted = event.get("type") == "DELETED"
+    agent_name = (body.get("spec") or {}).get("agentRef")
+    metrics.set_rollout(
+        meta["namespace"], meta["name"], str(agent_name), None if deleted else status.get("phase"),
+        int(status.get("currentWeight") or 0),
+    )  # fmt: skip
+    kube: Kube = memo.kube
+    agent = kube.get(API_VERSION, supportagent.KIND, meta["namespace"], str(agent_name))
+    if agent and not agent["metadata"].get("deletionTimestamp"):
+        _reconcile_quietly(kube, supportagent.KIND, agent)
+
+
 # --- children: status changes and deletions bring the owner back to its desired state ------
 
 
@@ -198,9 +244,12 @@ def run(
     metrics_port: int,
     liveness_port: int,
     verbose: bool,
+    prometheus_url: str | None = None,
 ) -> int:
     """Entry point of `switchboard operator`."""
     os.environ[METRICS_PORT_ENV] = str(metrics_port)
+    if prometheus_url:
+        os.environ[PROMETHEUS_URL_ENV] = prometheus_url
     kopf.configure(verbose=verbose)
     kopf.run(
         clusterwide=all_namespaces or not namespaces,

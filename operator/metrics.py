@@ -37,3 +37,41 @@ def set_agent_ready(namespace: str, name: str, ready: bool | None) -> None:
         ready_count = sum(_agent_ready.values())
         AGENTS.labels(ready="true").set(ready_count)
         AGENTS.labels(ready="false").set(len(_agent_ready) - ready_count)
+
+
+ROLLOUT_WEIGHT = Gauge(
+    "switchboard_rollout_weight",
+    "Percent of an agent's traffic a ModelRollout's candidate receives.",
+    ["namespace", "rollout", "agent"],
+)
+ROLLOUT_PHASE = Gauge(
+    "switchboard_rollout_phase",
+    "1 for a ModelRollout's current phase, 0 for the others.",
+    ["namespace", "rollout", "phase"],
+)
+ROLLOUT_PHASES = ("Initializing", "Progressing", "Paused", "Succeeded", "Failed")
+
+
+def set_rollout(namespace: str, name: str, agent: str, phase: str | None, weight: int) -> None:
+    """Record a rollout's phase and weight; `phase=None` removes its series (deleted)."""
+    if phase is None:
+        for p in ROLLOUT_PHASES:
+            ROLLOUT_PHASE.remove(namespace, name, p) if (
+                namespace,
+                name,
+                p,
+            ) in _phase_keys else None
+            _phase_keys.discard((namespace, name, p))
+        if (namespace, name, agent) in _weight_keys:
+            ROLLOUT_WEIGHT.remove(namespace, name, agent)
+            _weight_keys.discard((namespace, name, agent))
+        return
+    ROLLOUT_WEIGHT.labels(namespace=namespace, rollout=name, agent=agent).set(weight)
+    _weight_keys.add((namespace, name, agent))
+    for p in ROLLOUT_PHASES:
+        ROLLOUT_PHASE.labels(namespace=namespace, rollout=name, phase=p).set(1 if p == phase else 0)
+        _phase_keys.add((namespace, name, p))
+
+
+_weight_keys: set[tuple[str, str, str]] = set()
+_phase_keys: set[tuple[str, str, str]] = set()

@@ -138,6 +138,17 @@ class _ServeMetrics:
             description="Conversations handed to a human, by reason.",
             tag_keys=("reason",),
         )
+        # Per revision (Serve tags the application), for a ModelRollout's analysis.
+        self.confidences = serve.metrics.Histogram(
+            "agent_nlu_confidence",
+            description="Calibrated NLU confidence of each turn.",
+            boundaries=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99],
+        )
+        self.tool_calls = serve.metrics.Counter(
+            "agent_tool_calls_total",
+            description="Tool calls made by the agent, by outcome (success, failure, started).",
+            tag_keys=("outcome",),
+        )
 
     def turn(self, status: str, intent: str, seconds: float) -> None:
         self.requests.inc(tags={"status": status, "intent": intent})
@@ -145,6 +156,12 @@ class _ServeMetrics:
 
     def escalation(self, reason: str) -> None:
         self.escalations.inc(tags={"reason": reason})
+
+    def confidence(self, value: float) -> None:
+        self.confidences.observe(value)
+
+    def tool_call(self, outcome: str) -> None:
+        self.tool_calls.inc(tags={"outcome": outcome})
 
 
 class _RayTaskRunner:

@@ -140,13 +140,25 @@ class RevisionRoute(Contract):
     weight: int = Field(ge=0, le=100)
 
 
+class TesterMatch(Contract):
+    """A request header that sends beta testers to the candidate revision."""
+
+    name: str
+    exact: str | None = None
+    regex: str | None = None
+
+
 class RouterConfig(Contract):
     """`args` of the agent's router application: the HTTP entry at `/` that sends each request
-    to a revision — the one named in the revision header if present, else by weight."""
+    to a revision — the one named in the revision header if present, else the candidate for
+    tester requests, else one drawn by weight."""
 
     agent: str
     header: str = REVISION_HEADER
     revisions: list[RevisionRoute] = Field(min_length=1)
+    testers: list[TesterMatch] = Field(default_factory=list)
+    tester_revision: str | None = None
+    """Revision that requests matching `testers` reach (a rollout's candidate)."""
 
 
 # --- tool gateway ------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,8 +17,8 @@ from .workflow.types import ChatRequest, ChatResponse
 MAX_BODY_BYTES = 16 * 1024
 log = logging.getLogger("switchboard.http")
 
-# (request, revision header value) -> response dict
-ChatDispatch = Callable[[ChatRequest, str | None], Awaitable[dict[str, Any]]]
+# (request, HTTP headers) -> response dict
+ChatDispatch = Callable[[ChatRequest, Mapping[str, str]], Awaitable[dict[str, Any]]]
 
 
 def error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
@@ -50,14 +50,12 @@ async def parse_chat_request(request: Request) -> ChatRequest | JSONResponse:
         )
 
 
-async def handle_chat(
-    request: Request, dispatch: ChatDispatch, revision_header: str
-) -> JSONResponse:
+async def handle_chat(request: Request, dispatch: ChatDispatch) -> JSONResponse:
     parsed = await parse_chat_request(request)
     if isinstance(parsed, JSONResponse):
         return parsed
     try:
-        result = await dispatch(parsed, request.headers.get(revision_header))
+        result = await dispatch(parsed, request.headers)
     except Exception:
         log.exception("chat turn failed")
         return error(500, "internal_error", "the agent could not complete this turn")

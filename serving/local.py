@@ -21,7 +21,6 @@ from fastapi.responses import JSONResponse
 
 from .asgi_thread import ServerThread, serve_in_thread
 from .config import (
-    REVISION_HEADER,
     AgentAppConfig,
     GatewayAuth,
     LocalAgent,
@@ -215,12 +214,12 @@ def single_process_api(app: AgentAppConfig) -> FastAPI:
     orchestrator = local_orchestrator(app)
     api = new_api(f"Switchboard agent {app.agent} (single process)")
 
-    async def dispatch(request: ChatRequest, _revision: str | None) -> dict[str, Any]:
+    async def dispatch(request: ChatRequest, _headers: Mapping[str, str]) -> dict[str, Any]:
         return (await orchestrator.turn(request)).model_dump()
 
     @api.post("/v1/chat", openapi_extra=CHAT_OPENAPI)
     async def chat(request: Request) -> JSONResponse:
-        return await handle_chat(request, dispatch, REVISION_HEADER)
+        return await handle_chat(request, dispatch)
 
     return api
 

@@ -5,6 +5,8 @@ Istio sets the revision header per weighted destination, so with Istio the choic
 made; without it (`trafficProvider: none`) the router applies the weights itself."""
 
 import random
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import Request
@@ -20,14 +22,30 @@ from .workflow.types import ChatRequest
 api = new_api("Switchboard agent")
 
 
+def is_tester(config: RouterConfig, headers: Mapping[str, str]) -> bool:
+    for match in config.testers:
+        value = headers.get(match.name)
+        if value is None:
+            continue
+        if match.exact is not None and value == match.exact:
+            return True
+        if match.regex is not None and re.search(match.regex, value):
+            return True
+    return False
+
+
 def pick_revision(
-    routes: list[RevisionRoute], requested: str | None, rng: random.Random
+    config: RouterConfig, headers: Mapping[str, str], rng: random.Random
 ) -> RevisionRoute:
-    """The requested revision if it is served, else one drawn by weight (the first when every
-    weight is 0, which a rollout never leaves for long)."""
-    if requested:
+    """The revision named in the revision header if it is served; the tester revision for
+    requests matching a tester header; else one drawn by weight (the first when every weight
+    is 0, which a rollout never leaves for long)."""
+    routes = config.revisions
+    requested = headers.get(config.header)
+    wanted = requested or (config.tester_revision if is_tester(config, headers) else None)
+    if wanted:
         for route in routes:
-            if route.revision == requested:
+            if route.revision == wanted:
                 return route
     weighted = [r for r in routes if r.weight > 0]
     if not weighted:
@@ -47,8 +65,8 @@ class Router:
             self._handles[app_name] = serve.get_app_handle(app_name)
         return self._handles[app_name]
 
-    async def _dispatch(self, request: ChatRequest, requested: str | None) -> dict[str, Any]:
-        route = pick_revision(self.config.revisions, requested, self._rng)
+    async def _dispatch(self, request: ChatRequest, headers: Mapping[str, str]) -> dict[str, Any]:
+        route = pick_revision(self.config, headers, self._rng)
         response: dict[str, Any] = await self._handle(route.app_name).chat.remote(
             request.model_dump()
         )
@@ -56,7 +74,7 @@ class Router:
 
     @api.post("/v1/chat", openapi_extra=CHAT_OPENAPI)
     async def chat(self, request: Request) -> JSONResponse:
-        return await handle_chat(request, self._dispatch, self.config.header)
+        return await handle_chat(request, self._dispatch)
 
 
 RouterDeployment: Deployment = serve.deployment(name=ROUTER_DEPLOYMENT)(Router)

@@ -104,12 +104,13 @@ class ProgressiveSpec(ApiModel):
     """Weight added per step (with `maxWeight`)."""
     max_weight: int = Field(default=100, ge=1, le=100)
     """Last weight reached by `stepWeight` stepping."""
-    interval_seconds: int = Field(default=300, ge=10, le=86400)
-    """Time at each step before the analysis decides."""
+    interval_seconds: int = Field(default=300, ge=1, le=86400)
+    """Time at each step before the analysis decides (also the metrics' rate window)."""
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
     """Metric checks gating the steps."""
-    progress_deadline_seconds: int = Field(default=3600, ge=60, le=604800)
-    """The rollout fails and rolls back if it has not finished within this time."""
+    progress_deadline_seconds: int = Field(default=3600, ge=1, le=604800)
+    """The rollout fails and rolls back if it has not finished within this time (paused time
+    included)."""
 
 
 class HeaderMatch(ApiModel):
@@ -181,7 +182,11 @@ class ModelRolloutStatus(BaseStatus):
     candidate_revision: str | None = None
     """Model revision of the candidate."""
     step_started_at: str | None = None
-    """When the current step began (RFC 3339)."""
+    """When the current step began (RFC 3339); unset while paused."""
+    failures: int | None = None
+    """Failed analyses so far."""
+    stable_revision: str | None = None
+    """Model revision of the agent's stable models."""
     started_at: str | None = None
     """When the rollout began (RFC 3339)."""
     metrics: list[MetricResult] = Field(default_factory=list)

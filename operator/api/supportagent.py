@@ -342,6 +342,8 @@ class SupportAgentStatus(BaseStatus):
     """In-cluster URL of the agent's Serve endpoint."""
     traffic: list[TrafficEntry] = Field(default_factory=list)
     """Traffic per model revision."""
+    rollout: str | None = None
+    """ModelRollout whose candidate is being served beside the stable revision."""
     ready_tools: str | None = None
     """Ready ToolAdapters out of those granted, e.g. `2/2`."""
 

@@ -16,10 +16,17 @@ from ..api.validation import SpecError, validate_spec
 from .gateway import render_gateway
 from .names import Parent
 from .rayservice import render_rayservice
-from .serve_config import UnresolvedReference, agent_revision
+from .serve_config import (
+    Canary,
+    UnresolvedReference,
+    agent_revision,
+    candidate_spec,
+    traffic,
+)
 from .virtualservice import render_virtualservice
 
 __all__ = [
+    "Canary",
     "Parent",
     "RenderError",
     "UnresolvedReference",
@@ -30,13 +37,26 @@ __all__ = [
 
 
 def render_agent(
-    parent: Parent, spec: SupportAgentSpec, adapters: Mapping[str, ToolAdapterSpec]
+    parent: Parent,
+    spec: SupportAgentSpec,
+    adapters: Mapping[str, ToolAdapterSpec],
+    canary: Canary | None = None,
 ) -> list[dict[str, Any]]:
-    """RayService, then the VirtualService when the agent has ingress hosts."""
-    children = [render_rayservice(parent, spec, adapters)]
+    """RayService, then the VirtualService when the agent has ingress hosts; a rollout's
+    canary adds its candidate application and weighted, tester-aware routes."""
+    children = [render_rayservice(parent, spec, adapters, canary)]
     if spec.ingress:
-        children.append(render_virtualservice(parent, spec.ingress, agent_revision(spec)))
+        revisions = revision_traffic(spec, canary)
+        children.append(render_virtualservice(parent, spec.ingress, revisions, canary))
     return children
+
+
+def revision_traffic(spec: SupportAgentSpec, canary: Canary | None) -> list[tuple[str, int]]:
+    """(revision, percent) of every revision the agent serves: stable, then any candidate."""
+    stable = agent_revision(spec)
+    if canary is None:
+        return traffic(stable, None, 0)
+    return traffic(stable, agent_revision(candidate_spec(spec, canary)), canary.weight)
 
 
 def render_adapter(

@@ -14,7 +14,7 @@ from ..api.base import ResourceRequirements
 from ..api.supportagent import SupportAgentSpec, WorkerPool
 from ..api.tooladapter import ToolAdapterSpec
 from .names import Parent, metadata
-from .serve_config import PodRuntime, pod_runtime, serve_config
+from .serve_config import Canary, PodRuntime, pod_runtime, serve_config
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # GPU nodes are commonly tainted so that only GPU work lands there.
@@ -102,9 +102,12 @@ def _worker_group(
 
 
 def render_rayservice(
-    parent: Parent, spec: SupportAgentSpec, adapters: Mapping[str, ToolAdapterSpec]
+    parent: Parent,
+    spec: SupportAgentSpec,
+    adapters: Mapping[str, ToolAdapterSpec],
+    canary: Canary | None = None,
 ) -> dict[str, Any]:
-    runtime = pod_runtime(spec)
+    runtime = pod_runtime(spec, [canary.model_uri] if canary else [])
     head = _container(
         "ray-head", spec.ray.image, _resources(spec.ray.head.resources), runtime, HEAD_PORTS
     )
@@ -114,7 +117,7 @@ def render_rayservice(
         workers.append(
             _worker_group(parent, "gpu", spec.ray.image, gpu, runtime, gpu.gpus_per_worker)
         )
-    serve = serve_config(parent, spec, adapters)
+    serve = serve_config(parent, spec, adapters, canary)
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",

@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from switchboard.serving import config as contract
 
 from ..api.base import ReplicaAutoscaling
+from ..api.modelrollout import HeaderMatch
 from ..api.supportagent import LlmSpec, NluSpec, SupportAgentSpec
 from ..api.tooladapter import ToolAdapterSpec
 from .names import Parent, gateway_name, revision, revision_app_name, service_url
@@ -63,18 +64,20 @@ def model_path(uri: str) -> str:
     return f"{MODELS_ROOT}/{claim}/{rest}".rstrip("/")
 
 
-def _model_claims(spec: SupportAgentSpec) -> list[str]:
-    uris = [spec.nlu.model_uri] + ([spec.llm.model_uri] if spec.llm and spec.llm.model_uri else [])
+def _model_claims(spec: SupportAgentSpec, extra_uris: Sequence[str] = ()) -> list[str]:
+    uris = [spec.nlu.model_uri, *extra_uris]
+    uris += [spec.llm.model_uri] if spec.llm and spec.llm.model_uri else []
     return sorted(
         {u.removeprefix("pvc://").split("/", 1)[0] for u in uris if u.startswith("pvc://")}
     )
 
 
-def pod_runtime(spec: SupportAgentSpec) -> PodRuntime:
+def pod_runtime(spec: SupportAgentSpec, extra_model_uris: Sequence[str] = ()) -> PodRuntime:
+    """Volumes and env of every Ray container; a rollout's candidate model is mounted too."""
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     env: list[dict[str, Any]] = []
-    for claim in _model_claims(spec):
+    for claim in _model_claims(spec, extra_model_uris):
         volumes.append(
             {
                 "name": f"models-{claim}",
@@ -287,11 +290,10 @@ def agent_application(spec: SupportAgentSpec, app: contract.AgentAppConfig) -> d
 
 
 def router_application(
-    agent: str, routes: Sequence[contract.RevisionRoute], scaling: ReplicaAutoscaling
+    router: contract.RouterConfig, scaling: ReplicaAutoscaling
 ) -> dict[str, Any]:
-    router = contract.RouterConfig(agent=agent, revisions=list(routes))
     return {
-        "name": agent,
+        "name": router.agent,
         "route_prefix": "/",
         "import_path": contract.ROUTER_APP_IMPORT_PATH,
         "args": router.model_dump(mode="json"),
@@ -299,21 +301,74 @@ def router_application(
     }
 
 
+@dataclass(frozen=True)
+class Canary:
+    """A ModelRollout's candidate as the renderers need it: which model, how much traffic,
+    which testers, and who splits (Istio, or the agent's router)."""
+
+    component: Literal["nlu", "llm"]
+    model_uri: str
+    quantization: str | None
+    weight: int
+    testers: tuple[HeaderMatch, ...] = ()
+    traffic_provider: Literal["istio", "none"] = "istio"
+
+
+def candidate_spec(spec: SupportAgentSpec, canary: Canary) -> SupportAgentSpec:
+    """The agent's spec with the rollout's component swapped for the candidate model."""
+    if canary.component == "nlu":
+        nlu = {"model_uri": canary.model_uri}
+        if canary.quantization in ("int8", "none"):
+            nlu["quantization"] = canary.quantization
+        return spec.model_copy(update={"nlu": spec.nlu.model_copy(update=nlu)})
+    if spec.llm is None:
+        raise UnresolvedReference("ComponentNotFound", "the agent has no llm to roll out")
+    llm = {"model_uri": canary.model_uri}
+    if canary.quantization:
+        llm["quantization"] = canary.quantization
+    return spec.model_copy(update={"llm": spec.llm.model_copy(update=llm)})
+
+
+def traffic(stable: str, candidate: str | None, weight: int) -> list[tuple[str, int]]:
+    """(revision, percent) per served revision; a candidate equal to stable is no canary."""
+    if candidate is None or candidate == stable:
+        return [(stable, 100)]
+    return [(stable, 100 - weight), (candidate, weight)]
+
+
 def serve_config(
-    parent: Parent, spec: SupportAgentSpec, adapters: Mapping[str, ToolAdapterSpec]
+    parent: Parent,
+    spec: SupportAgentSpec,
+    adapters: Mapping[str, ToolAdapterSpec],
+    canary: Canary | None = None,
 ) -> dict[str, Any]:
-    """The `serveConfigV2` document (as a dict) for the agent's stable revision."""
-    app = agent_app_config(parent, spec, adapters)
+    """The `serveConfigV2` document (as a dict): the router, the stable revision's application
+    and, during a rollout, the candidate's application beside it."""
+    stable = agent_app_config(parent, spec, adapters)
+    apps = [stable]
+    if canary is not None:
+        candidate = agent_app_config(parent, candidate_spec(spec, canary), adapters)
+        if candidate.revision != stable.revision:
+            apps.append(candidate)
+    weights = traffic(stable.revision, apps[-1].revision, canary.weight if canary else 0)
     routes = [
         contract.RevisionRoute(
-            revision=app.revision, app_name=revision_app_name(parent.name, app.revision), weight=100
+            revision=rev, app_name=revision_app_name(parent.name, rev), weight=percent
         )
+        for rev, percent in weights
     ]
+    testers = list(canary.testers) if canary and len(apps) > 1 else []
+    router = contract.RouterConfig(
+        agent=parent.name,
+        revisions=routes,
+        testers=[contract.TesterMatch(name=t.name, exact=t.exact, regex=t.regex) for t in testers],
+        tester_revision=apps[-1].revision if testers else None,
+    )
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": contract.SERVE_HTTP_PORT},
         "applications": [
-            router_application(parent.name, routes, spec.orchestrator.autoscaling),
-            agent_application(spec, app),
+            router_application(router, spec.orchestrator.autoscaling),
+            *(agent_application(spec, app) for app in apps),
         ],
     }

@@ -13,9 +13,8 @@ from ..api.supportagent import SupportAgentSpec
 from ..api.tooladapter import ToolAdapterSpec
 from ..api.validation import SpecError, validate_spec
 from ..kube import Kube
-from ..render import Parent, UnresolvedReference, render_agent
+from ..render import Parent, UnresolvedReference, render_agent, revision_traffic
 from ..render.names import serve_service_name, service_url
-from ..render.serve_config import agent_revision
 from .common import (
     EventRecorder,
     Outcome,
@@ -24,6 +23,7 @@ from .common import (
     reconcile_object,
 )
 from .conditions import READY, Check, condition, failed_spec, summarize
+from .modelrollout import active_canary
 
 KIND = "SupportAgent"
 RAY_SERVICE = "RayServiceReady"
@@ -156,8 +156,9 @@ def _desired_status(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
     adapter_specs, adapter_bodies = load_adapters(kube, namespace, spec)
     parent = Parent(KIND, name, namespace, meta.get("uid"))
     missing = missing_references(kube, namespace, spec)
+    canary, rollout = active_canary(kube, namespace, name)
     try:
-        children = render_agent(parent, spec, adapter_specs)
+        children = render_agent(parent, spec, adapter_specs, canary)
     except UnresolvedReference as exc:
         missing = missing or (exc.reason, exc.message)
     if missing:
@@ -169,15 +170,20 @@ def _desired_status(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
     tools, ready_tools = tools_check(namespace, spec, adapter_bodies)
     parts = [rayservice_check(live["RayService"]), routes_check(namespace, name, spec), tools]
     ready, progressing, degraded, phase = summarize(parts, progressing_reasons=PROGRESSING_REASONS)
-    revision = agent_revision(spec)
+    revisions = revision_traffic(spec, canary)
+    traffic = [
+        {"revision": rev, "percent": percent, "tag": "stable" if i == 0 else "candidate"}
+        for i, (rev, percent) in enumerate(revisions)
+    ]
     return build_status(
         body,
         [ready, progressing, degraded, *parts],
         phase,
         {
-            "revision": revision,
+            "revision": revisions[0][0],
             "endpoint": service_url(serve_service_name(name), namespace, SERVE_PORT),
-            "traffic": [{"revision": revision, "percent": 100, "tag": "stable"}],
+            "traffic": traffic,
+            "rollout": rollout if len(revisions) > 1 else None,
             "readyTools": ready_tools,
         },
     )

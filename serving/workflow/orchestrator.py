@@ -74,6 +74,8 @@ class Retriever(Protocol):
 class TurnMetrics(Protocol):
     def turn(self, status: str, intent: str, seconds: float) -> None: ...
     def escalation(self, reason: str) -> None: ...
+    def confidence(self, value: float) -> None: ...
+    def tool_call(self, outcome: str) -> None: ...
 
 
 class NoMetrics:
@@ -81,6 +83,12 @@ class NoMetrics:
         return None
 
     def escalation(self, reason: str) -> None:
+        return None
+
+    def confidence(self, value: float) -> None:
+        return None
+
+    def tool_call(self, outcome: str) -> None:
         return None
 
 
@@ -165,6 +173,10 @@ class Orchestrator:
             if turn.handoff:
                 status = "handoff"
                 self.metrics.escalation(turn.handoff.reason)
+            if turn.understanding:
+                self.metrics.confidence(turn.understanding.confidence)
+            for call in turn.tool_calls:
+                self.metrics.tool_call(call["outcome"])
             self.metrics.turn(status, intent, seconds)
         if turn.updates:
             reply = " ".join([*turn.updates, reply])

@@ -1,0 +1,380 @@
+"""ModelRollout reconciler: a canary of a new NLU or LLM model inside the agent's own RayService.
+
+The rollout's whole progress lives in its status (weight, step, when the step began, failures),
+so an operator restarted mid-rollout resumes exactly where it was: a step advances only when its
+interval has passed *and* the new step index is written. The SupportAgent reconciler reads the
+status weight and renders the candidate application and the routes from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from ..api.base import API_VERSION
+from ..api.modelrollout import AnalysisMetric, ModelRolloutSpec
+from ..api.supportagent import SupportAgentSpec
+from ..api.validation import SpecError, validate_spec
+from ..kube import Kube
+from ..render import Canary, UnresolvedReference
+from ..render.names import revision_app_name
+from ..render.serve_config import agent_revision, candidate_spec
+from .common import EventRecorder, Outcome, build_status, invalid_spec_status, reconcile_object
+from .conditions import READY, Check, Status, condition
+
+KIND = "ModelRollout"
+ACTIVE_PHASES = ("Progressing", "Paused", "Succeeded")
+
+# PromQL of the built-in analyses, over the candidate revision's Serve application. Ray's
+# metrics agent prefixes application metrics with `ray_` and tags them with the application.
+_SELECTOR = 'namespace="{{namespace}}",application="{{application}}"'
+BUILTIN_QUERIES = {
+    "errorRate": (
+        f'sum(rate(ray_agent_request_total{{{_SELECTOR},status="error"}}[{{{{window}}}}]))'
+        f" / sum(rate(ray_agent_request_total{{{_SELECTOR}}}[{{{{window}}}}]))"
+    ),
+    "latencyP95": (
+        "histogram_quantile(0.95, sum by (le) "
+        f"(rate(ray_agent_response_latency_seconds_bucket{{{_SELECTOR}}}[{{{{window}}}}])))"
+    ),
+    "escalationRate": (
+        f"sum(rate(ray_escalation_to_human_total{{{_SELECTOR}}}[{{{{window}}}}]))"
+        f" / sum(rate(ray_agent_request_total{{{_SELECTOR}}}[{{{{window}}}}]))"
+    ),
+    "nluConfidence": (
+        f"sum(rate(ray_agent_nlu_confidence_sum{{{_SELECTOR}}}[{{{{window}}}}]))"
+        f" / sum(rate(ray_agent_nlu_confidence_count{{{_SELECTOR}}}[{{{{window}}}}]))"
+    ),
+    "toolErrorRate": (
+        f'sum(rate(ray_agent_tool_calls_total{{{_SELECTOR},outcome="failure"}}[{{{{window}}}}]))'
+        f" / sum(rate(ray_agent_tool_calls_total{{{_SELECTOR}}}[{{{{window}}}}]))"
+    ),
+}
+
+
+def metric_query(metric: AnalysisMetric, variables: dict[str, str]) -> str:
+    template = metric.query if metric.query is not None else BUILTIN_QUERIES[metric.builtin or ""]
+    for name, value in variables.items():
+        template = template.replace("{{" + name + "}}", value)
+    return template
+
+
+def steps_of(spec: ModelRolloutSpec) -> list[int]:
+    progressive = spec.progressive
+    assert progressive is not None
+    if progressive.steps:
+        return list(progressive.steps)
+    step = progressive.step_weight or 100
+    weights = list(range(step, progressive.max_weight, step))
+    return [*weights, progressive.max_weight]
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def _format_time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """What the status records of a rollout's progress."""
+
+    phase: str = "Initializing"
+    weight: int = 0
+    step_index: int | None = None
+    step_started_at: str | None = None
+    started_at: str | None = None
+    failures: int = 0
+    metrics: tuple[dict[str, Any], ...] = ()
+    reason: str = "Initializing"
+    message: str = "Waiting to start"
+    events: tuple[tuple[str, str, str], ...] = field(default=(), compare=False)
+    """(type, reason, message) to post for this transition."""
+
+    @classmethod
+    def from_status(cls, status: dict[str, Any]) -> RolloutState:
+        return cls(
+            phase=status.get("phase") or "Initializing",
+            weight=int(status.get("currentWeight") or 0),
+            step_index=status.get("stepIndex"),
+            step_started_at=status.get("stepStartedAt"),
+            started_at=status.get("startedAt"),
+            failures=int(status.get("failures") or 0),
+            metrics=tuple(status.get("metrics") or ()),
+        )
+
+
+Analysis = Callable[[AnalysisMetric], float | None]
+
+
+def evaluate(metrics: list[AnalysisMetric], analysis: Analysis) -> list[dict[str, Any]]:
+    results = []
+    for metric in metrics:
+        value = analysis(metric)
+        bounds = metric.threshold_range
+        if value is None:
+            verdict = "NoData"
+        elif (bounds.min is not None and value < bounds.min) or (
+            bounds.max is not None and value > bounds.max
+        ):
+            verdict = "Fail"
+        else:
+            verdict = "Pass"
+        results.append({"name": metric.name, "value": value, "verdict": verdict})
+    return results
+
+
+def advance(
+    spec: ModelRolloutSpec, state: RolloutState, now: datetime, analysis: Analysis
+) -> RolloutState:
+    """The next state of a progressive or manual rollout. Pure: the caller supplies the clock
+    and the metric lookups."""
+    if spec.weight is not None:  # manual mode: the platform team sets the weight
+        phase = "Paused" if spec.paused else ("Succeeded" if spec.weight == 100 else "Progressing")
+        events: tuple[tuple[str, str, str], ...] = ()
+        if spec.weight != state.weight:
+            events = (("Normal", "WeightSet", f"Candidate weight set to {spec.weight}%"),)
+        return replace(
+            state, phase=phase, weight=spec.weight, reason="ManualWeight",
+            message=f"Candidate receives {spec.weight}% of traffic", events=events,
+        )  # fmt: skip
+    if state.phase in ("Succeeded", "Failed"):
+        return replace(state, events=())
+    steps = steps_of(spec)
+    progressive = spec.progressive
+    assert progressive is not None
+    started = _parse_time(state.started_at) or now
+    state = replace(state, started_at=state.started_at or _format_time(now), events=())
+    deadline = progressive.progress_deadline_seconds
+    if (now - started).total_seconds() > deadline:
+        return _rolled_back(state, "ProgressDeadlineExceeded", f"not finished within {deadline}s")
+    if spec.paused:
+        return replace(
+            state, phase="Paused", step_started_at=None, reason="Paused",
+            message=f"Holding at {state.weight}%",
+            events=(("Normal", "Paused", f"Rollout paused at {state.weight}%"),)
+            if state.phase != "Paused" else (),
+        )  # fmt: skip
+    if state.step_index is None:
+        weight = steps[0]
+        return replace(
+            state, phase="Progressing", weight=weight, step_index=0,
+            step_started_at=_format_time(now), reason="StepStarted",
+            message=f"Step 1/{len(steps)}: {weight}%",
+            events=(("Normal", "StepStarted", f"Step 1/{len(steps)}: candidate at {weight}%"),),
+        )  # fmt: skip
+    step_started = _parse_time(state.step_started_at)
+    if step_started is None:  # resumed after a pause: the step's interval starts again
+        return replace(
+            state, phase="Progressing", step_started_at=_format_time(now), reason="Resumed",
+            message=f"Resumed at {state.weight}%",
+            events=(("Normal", "Resumed", f"Rollout resumed at {state.weight}%"),),
+        )  # fmt: skip
+    if (now - step_started).total_seconds() < progressive.interval_seconds:
+        return replace(state, phase="Progressing")
+    results = evaluate(list(progressive.analysis.metrics), analysis)
+    failed = [r for r in results if r["verdict"] == "Fail"]
+    waiting = [r for r in results if r["verdict"] == "NoData"]
+    state = replace(state, metrics=tuple(results))
+    if failed:
+        failures = state.failures + 1
+        names = ", ".join(f"{r['name']}={r['value']:.4g}" for r in failed)
+        if failures > progressive.analysis.failure_limit:
+            return _rolled_back(
+                replace(state, failures=failures), "AnalysisFailed",
+                f"analysis failed {failures} time(s), over the limit of "
+                f"{progressive.analysis.failure_limit}: {names}",
+            )  # fmt: skip
+        return replace(
+            state, failures=failures, step_started_at=_format_time(now), reason="AnalysisFailed",
+            message=f"Holding at {state.weight}%: {names} out of range "
+            f"({failures}/{progressive.analysis.failure_limit} failures allowed)",
+            events=(("Warning", "AnalysisFailed", f"Analysis failed: {names}"),),
+        )  # fmt: skip
+    if waiting:  # no traffic yet: neither a pass nor a failure; the deadline bounds the wait
+        names = ", ".join(r["name"] for r in waiting)
+        return replace(
+            state, step_started_at=_format_time(now), reason="WaitingForData",
+            message=f"Holding at {state.weight}%: no data yet for {names}",
+        )  # fmt: skip
+    index = (state.step_index or 0) + 1
+    if index >= len(steps):
+        return replace(
+            state, phase="Succeeded", weight=100, reason="Succeeded",
+            message="Every step passed; the candidate serves all traffic",
+            events=(("Normal", "Succeeded", "Rollout succeeded: candidate promoted to 100%"),),
+        )  # fmt: skip
+    weight = steps[index]
+    return replace(
+        state, phase="Progressing", weight=weight, step_index=index,
+        step_started_at=_format_time(now), reason="StepStarted",
+        message=f"Step {index + 1}/{len(steps)}: {weight}%",
+        events=(("Normal", "StepStarted", f"Step {index + 1}/{len(steps)}: {weight}%"),),
+    )  # fmt: skip
+
+
+def _rolled_back(state: RolloutState, reason: str, message: str) -> RolloutState:
+    return replace(
+        state, phase="Failed", weight=0, step_started_at=None, reason=reason,
+        message=f"Rolled back: {message}",
+        events=(("Warning", "RolledBack", f"Rolled back to stable: {message}"),),
+    )  # fmt: skip
+
+
+# --- the reconciler -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RolloutContext:
+    prometheus_url: str | None
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+
+def reconcile(
+    kube: Kube, body: dict[str, Any], record: EventRecorder, context: RolloutContext
+) -> Outcome:
+    def desired(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
+        return _desired_status(kube, body, record, context)
+
+    return reconcile_object(KIND, desired, kube, body, record)
+
+
+def _desired_status(
+    kube: Kube, body: dict[str, Any], record: EventRecorder, context: RolloutContext
+) -> dict[str, Any]:
+    meta = body["metadata"]
+    namespace = meta["namespace"]
+    try:
+        spec = validate_spec(ModelRolloutSpec, body.get("spec"))
+    except SpecError as exc:
+        return invalid_spec_status(KIND, body, exc)
+    previous = body.get("status") or {}
+    state = RolloutState.from_status(previous)
+    if previous.get("observedGeneration") not in (None, meta.get("generation")) and (
+        state.phase == "Failed"
+    ):
+        state = RolloutState()  # a changed spec after a rollback starts over
+
+    agent = kube.get(API_VERSION, "SupportAgent", namespace, spec.agent_ref)
+    problem = None
+    if agent is None:
+        problem = ("AgentNotFound", f"SupportAgent {namespace}/{spec.agent_ref} does not exist")
+    else:
+        try:
+            agent_spec = validate_spec(SupportAgentSpec, agent.get("spec"))
+            stable = agent_revision(agent_spec)
+            candidate = agent_revision(candidate_spec(agent_spec, canary_of(spec, 0)))
+        except SpecError:
+            problem = ("AgentInvalid", f"SupportAgent {namespace}/{spec.agent_ref} is invalid")
+        except UnresolvedReference as exc:
+            problem = (exc.reason, f"SupportAgent {namespace}/{spec.agent_ref}: {exc.message}")
+    if problem is not None:
+        check = Check(READY, "False", *problem)
+        return build_status(body, [check], "Failed", {"currentWeight": 0})
+
+    if candidate == stable:
+        # The user committed the candidate into the SupportAgent: nothing left to canary.
+        state = replace(
+            state, phase="Succeeded", weight=100, reason="Promoted",
+            message=f"SupportAgent {namespace}/{spec.agent_ref} now runs revision {candidate}; "
+            "delete this ModelRollout",
+        )  # fmt: skip
+    else:
+        variables = {
+            "agent": spec.agent_ref,
+            "namespace": namespace,
+            "revision": candidate,
+            "application": revision_app_name(spec.agent_ref, candidate),
+            "window": f"{spec.progressive.interval_seconds if spec.progressive else 300}s",
+        }
+        url = context.prometheus_url
+        if spec.progressive and spec.progressive.analysis.prometheus_url:
+            url = spec.progressive.analysis.prometheus_url
+
+        def analysis(metric: AnalysisMetric) -> float | None:
+            from ..prometheus import query
+
+            if url is None:
+                raise AnalysisUnavailable(
+                    "no Prometheus URL: set --prometheus-url or prometheusUrl"
+                )
+            return query(url, metric_query(metric, variables))
+
+        try:
+            state = advance(spec, state, context.clock(), analysis)
+        except AnalysisUnavailable as exc:
+            state = replace(state, reason="PrometheusUnavailable", message=str(exc), events=())
+    for event_type, reason, message in state.events:
+        record(body, type=event_type, reason=reason, message=message)
+
+    def holds(phase: str) -> Status:
+        return "True" if state.phase == phase else "False"
+
+    checks = [
+        Check(READY, holds("Succeeded"), state.reason, state.message),
+        Check("Progressing", holds("Progressing"), state.reason, state.message),
+        Check("Degraded", holds("Failed"), state.reason, state.message),
+    ]
+    return build_status(
+        body,
+        checks,
+        state.phase,
+        {
+            "currentWeight": state.weight,
+            "stepIndex": state.step_index,
+            "stepStartedAt": state.step_started_at,
+            "startedAt": state.started_at,
+            "failures": state.failures,
+            "candidateRevision": candidate,
+            "stableRevision": stable,
+            "metrics": list(state.metrics) or None,
+        },
+    )
+
+
+class AnalysisUnavailable(Exception):
+    """Metrics cannot be read at all (no Prometheus configured, or it is down)."""
+
+
+def canary_of(spec: ModelRolloutSpec, weight: int) -> Canary:
+    return Canary(
+        component=spec.component,
+        model_uri=spec.candidate.model_uri,
+        quantization=spec.candidate.quantization,
+        weight=weight,
+        testers=tuple(spec.testers),
+        traffic_provider=spec.traffic_provider,
+    )
+
+
+def active_canary(kube: Kube, namespace: str, agent: str) -> tuple[Canary | None, str | None]:
+    """The canary the agent serves now — from its oldest live ModelRollout's status — and
+    that rollout's name. A failed, deleted or not yet started rollout serves nothing."""
+    rollouts = sorted(
+        (
+            r
+            for r in kube.list_objects(API_VERSION, KIND, namespace)
+            if (r.get("spec") or {}).get("agentRef") == agent
+            and not r["metadata"].get("deletionTimestamp")
+        ),
+        key=lambda r: (r["metadata"].get("creationTimestamp") or "", r["metadata"]["name"]),
+    )
+    for rollout in rollouts:
+        status = rollout.get("status") or {}
+        if status.get("phase") not in ACTIVE_PHASES:
+            continue
+        try:
+            spec = validate_spec(ModelRolloutSpec, rollout.get("spec"))
+        except SpecError:
+            continue
+        return canary_of(spec, int(status.get("currentWeight") or 0)), rollout["metadata"]["name"]
+    return None, None
+
+
+def is_ready(body: dict[str, Any]) -> bool:
+    ready = condition((body.get("status") or {}).get("conditions"), READY)
+    return bool(ready and ready.get("status") == "True")
