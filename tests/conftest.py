@@ -31,6 +31,7 @@ them deliberately).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -41,14 +42,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
-from kubernetes import client, config
+from kopf.testing import KopfRunner
+from kubernetes import client, config, dynamic
 from kubernetes.client import ApiException
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -445,3 +447,218 @@ def demo_nlu_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if trained.returncode != 0:
         pytest.fail(f"training the demo NLU model failed:\n{trained.stderr[-3000:]}")
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# The operator against the envtest server: admin-side helpers and a runner under the shipped RBAC
+
+T = TypeVar("T")
+GROUP, VERSION = "switchboard.dev", "v1alpha1"
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
+    """Poll until `probe` returns something truthy; fail naming `what` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Cluster:
+    """Admin-side helpers: create manifests, read objects, play KubeRay and kube-controller."""
+
+    wait_for = staticmethod(wait_for)
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.dyn = dynamic.DynamicClient(api)
+        self.objects = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+
+    def namespace(self, name: str) -> str:
+        self.core.create_namespace({"metadata": {"name": name}})
+        return name
+
+    def resource(self, api_version: str, kind: str) -> Any:
+        return self.dyn.resources.get(api_version=api_version, kind=kind)
+
+    def create(self, doc: dict[str, Any], namespace: str) -> dict[str, Any]:
+        res = self.resource(doc["apiVersion"], doc["kind"])
+        created: dict[str, Any] = res.create(body=doc, namespace=namespace).to_dict()
+        return created
+
+    def apply_dir(self, folder: Path, namespace: str) -> None:
+        for path in sorted(folder.glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc:
+                    self.create(doc, namespace)
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = (
+                self.resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
+            )
+        except dynamic.exceptions.NotFoundError:
+            return None
+        return found
+
+    def list(self, api_version: str, kind: str, namespace: str) -> list[dict[str, Any]]:
+        found = self.resource(api_version, kind).get(namespace=namespace).to_dict()
+        return list(found["items"])
+
+    def patch(self, api_version: str, kind: str, namespace: str, name: str, body: Any) -> None:
+        self.resource(api_version, kind).patch(
+            name=name, namespace=namespace, body=body, content_type="application/merge-patch+json"
+        )
+
+    def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: Any
+    ) -> None:
+        res = self.resource(api_version, kind)
+        res.status.patch(
+            name=name,
+            namespace=namespace,
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        self.resource(api_version, kind).delete(name=name, namespace=namespace)
+
+    # --- the custom resources' view ------------------------------------------------------
+
+    def agent(self, namespace: str, name: str) -> dict[str, Any]:
+        found = self.get(f"{GROUP}/{VERSION}", "SupportAgent", namespace, name)
+        assert found is not None
+        return found
+
+    def condition(
+        self, kind: str, namespace: str, name: str, type_: str = "Ready"
+    ) -> dict[str, Any] | None:
+        body = self.get(f"{GROUP}/{VERSION}", kind, namespace, name) or {}
+        conditions = (body.get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == type_), None)
+
+    def events(self, namespace: str, name: str) -> list[tuple[str, str]]:
+        events = self.core.list_namespaced_event(namespace).items
+        return [(e.type, e.reason) for e in events if e.involved_object.name == name]
+
+    # --- playing the controllers that are not there --------------------------------------
+
+    def make_gateways_available(self, namespace: str, replicas: int = 2) -> None:
+        for dep in self.list("apps/v1", "Deployment", namespace):
+            meta = dep["metadata"]
+            self.patch_status(
+                "apps/v1",
+                "Deployment",
+                namespace,
+                meta["name"],
+                {
+                    "observedGeneration": meta["generation"],
+                    "replicas": replicas,
+                    "updatedReplicas": replicas,
+                    "readyReplicas": replicas,
+                    "availableReplicas": replicas,
+                },
+            )
+
+    def make_rayservice_running(self, namespace: str, name: str) -> None:
+        """The status KubeRay 1.x writes once every Serve application runs."""
+        rs = self.get("ray.io/v1", "RayService", namespace, name)
+        assert rs is not None
+        config = yaml.safe_load(rs["spec"]["serveConfigV2"])
+        apps = {
+            app["name"]: {"status": "RUNNING", "health_last_update_time": "2026-11-22T00:00:00Z"}
+            for app in config["applications"]
+        }
+        self.patch_status(
+            "ray.io/v1",
+            "RayService",
+            namespace,
+            name,
+            {
+                "observedGeneration": rs["metadata"]["generation"],
+                "serviceStatus": "Running",
+                "numServeEndpoints": 1,
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "NonZeroServeEndpoints",
+                        "message": "Number of serve endpoints is greater than 0",
+                        "lastTransitionTime": "2026-11-22T00:00:00Z",
+                    }
+                ],
+                "activeServiceStatus": {"applicationStatuses": apps},
+            },
+        )
+
+
+@pytest.fixture(scope="session")
+def cluster(kube_admin: client.ApiClient, installed_crds: dict[str, Any]) -> Cluster:
+    return Cluster(kube_admin)
+
+
+@pytest.fixture(scope="session")
+def operator_rbac(envtest: EnvTest, cluster: Cluster) -> str:
+    """The shipped ClusterRole (operator/rbac/clusterrole.yaml), bound to the operator's token."""
+    role = yaml.safe_load((REPO_ROOT / "operator" / "rbac" / "clusterrole.yaml").read_text())
+    rbac = client.RbacAuthorizationV1Api(cluster.api)
+    rbac.create_cluster_role(role)
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": "switchboard-operator"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": role["metadata"]["name"],
+            },
+            "subjects": [{"kind": "User", "name": envtest.operator_user}],
+        }
+    )
+    return str(role["metadata"]["name"])
+
+
+@pytest.fixture(scope="session")
+def run_operator(
+    envtest: EnvTest, operator_rbac: str
+) -> Callable[..., contextlib.AbstractContextManager[dict[str, Any]]]:
+    """Runs kopf with `switchboard.operator.main` in-process under the operator's token, bound
+    only to the shipped ClusterRole: `with run_operator(env={...}) as running: ...`."""
+
+    @contextlib.contextmanager
+    def run(env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+        metrics_port = free_port()
+        wanted = {
+            "KUBECONFIG": str(envtest.kubeconfig_for(envtest.operator_token)),
+            "SWITCHBOARD_METRICS_PORT": str(metrics_port),
+            **(env or {}),
+        }
+        saved = {k: os.environ.get(k) for k in wanted}
+        os.environ.update(wanted)
+        args = ["run", "-A", "--standalone", "-m", "switchboard.operator.main"]
+        audit_start = len(envtest.audit_events())
+        try:
+            with KopfRunner(args, timeout=60) as runner:
+                yield {"runner": runner, "metrics_port": metrics_port, "audit_start": audit_start}
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        assert runner.exception is None, runner.output
+        assert runner.exit_code == 0, runner.output
+
+    return run

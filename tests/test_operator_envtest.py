@@ -8,172 +8,20 @@ waits on them, the tests patch the children's `status` as those controllers woul
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
-from kopf.testing import KopfRunner
-from kubernetes import client, dynamic
 from kubernetes.client.rest import ApiException
 
 pytestmark = pytest.mark.envtest
 
 REPO = Path(__file__).resolve().parents[1]
 GROUP, VERSION = "switchboard.dev", "v1alpha1"
-T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
-    """Poll until `probe` returns something truthy; fail naming `what` and the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Cluster:
-    """Admin-side helpers: create manifests, read objects, play KubeRay and kube-controller."""
-
-    def __init__(self, api: client.ApiClient) -> None:
-        self.api = api
-        self.dyn = dynamic.DynamicClient(api)
-        self.objects = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
-        self.apps = client.AppsV1Api(api)
-
-    def namespace(self, name: str) -> str:
-        self.core.create_namespace({"metadata": {"name": name}})
-        return name
-
-    def resource(self, api_version: str, kind: str) -> Any:
-        return self.dyn.resources.get(api_version=api_version, kind=kind)
-
-    def create(self, doc: dict[str, Any], namespace: str) -> dict[str, Any]:
-        res = self.resource(doc["apiVersion"], doc["kind"])
-        created: dict[str, Any] = res.create(body=doc, namespace=namespace).to_dict()
-        return created
-
-    def apply_dir(self, folder: Path, namespace: str) -> None:
-        for path in sorted(folder.glob("*.yaml")):
-            for doc in yaml.safe_load_all(path.read_text()):
-                if doc:
-                    self.create(doc, namespace)
-
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            found: dict[str, Any] = (
-                self.resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
-            )
-        except dynamic.exceptions.NotFoundError:
-            return None
-        return found
-
-    def list(self, api_version: str, kind: str, namespace: str) -> list[dict[str, Any]]:
-        found = self.resource(api_version, kind).get(namespace=namespace).to_dict()
-        return list(found["items"])
-
-    def patch(self, api_version: str, kind: str, namespace: str, name: str, body: Any) -> None:
-        self.resource(api_version, kind).patch(
-            name=name, namespace=namespace, body=body, content_type="application/merge-patch+json"
-        )
-
-    def patch_status(
-        self, api_version: str, kind: str, namespace: str, name: str, status: Any
-    ) -> None:
-        res = self.resource(api_version, kind)
-        res.status.patch(
-            name=name,
-            namespace=namespace,
-            body={"status": status},
-            content_type="application/merge-patch+json",
-        )
-
-    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
-        self.resource(api_version, kind).delete(name=name, namespace=namespace)
-
-    # --- the custom resources' view ------------------------------------------------------
-
-    def agent(self, namespace: str, name: str) -> dict[str, Any]:
-        found = self.get(f"{GROUP}/{VERSION}", "SupportAgent", namespace, name)
-        assert found is not None
-        return found
-
-    def condition(
-        self, kind: str, namespace: str, name: str, type_: str = "Ready"
-    ) -> dict[str, Any] | None:
-        body = self.get(f"{GROUP}/{VERSION}", kind, namespace, name) or {}
-        conditions = (body.get("status") or {}).get("conditions") or []
-        return next((c for c in conditions if c["type"] == type_), None)
-
-    def events(self, namespace: str, name: str) -> list[tuple[str, str]]:
-        events = self.core.list_namespaced_event(namespace).items
-        return [(e.type, e.reason) for e in events if e.involved_object.name == name]
-
-    # --- playing the controllers that are not there --------------------------------------
-
-    def make_gateways_available(self, namespace: str, replicas: int = 2) -> None:
-        for dep in self.list("apps/v1", "Deployment", namespace):
-            meta = dep["metadata"]
-            self.patch_status(
-                "apps/v1",
-                "Deployment",
-                namespace,
-                meta["name"],
-                {
-                    "observedGeneration": meta["generation"],
-                    "replicas": replicas,
-                    "updatedReplicas": replicas,
-                    "readyReplicas": replicas,
-                    "availableReplicas": replicas,
-                },
-            )
-
-    def make_rayservice_running(self, namespace: str, name: str) -> None:
-        """The status KubeRay 1.x writes once every Serve application runs."""
-        rs = self.get("ray.io/v1", "RayService", namespace, name)
-        assert rs is not None
-        config = yaml.safe_load(rs["spec"]["serveConfigV2"])
-        apps = {
-            app["name"]: {"status": "RUNNING", "health_last_update_time": "2026-11-22T00:00:00Z"}
-            for app in config["applications"]
-        }
-        self.patch_status(
-            "ray.io/v1",
-            "RayService",
-            namespace,
-            name,
-            {
-                "observedGeneration": rs["metadata"]["generation"],
-                "serviceStatus": "Running",
-                "numServeEndpoints": 1,
-                "conditions": [
-                    {
-                        "type": "Ready",
-                        "status": "True",
-                        "reason": "NonZeroServeEndpoints",
-                        "message": "Number of serve endpoints is greater than 0",
-                        "lastTransitionTime": "2026-11-22T00:00:00Z",
-                    }
-                ],
-                "activeServiceStatus": {"applicationStatuses": apps},
-            },
-        )
 
 
 def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> bool:
@@ -192,63 +40,31 @@ def applied_by_switchboard(obj: dict[str, Any]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def cluster(kube_admin: client.ApiClient, installed_crds: dict[str, Any]) -> Cluster:
-    return Cluster(kube_admin)
-
-
-@pytest.fixture(scope="module")
-def operator(envtest: Any, cluster: Cluster) -> Iterator[dict[str, Any]]:
+def operator(run_operator: Any) -> Iterator[dict[str, Any]]:
     """kopf running `switchboard.operator.main` under the operator's own, least-privilege token."""
-    role = yaml.safe_load((REPO / "operator" / "rbac" / "clusterrole.yaml").read_text())
-    rbac = client.RbacAuthorizationV1Api(cluster.api)
-    rbac.create_cluster_role(role)
-    rbac.create_cluster_role_binding(
-        {
-            "metadata": {"name": "switchboard-operator"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": role["metadata"]["name"],
-            },
-            "subjects": [{"kind": "User", "name": envtest.operator_user}],
-        }
-    )
-    metrics_port = free_port()
-    saved = {k: os.environ.get(k) for k in ("KUBECONFIG", "SWITCHBOARD_METRICS_PORT")}
-    os.environ["KUBECONFIG"] = str(envtest.kubeconfig_for(envtest.operator_token))
-    os.environ["SWITCHBOARD_METRICS_PORT"] = str(metrics_port)
-    args = ["run", "-A", "--standalone", "-m", "switchboard.operator.main"]
-    audit_start = len(envtest.audit_events())
-    try:
-        with KopfRunner(args, timeout=60) as runner:
-            yield {"runner": runner, "metrics_port": metrics_port, "audit_start": audit_start}
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    assert runner.exception is None, runner.output
-    assert runner.exit_code == 0, runner.output
+    with run_operator() as running:
+        yield running
 
 
 # ------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def quickstart(cluster: Cluster, operator: dict[str, Any]) -> str:
+def quickstart(cluster: Any, operator: dict[str, Any]) -> str:
     namespace = cluster.namespace("quickstart")
     cluster.apply_dir(REPO / "examples" / "quickstart", namespace)
     return namespace
 
 
 def test_quickstart_creates_every_child_with_owner_and_field_manager(
-    cluster: Cluster, quickstart: str
+    cluster: Any, quickstart: str
 ) -> None:
     ns = quickstart
     agent = cluster.agent(ns, "acme")
-    rs = wait_for("RayService acme", lambda: cluster.get("ray.io/v1", "RayService", ns, "acme"))
-    vs = wait_for(
+    rs = cluster.wait_for(
+        "RayService acme", lambda: cluster.get("ray.io/v1", "RayService", ns, "acme")
+    )
+    vs = cluster.wait_for(
         "VirtualService acme",
         lambda: cluster.get("networking.istio.io/v1", "VirtualService", ns, "acme"),
     )
@@ -256,7 +72,7 @@ def test_quickstart_creates_every_child_with_owner_and_field_manager(
         assert owned_by(child, agent)
         assert applied_by_switchboard(child)
     for adapter_name in ("orders", "ticketing"):
-        adapter = wait_for(
+        adapter = cluster.wait_for(
             adapter_name,
             lambda n=adapter_name: cluster.get(f"{GROUP}/{VERSION}", "ToolAdapter", ns, n),
         )
@@ -265,7 +81,7 @@ def test_quickstart_creates_every_child_with_owner_and_field_manager(
             ("v1", "Service"),
             ("autoscaling/v2beta2", "HorizontalPodAutoscaler"),
         ):
-            child = wait_for(
+            child = cluster.wait_for(
                 f"{kind} {adapter_name}-gateway",
                 lambda a=api_version, k=kind, n=adapter_name: cluster.get(a, k, ns, f"{n}-gateway"),
             )
@@ -282,7 +98,9 @@ def test_quickstart_creates_every_child_with_owner_and_field_manager(
         assert owned and all('"f:replicas"' not in f for f in owned)
 
     # Nothing reports ready yet, and the status says why — honestly, not "applied".
-    ready = wait_for("agent Ready condition", lambda: cluster.condition("SupportAgent", ns, "acme"))
+    ready = cluster.wait_for(
+        "agent Ready condition", lambda: cluster.condition("SupportAgent", ns, "acme")
+    )
     assert ready["status"] == "False"
     assert ready["reason"] in ("RayServiceDeploying", "ToolAdapterNotReady")
     assert ready["observedGeneration"] == agent["metadata"]["generation"]
@@ -310,12 +128,14 @@ def test_quickstart_creates_every_child_with_owner_and_field_manager(
     }
 
 
-def test_agent_ready_once_kuberay_and_gateways_report(cluster: Cluster, quickstart: str) -> None:
+def test_agent_ready_once_kuberay_and_gateways_report(cluster: Any, quickstart: str) -> None:
     ns = quickstart
-    wait_for("gateway Deployments", lambda: len(cluster.list("apps/v1", "Deployment", ns)) == 2)
+    cluster.wait_for(
+        "gateway Deployments", lambda: len(cluster.list("apps/v1", "Deployment", ns)) == 2
+    )
     cluster.make_gateways_available(ns)
     for adapter in ("orders", "ticketing"):
-        wait_for(
+        cluster.wait_for(
             f"ToolAdapter {adapter} Ready",
             lambda a=adapter: (
                 (cluster.condition("ToolAdapter", ns, a) or {}).get("status") == "True"
@@ -324,7 +144,7 @@ def test_agent_ready_once_kuberay_and_gateways_report(cluster: Cluster, quicksta
     assert (cluster.condition("SupportAgent", ns, "acme") or {}).get("status") != "True"
 
     cluster.make_rayservice_running(ns, "acme")
-    wait_for(
+    cluster.wait_for(
         "agent Ready",
         lambda: (cluster.condition("SupportAgent", ns, "acme") or {}).get("status") == "True",
     )
@@ -342,7 +162,7 @@ def test_agent_ready_once_kuberay_and_gateways_report(cluster: Cluster, quicksta
         "RoutesReady": "True",
         "ToolsReady": "True",
     }
-    wait_for("Ready event", lambda: ("Normal", "Ready") in cluster.events(ns, "acme"))
+    cluster.wait_for("Ready event", lambda: ("Normal", "Ready") in cluster.events(ns, "acme"))
 
     # Status is written only on change: a drift pass over unchanged facts leaves it alone.
     version = agent["metadata"]["resourceVersion"]
@@ -359,7 +179,7 @@ def test_agent_ready_once_kuberay_and_gateways_report(cluster: Cluster, quicksta
     assert int(after["metadata"]["resourceVersion"]) > int(version)  # only the label moved it
 
 
-def test_spec_edit_updates_children_in_place(cluster: Cluster, quickstart: str) -> None:
+def test_spec_edit_updates_children_in_place(cluster: Any, quickstart: str) -> None:
     ns = quickstart
     cluster.patch(
         f"{GROUP}/{VERSION}",
@@ -390,11 +210,11 @@ def test_spec_edit_updates_children_in_place(cluster: Cluster, quickstart: str) 
             and "help.acme.example.com" in vs.get("spec", {}).get("hosts", [])
         )
 
-    wait_for("children updated", updated)
+    cluster.wait_for("children updated", updated)
     assert len(cluster.list("ray.io/v1", "RayService", ns)) == 1
     assert len(cluster.list("networking.istio.io/v1", "VirtualService", ns)) == 1
     # A new RayService generation that KubeRay has not reported yet is not Ready.
-    wait_for(
+    cluster.wait_for(
         "agent back to deploying",
         lambda: (
             (cluster.condition("SupportAgent", ns, "acme") or {}).get("reason")
@@ -404,13 +224,13 @@ def test_spec_edit_updates_children_in_place(cluster: Cluster, quickstart: str) 
     agent = cluster.agent(ns, "acme")
     assert agent["status"]["observedGeneration"] == agent["metadata"]["generation"]
     cluster.make_rayservice_running(ns, "acme")
-    wait_for(
+    cluster.wait_for(
         "agent Ready again",
         lambda: (cluster.condition("SupportAgent", ns, "acme") or {}).get("status") == "True",
     )
 
 
-def test_deleted_children_are_recreated(cluster: Cluster, quickstart: str) -> None:
+def test_deleted_children_are_recreated(cluster: Any, quickstart: str) -> None:
     ns = quickstart
     for api_version, kind, name in (
         ("networking.istio.io/v1", "VirtualService", "acme"),
@@ -420,7 +240,7 @@ def test_deleted_children_are_recreated(cluster: Cluster, quickstart: str) -> No
         before = cluster.get(api_version, kind, ns, name)
         assert before is not None
         cluster.delete(api_version, kind, ns, name)
-        again = wait_for(
+        again = cluster.wait_for(
             f"{kind} {name} re-created",
             lambda a=api_version, k=kind, n=name, uid=before["metadata"]["uid"]: (
                 (o := cluster.get(a, k, ns, n)) is not None and o["metadata"]["uid"] != uid and o
@@ -430,7 +250,7 @@ def test_deleted_children_are_recreated(cluster: Cluster, quickstart: str) -> No
 
 
 def test_missing_tooladapter_condition_clears_when_created(
-    cluster: Cluster, operator: dict[str, Any]
+    cluster: Any, operator: dict[str, Any]
 ) -> None:
     ns = cluster.namespace("late-adapter")
     agent = {
@@ -443,7 +263,7 @@ def test_missing_tooladapter_condition_clears_when_created(
         },
     }
     cluster.create(agent, ns)
-    ready = wait_for(
+    ready = cluster.wait_for(
         "ToolAdapterNotFound",
         lambda: (
             (c := cluster.condition("SupportAgent", ns, "early"))
@@ -454,7 +274,7 @@ def test_missing_tooladapter_condition_clears_when_created(
     assert ready["status"] == "False"
     assert f"ToolAdapter {ns}/crm does not exist" in ready["message"]
     assert cluster.agent(ns, "early")["status"]["phase"] == "Failed"
-    wait_for(
+    cluster.wait_for(
         "Warning event", lambda: ("Warning", "ToolAdapterNotFound") in cluster.events(ns, "early")
     )
     assert cluster.get("ray.io/v1", "RayService", ns, "early") is None
@@ -472,14 +292,16 @@ def test_missing_tooladapter_condition_clears_when_created(
         },
         ns,
     )
-    wait_for(
+    cluster.wait_for(
         "condition cleared",
         lambda: (
             (cluster.condition("SupportAgent", ns, "early") or {}).get("reason")
             not in (None, "ToolAdapterNotFound")
         ),
     )
-    wait_for("RayService created", lambda: cluster.get("ray.io/v1", "RayService", ns, "early"))
+    cluster.wait_for(
+        "RayService created", lambda: cluster.get("ray.io/v1", "RayService", ns, "early")
+    )
 
 
 @pytest.mark.parametrize(
@@ -524,7 +346,7 @@ def test_missing_tooladapter_condition_clears_when_created(
     ],
 )
 def test_wrong_but_schema_valid_agent_is_conditioned(
-    cluster: Cluster,
+    cluster: Any,
     operator: dict[str, Any],
     invalid_ns: str,
     name: str,
@@ -541,7 +363,7 @@ def test_wrong_but_schema_valid_agent_is_conditioned(
         },
         invalid_ns,
     )
-    ready = wait_for(
+    ready = cluster.wait_for(
         f"{reason} on {name}",
         lambda: (
             (c := cluster.condition("SupportAgent", invalid_ns, name))
@@ -551,10 +373,12 @@ def test_wrong_but_schema_valid_agent_is_conditioned(
     )
     assert ready["status"] == "False"
     assert fragment in ready["message"]
-    wait_for(f"{reason} event", lambda: ("Warning", reason) in cluster.events(invalid_ns, name))
+    cluster.wait_for(
+        f"{reason} event", lambda: ("Warning", reason) in cluster.events(invalid_ns, name)
+    )
 
 
-def test_unknown_operation_is_conditioned(cluster: Cluster, quickstart: str) -> None:
+def test_unknown_operation_is_conditioned(cluster: Any, quickstart: str) -> None:
     spec = {
         "nlu": {"modelUri": "file:///m"},
         "tools": [{"adapter": "orders", "operations": ["get_order", "drop_tables"]}],
@@ -568,7 +392,7 @@ def test_unknown_operation_is_conditioned(cluster: Cluster, quickstart: str) -> 
         },
         quickstart,
     )
-    ready = wait_for(
+    ready = cluster.wait_for(
         "UnknownOperation",
         lambda: (
             (c := cluster.condition("SupportAgent", quickstart, "greedy"))
@@ -579,7 +403,7 @@ def test_unknown_operation_is_conditioned(cluster: Cluster, quickstart: str) -> 
     assert "drop_tables" in ready["message"] and f"{quickstart}/orders" in ready["message"]
 
 
-def test_schema_rejects_invalid_agent(cluster: Cluster, invalid_ns: str) -> None:
+def test_schema_rejects_invalid_agent(cluster: Any, invalid_ns: str) -> None:
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "SupportAgent",
@@ -594,13 +418,11 @@ def test_schema_rejects_invalid_agent(cluster: Cluster, invalid_ns: str) -> None
     assert "quantization" in raised.value.body
 
 
-def test_every_example_is_accepted_and_reconciled(
-    cluster: Cluster, operator: dict[str, Any]
-) -> None:
+def test_every_example_is_accepted_and_reconciled(cluster: Any, operator: dict[str, Any]) -> None:
     ns = cluster.namespace("examples")
     cluster.apply_dir(REPO / "examples" / "quickstart", ns)
     cluster.apply_dir(REPO / "examples" / "gpu-llm", ns)
-    rs = wait_for(
+    rs = cluster.wait_for(
         "RayService acme-llm", lambda: cluster.get("ray.io/v1", "RayService", ns, "acme-llm")
     )
     groups = {g["groupName"] for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
@@ -631,5 +453,5 @@ def test_no_forbidden_call_under_the_shipped_role(
 
 
 @pytest.fixture(scope="module")
-def invalid_ns(cluster: Cluster, operator: dict[str, Any]) -> str:
+def invalid_ns(cluster: Any, operator: dict[str, Any]) -> str:
     return cluster.namespace("invalid")

@@ -77,6 +77,7 @@ UPDATE_GOLDEN = os.environ.get("SWITCHBOARD_UPDATE_GOLDEN") == "1"
 EXAMPLE_SETS: dict[str, tuple[str, ...]] = {
     "quickstart": ("quickstart",),
     "gpu-llm": ("quickstart", "gpu-llm"),
+    "rollout": ("quickstart", "rollout"),
 }
 # Oldest Kubernetes with CEL validation of CRDs, and the newest the validator bundles.
 K8S_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
@@ -108,9 +109,14 @@ def load_documents(*folders: str) -> list[dict[str, Any]]:
 
 
 def own_resources(documents: list[dict[str, Any]]) -> set[tuple[str, str]]:
-    """(kind, name) of the switchboard custom resources among `documents`."""
+    """(kind, name) of the switchboard custom resources among `documents`; a ModelRollout
+    stands for the agent it changes (it has no children of its own)."""
     return {
-        (d["kind"], d["metadata"]["name"]) for d in documents if d.get("apiVersion") == API_VERSION
+        ("SupportAgent", d["spec"]["agentRef"])
+        if d["kind"] == "ModelRollout"
+        else (d["kind"], d["metadata"]["name"])
+        for d in documents
+        if d.get("apiVersion") == API_VERSION
     }
 
 

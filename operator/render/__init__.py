@@ -10,12 +10,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..api.base import API_VERSION
+from ..api.modelrollout import ModelRolloutSpec
 from ..api.supportagent import SupportAgentSpec
 from ..api.tooladapter import ToolAdapterSpec
 from ..api.validation import SpecError, validate_spec
 from .gateway import render_gateway
 from .names import Parent
 from .rayservice import render_rayservice
+from .rollout import canary_of, initial_weight
 from .serve_config import (
     Canary,
     UnresolvedReference,
@@ -83,10 +85,12 @@ def render_manifests(
     """Everything the operator would create for these manifests, in a stable order.
 
     Documents of other kinds (Secrets, ConfigMaps, ...) are skipped; ToolAdapters referenced by
-    agents must be among the documents.
+    agents must be among the documents. A ModelRollout renders at its status weight if the
+    manifest has one, else at the weight the operator starts it with.
     """
     adapters: dict[tuple[str, str], ToolAdapterSpec] = {}
     agents: dict[tuple[str, str], SupportAgentSpec] = {}
+    canaries: dict[tuple[str, str], Canary] = {}
     for doc in documents:
         if not doc or doc.get("apiVersion") != API_VERSION:
             continue
@@ -98,6 +102,11 @@ def render_manifests(
                 adapters[key] = validate_spec(ToolAdapterSpec, doc.get("spec"))
             elif doc.get("kind") == "SupportAgent":
                 agents[key] = validate_spec(SupportAgentSpec, doc.get("spec"))
+            elif doc.get("kind") == "ModelRollout":
+                rollout = validate_spec(ModelRolloutSpec, doc.get("spec"))
+                status_weight = (doc.get("status") or {}).get("currentWeight")
+                weight = initial_weight(rollout) if status_weight is None else int(status_weight)
+                canaries.setdefault((key[0], rollout.agent_ref), canary_of(rollout, weight))
         except SpecError as exc:
             raise RenderError(f"{where}: {exc}") from None
     rendered: list[dict[str, Any]] = []
@@ -108,7 +117,8 @@ def render_manifests(
         parent = Parent("SupportAgent", name, namespace)
         in_namespace = {n: s for (ns, n), s in adapters.items() if ns == namespace}
         try:
-            rendered += render_agent(parent, agent_spec, in_namespace)
+            canary = canaries.get((namespace, name))
+            rendered += render_agent(parent, agent_spec, in_namespace, canary)
         except UnresolvedReference as exc:
             raise RenderError(f"SupportAgent {namespace}/{name}: {exc.message}") from None
     return rendered

@@ -20,6 +20,7 @@ from ..api.validation import SpecError, validate_spec
 from ..kube import Kube
 from ..render import Canary, UnresolvedReference
 from ..render.names import revision_app_name
+from ..render.rollout import canary_of, steps_of
 from ..render.serve_config import agent_revision, candidate_spec
 from .common import EventRecorder, Outcome, build_status, invalid_spec_status, reconcile_object
 from .conditions import READY, Check, Status, condition
@@ -61,16 +62,6 @@ def metric_query(metric: AnalysisMetric, variables: dict[str, str]) -> str:
     return template
 
 
-def steps_of(spec: ModelRolloutSpec) -> list[int]:
-    progressive = spec.progressive
-    assert progressive is not None
-    if progressive.steps:
-        return list(progressive.steps)
-    step = progressive.step_weight or 100
-    weights = list(range(step, progressive.max_weight, step))
-    return [*weights, progressive.max_weight]
-
-
 def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
@@ -97,7 +88,10 @@ class RolloutState:
 
     @classmethod
     def from_status(cls, status: dict[str, Any]) -> RolloutState:
+        ready = condition(status.get("conditions"), READY) or {}
         return cls(
+            reason=ready.get("reason") or "Initializing",
+            message=ready.get("message") or "Waiting to start",
             phase=status.get("phase") or "Initializing",
             weight=int(status.get("currentWeight") or 0),
             step_index=status.get("stepIndex"),
@@ -338,17 +332,6 @@ def _desired_status(
 
 class AnalysisUnavailable(Exception):
     """Metrics cannot be read at all (no Prometheus configured, or it is down)."""
-
-
-def canary_of(spec: ModelRolloutSpec, weight: int) -> Canary:
-    return Canary(
-        component=spec.component,
-        model_uri=spec.candidate.model_uri,
-        quantization=spec.candidate.quantization,
-        weight=weight,
-        testers=tuple(spec.testers),
-        traffic_provider=spec.traffic_provider,
-    )
 
 
 def active_canary(kube: Kube, namespace: str, agent: str) -> tuple[Canary | None, str | None]:
