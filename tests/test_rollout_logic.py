@@ -180,3 +180,31 @@ def test_router_weights_without_istio() -> None:
     picks = [pick_revision(ROUTER, {}, rng).revision for _ in range(4000)]
     share = picks.count("cand2") / len(picks)
     assert 0.17 < share < 0.23
+
+
+def test_without_istio_the_router_splits_and_matches_testers() -> None:
+    from switchboard.operator.api.supportagent import SupportAgentSpec
+    from switchboard.operator.render import Parent, render_agent
+    from switchboard.operator.render.rollout import canary_of
+
+    agent = SupportAgentSpec.model_validate(
+        {"nlu": {"modelUri": "file:///m1"}, "ingress": {"hosts": ["help.example.com"]}}
+    )
+    rollout = spec(
+        progressive=None,
+        weight=25,
+        trafficProvider="none",
+        testers=[{"name": "x-canary", "exact": "true"}],
+    )
+    rayservice, vs = render_agent(
+        Parent("SupportAgent", "acme", "shop"), agent, {}, canary_of(rollout, 25)
+    )
+    http = vs["spec"]["http"]
+    assert len(http) == 1 and http[0]["route"][0]["weight"] == 100
+    assert "headers" not in http[0]["route"][0]  # Istio does not pick: the router does
+    import yaml
+
+    router = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"][0]["args"]
+    assert [r["weight"] for r in router["revisions"]] == [75, 25]
+    assert router["testers"] == [{"name": "x-canary", "exact": "true", "regex": None}]
+    assert router["tester_revision"] == router["revisions"][1]["revision"]

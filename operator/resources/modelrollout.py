@@ -272,11 +272,14 @@ def _desired_status(
 
     if candidate == stable:
         # The user committed the candidate into the SupportAgent: nothing left to canary.
+        message = (
+            f"SupportAgent {namespace}/{spec.agent_ref} now runs revision {candidate}; "
+            "delete this ModelRollout"
+        )
+        events = () if state.reason == "Promoted" else (("Normal", "Promoted", message),)
         state = replace(
-            state, phase="Succeeded", weight=100, reason="Promoted",
-            message=f"SupportAgent {namespace}/{spec.agent_ref} now runs revision {candidate}; "
-            "delete this ModelRollout",
-        )  # fmt: skip
+            state, phase="Succeeded", weight=100, reason="Promoted", message=message, events=events
+        )
     else:
         variables = {
             "agent": spec.agent_ref,
