@@ -19,7 +19,7 @@ from .api.base import API_VERSION, GROUP, VERSION
 from .kube import Kube, KubeError
 from .render.names import MANAGED_BY
 from .resources import modelrollout, supportagent, tooladapter
-from .resources.common import EventRecorder, Outcome
+from .resources.common import EventRecorder, Outcome, child_changed
 
 METRICS_PORT_ENV = "SWITCHBOARD_METRICS_PORT"
 DRIFT_INTERVAL_SECONDS = 60.0
@@ -233,8 +233,10 @@ def _reconcile_quietly(kube: Kube, kind: str, body: dict[str, Any]) -> None:
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
 @kopf.on.event("services", labels=MANAGED)
 @kopf.on.event("horizontalpodautoscalers.autoscaling", labels=MANAGED)
-def child_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    _reconcile_owner(memo.kube, plain(body))
+def child_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    child = plain(body)
+    if child_changed(child, deleted=event.get("type") == "DELETED"):
+        _reconcile_owner(memo.kube, child)
 
 
 def run(

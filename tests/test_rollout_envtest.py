@@ -266,7 +266,7 @@ def test_progress_deadline_fails_the_rollout(
         cluster.create(
             rollout("slow", progressive=progressive([50, 100], interval=1, deadline=4)), ns
         )
-        cluster.wait_for("Failed", phase_is(cluster, ns, "slow", "Failed"), timeout=30)
+        cluster.wait_for("Failed", phase_is(cluster, ns, "slow", "Failed"), timeout=45)
     finally:
         prometheus.healthy()
     ready = next(

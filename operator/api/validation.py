@@ -8,8 +8,9 @@ the operator runs the very same rules: one definition, two enforcers, no drift b
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, TypeVar
 
 import celpy
@@ -110,7 +111,28 @@ def _format_pydantic(exc: ValidationError, root: str) -> str:
 
 
 def validate_spec(spec_model: type[SpecT], spec: dict[str, Any] | None) -> SpecT:
-    """Parse and check a spec; raise `SpecError` naming every violation."""
+    """Parse and check a spec; raise `SpecError` naming every violation.
+
+    Memoised by the spec's JSON: reconciles re-validate unchanged specs all the time,
+    and the CEL evaluation dominates. The models are frozen, so sharing them is safe."""
+    # Key order kept: it is the order the user wrote, and rendered objects preserve it.
+    key = json.dumps(spec or {}, separators=(",", ":"), default=str)
+    result = _validated(spec_model, key)
+    if isinstance(result, SpecError):
+        raise SpecError(result.message)
+    validated: SpecT = result
+    return validated
+
+
+@lru_cache(maxsize=4096)
+def _validated(spec_model: type[SpecT], key: str) -> SpecT | SpecError:
+    try:
+        return _validate(spec_model, json.loads(key))
+    except SpecError as exc:
+        return exc
+
+
+def _validate(spec_model: type[SpecT], spec: dict[str, Any]) -> SpecT:
     try:
         parsed = spec_model.model_validate(spec or {})
     except ValidationError as exc:

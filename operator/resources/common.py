@@ -3,9 +3,10 @@ serialisation and the outcome counted in metrics."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,6 +26,42 @@ def serialized(kind: str, namespace: str, name: str) -> Iterator[None]:
         lock = _locks[(kind, namespace, name)]
     with lock:
         yield
+
+
+# The last state the operator saw of each child, so that watch events that change nothing it
+# acts on (the echo of its own apply, metadata touched by others) cost no reconcile.
+_children_seen: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+_children_lock = threading.Lock()
+
+
+def child_fingerprint(obj: Mapping[str, Any]) -> tuple[Any, ...]:
+    meta = obj["metadata"]
+    status = json.dumps(obj.get("status"), sort_keys=True, default=str)
+    return (meta.get("uid"), meta.get("generation"), status)
+
+
+def child_changed(obj: Mapping[str, Any], deleted: bool = False) -> bool:
+    """Record `obj` as seen; True when it differs from the last sighting (or is gone)."""
+    meta = obj["metadata"]
+    key = (str(obj.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
+    with _children_lock:
+        if deleted:
+            _children_seen.pop(key, None)
+            return True
+        fingerprint = child_fingerprint(obj)
+        changed = _children_seen.get(key) != fingerprint
+        _children_seen[key] = fingerprint
+        return changed
+
+
+def apply_children(kube: Kube, objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Server-side apply each child; the live objects by kind."""
+    live = {}
+    for obj in objects:
+        applied = kube.apply(obj)
+        child_changed(applied)
+        live[obj["kind"]] = applied
+    return live
 
 
 class EventRecorder(Protocol):
@@ -57,10 +94,11 @@ def build_status(
 
 
 def write_status(
-    kube: Kube, body: dict[str, Any], status: dict[str, Any], record: EventRecorder
+    kube: Kube, body: dict[str, Any], status: dict[str, Any], record: EventRecorder | None
 ) -> bool:
-    """Patch the status only when it differs, and post an Event when `Ready` changes reason.
-    Fields that disappeared are removed (merge patch with null)."""
+    """Patch the status only when it differs, and post an Event when `Ready` changes reason
+    (unless `record` is None: the caller posts its own). Fields that disappeared are removed
+    (merge patch with null)."""
     old = body.get("status") or {}
     if _comparable(old) == _comparable(status):
         return False
@@ -68,13 +106,16 @@ def write_status(
     patch.update(status)
     meta = body["metadata"]
     kube.patch_status(body["apiVersion"], body["kind"], meta["namespace"], meta["name"], patch)
+    if record is None:
+        return True
     before, after = condition(old.get("conditions"), READY), condition(status["conditions"], READY)
     if after and (
         before is None or (before["status"], before["reason"]) != (after["status"], after["reason"])
     ):
         record(
             body,
-            type="Normal" if after["status"] == "True" else "Warning",
+            # On its way (deploying, rolling out) is normal; only degraded or failed warns.
+            type="Warning" if status.get("phase") in ("Degraded", "Failed") else "Normal",
             reason=after["reason"],
             message=after["message"],
         )
@@ -95,13 +136,23 @@ def reconcile_object(
     kube: Kube,
     body: dict[str, Any],
     record: EventRecorder,
+    *,
+    fresh: bool = False,
+    transition_events: bool = True,
 ) -> Outcome:
     """Apply what `desired_status` renders (it does the applying) and write the status it
-    returns, one reconcile at a time per object."""
+    returns, one reconcile at a time per object. `fresh` re-reads the object first: a state
+    machine must not step twice from the same stale status (kopf may hand two handlers the
+    same body, e.g. resume and a timer right after a restart)."""
     meta = body["metadata"]
     with serialized(kind, meta["namespace"], meta["name"]):
+        if fresh:
+            current = kube.get(body["apiVersion"], kind, meta["namespace"], meta["name"])
+            if current is None:  # deleted meanwhile: nothing to reconcile
+                return Outcome("deleted", False, False)
+            body = current
         status = desired_status(kube, body)
-        written = write_status(kube, body, status, record)
+        written = write_status(kube, body, status, record if transition_events else None)
     phase = status.get("phase", "")
     return Outcome(phase.lower() or "unknown", phase == "Ready", written)
 

@@ -159,7 +159,7 @@ def advance(
             state, phase="Progressing", weight=weight, step_index=0,
             step_started_at=_format_time(now), reason="StepStarted",
             message=f"Step 1/{len(steps)}: {weight}%",
-            events=(("Normal", "StepStarted", f"Step 1/{len(steps)}: candidate at {weight}%"),),
+            events=(("Normal", "StepStarted", f"Step 1/{len(steps)}: {weight}%"),),
         )  # fmt: skip
     step_started = _parse_time(state.step_started_at)
     if step_started is None:  # resumed after a pause: the step's interval starts again
@@ -234,7 +234,8 @@ def reconcile(
     def desired(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
         return _desired_status(kube, body, record, context)
 
-    return reconcile_object(KIND, desired, kube, body, record)
+    # The step function posts an Event per step, promotion and rollback itself.
+    return reconcile_object(KIND, desired, kube, body, record, fresh=True, transition_events=False)
 
 
 def _desired_status(

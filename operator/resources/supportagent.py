@@ -18,6 +18,7 @@ from ..render.names import serve_service_name, service_url
 from .common import (
     EventRecorder,
     Outcome,
+    apply_children,
     build_status,
     invalid_spec_status,
     reconcile_object,
@@ -166,7 +167,7 @@ def _desired_status(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
         checks, phase = failed_spec(*missing)
         return build_status(body, checks, phase, {})
 
-    live = {child["kind"]: kube.apply(child) for child in children}
+    live = apply_children(kube, children)
     tools, ready_tools = tools_check(namespace, spec, adapter_bodies)
     parts = [rayservice_check(live["RayService"]), routes_check(namespace, name, spec), tools]
     ready, progressing, degraded, phase = summarize(parts, progressing_reasons=PROGRESSING_REASONS)

@@ -15,6 +15,7 @@ from ..render.names import gateway_name, service_url
 from .common import (
     EventRecorder,
     Outcome,
+    apply_children,
     build_status,
     invalid_spec_status,
     reconcile_object,
@@ -78,9 +79,7 @@ def _desired_status(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
         return build_status(body, checks, phase, {})
 
     parent = Parent(KIND, name, namespace, meta.get("uid"))
-    live = {
-        obj["kind"]: kube.apply(obj) for obj in render_adapter(parent, spec, kube.hpa_api_version())
-    }
+    live = apply_children(kube, render_adapter(parent, spec, kube.hpa_api_version()))
     deployment = live["Deployment"]
     gateway = gateway_check(deployment, spec.gateway.min_replicas)
     ready, progressing, degraded, phase = summarize(
