@@ -23,7 +23,15 @@ from .resources.common import EventRecorder, Outcome, child_changed
 
 METRICS_PORT_ENV = "SWITCHBOARD_METRICS_PORT"
 DRIFT_INTERVAL_SECONDS = 60.0
-MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+MANAGED_LABEL = "app.kubernetes.io/managed-by"
+MANAGED = {MANAGED_LABEL: MANAGED_BY}
+CHILD_RESOURCES = (
+    ("ray.io", "rayservices"),
+    ("networking.istio.io", "virtualservices"),
+    ("apps", "deployments"),
+    ("", "services"),
+    ("autoscaling", "horizontalpodautoscalers"),
+)
 AGENTS: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": "supportagents"}
 ADAPTERS: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": "tooladapters"}
 ROLLOUTS: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": "modelrollouts"}
@@ -62,6 +70,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.execution.max_workers = 16
     settings.networking.request_timeout = 60
     settings.watching.server_timeout = 300
+    # Watch only our own children, filtered by the API server: a `labels=` filter on a handler
+    # alone would stream every Deployment and Service of the cluster to the operator.
+    for group, plural in CHILD_RESOURCES:
+        settings.watching.label_selectors[group, plural] = f"{MANAGED_LABEL}={MANAGED_BY}"
     memo.kube = Kube.from_environment()
     port = int(os.environ.get(METRICS_PORT_ENV, "8080"))
     if port:
