@@ -18,6 +18,9 @@ Prints one JSON document to stdout (progress goes to stderr). In one run it meas
    Reported: wall time from the first create to all agents Ready, agents/s, per-agent latencies,
    the operator's peak RSS (VmHWM, its process tree included) and CPU time, its own reconcile
    metrics from ``/metrics``, and the API requests it made (from the server's audit log).
+   Then (``--no-adapter-fanout`` skips it) the shared adapter's gateway loses its replicas and
+   gets them back: the time until every agent's Ready condition follows. ``--profile FILE``
+   samples the operator with py-spy during the load (a separate run: it slows the operator).
 3. Clean-up, always: operator SIGINT → wait → SIGKILL, then ``tests/envtest/stop.sh``.
 
 Targets (from the issue): 200 agents Ready in at most 30 s, operator peak RSS at most 250 MB. They
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import itertools
 import json
 import math
 import os
@@ -178,6 +182,46 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def _all_cpu_ticks() -> dict[int, tuple[int, str]]:
+    ticks: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with suppress(OSError, ValueError, IndexError):
+            head, _, rest = (entry / "stat").read_text().rpartition(")")
+            fields = rest.split()
+            ticks[int(entry.name)] = (int(fields[11]) + int(fields[12]), head.split("(", 1)[1])
+    return ticks
+
+
+def busy_processes(interval: float = 2.0, threshold_pct: float = 10.0) -> list[dict[str, Any]]:
+    """Other processes using CPU right now (the benchmark's figures share the machine)."""
+    before = _all_cpu_ticks()
+    time.sleep(interval)
+    after = _all_cpu_ticks()
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = []
+    for pid, (ticks, name) in after.items():
+        if pid == os.getpid() or pid not in before:
+            continue
+        pct = 100 * (ticks - before[pid][0]) / hz / interval
+        if pct >= threshold_pct:
+            busy.append({"pid": pid, "name": name, "cpu_pct": round(pct)})
+    return sorted(busy, key=lambda b: -b["cpu_pct"])
+
+
+def git_revision() -> dict[str, Any]:
+    """The commit measured, and whether the operator's sources differ from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
+        ).stdout.rstrip("\n")
+
+    changed = git("status", "--porcelain", "--", "operator", "crds").splitlines()
+    return {"commit": git("rev-parse", "--short", "HEAD"), "operator_changes_uncommitted": changed}
+
+
 def concurrent_pytest() -> bool:
     """Whether a pytest run is going on beside us (the figures are then noisier)."""
     found = subprocess.run(
@@ -239,6 +283,11 @@ def bench_render(iterations: int) -> dict[str, Any]:
     cpu_adapters = {ADAPTER: validate_spec(ToolAdapterSpec, bench_adapter_spec())}
     cpu_parent = Parent("SupportAgent", "agent-0000", NAMESPACE, "uid-bench")
     slow = max(20, iterations // 10)
+    # A spec never validated before (a memo, if validate_spec has one, cannot answer it).
+    fresh_specs = (
+        {**agent_doc["spec"], "nlu": {**agent_doc["spec"]["nlu"], "modelUri": f"file:///m/{i}"}}
+        for i in itertools.count()
+    )
     log(f"render: {iterations} iterations (render_manifests and validate_spec: {slow})")
     return {
         "render_agent_quickstart": summary_ms(
@@ -249,7 +298,10 @@ def bench_render(iterations: int) -> dict[str, Any]:
         "render_agent_cpu_only": summary_ms(
             time_calls(lambda: render_agent(cpu_parent, cpu_spec, cpu_adapters), iterations, 50)
         ),
-        "validate_spec_quickstart_agent": summary_ms(
+        "validate_spec_quickstart_agent_new_spec": summary_ms(
+            time_calls(lambda: validate_spec(SupportAgentSpec, next(fresh_specs)), slow, 5)
+        ),
+        "validate_spec_quickstart_agent_same_spec": summary_ms(
             time_calls(lambda: validate_spec(SupportAgentSpec, agent_doc["spec"]), slow, 5)
         ),
         "render_manifests_quickstart": summary_ms(
@@ -257,8 +309,10 @@ def bench_render(iterations: int) -> dict[str, Any]:
         ),
         "notes": (
             "render_agent takes validated specs (pure rendering); validate_spec is pydantic + the "
-            "CRD's CEL rules, run once per reconcile; render_manifests = validate + render of "
-            "examples/quickstart (2 ToolAdapters, 1 SupportAgent: 8 objects)"
+            "CRD's CEL rules, run once per reconcile (new_spec: a different spec every call; "
+            "same_spec: the same one again); render_manifests = validate + render of "
+            "examples/quickstart (2 ToolAdapters, 1 SupportAgent: 8 objects; the same documents "
+            "every iteration, so a memoising validate_spec answers from its memo)"
         ),
     }
 
@@ -594,6 +648,74 @@ class OperatorProcess:
         return {"stopped_by": how, "exit_code": self.proc.returncode}
 
 
+class Profiler:
+    """py-spy sampling the operator while it holds the GIL (its Python CPU time), as raw
+    collapsed stacks; `stop` summarises them. It slows the operator down: figures of a
+    profiled run are for finding hot spots, not for the table."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.out = out
+        self.proc = subprocess.Popen(
+            [
+                str(REPO / ".venv" / "bin" / "py-spy"),
+                "record",
+                "--pid",
+                str(pid),
+                "--gil",
+                "--nonblocking",
+                "--rate",
+                "100",
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    def stop(self, top: int = 25) -> dict[str, Any]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if not self.out.exists():
+            stderr = self.proc.stderr.read().decode() if self.proc.stderr else ""
+            return {"error": f"py-spy wrote nothing: {stderr[-500:]}"}
+        own: Counter[str] = Counter()
+        inclusive: Counter[str] = Counter()
+        total = 0
+        for line in self.out.read_text().splitlines():
+            stack, _, count_text = line.rpartition(" ")
+            if not stack or not count_text.isdigit():
+                continue
+            count = int(count_text)
+            frames = [_frame_name(f) for f in stack.split(";")]
+            total += count
+            own[frames[-1]] += count
+            for frame in set(frames):
+                inclusive[frame] += count
+        share = {"samples": total, "rate_hz": 100, "file": str(self.out)}
+
+        def pct(counter: Counter[str]) -> dict[str, float]:
+            return {k: round(100 * v / total, 1) for k, v in counter.most_common(top)}
+
+        return {**share, "self_pct": pct(own), "inclusive_pct": pct(inclusive)}
+
+
+def _frame_name(frame: str) -> str:
+    """`fn (path/to/module.py:123)` → `fn (module.py)`: lines merged, paths shortened."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    parts = Path(path).parts
+    short = "/".join(parts[-2:]) if len(parts) > 1 else path
+    return f"{name} ({short})"
+
+
 def parse_metrics(text: str) -> dict[str, Any]:
     reconciles: dict[str, dict[str, float]] = {}
     durations: dict[str, dict[str, Any]] = {}
@@ -740,9 +862,12 @@ class Load:
         self.lock = threading.Lock()
         self.all_ready = threading.Event()
         self.ready_count = 0
+        self.listed_ready = 0
         self.kuberay_patched: set[tuple[str, int]] = set()
         self.kuberay_errors: list[str] = []
         self.create_errors: list[str] = []
+        self.current: dict[str, str | None] = {}  # Ready condition status, as last watched
+        self.changes: list[tuple[float, str, str | None]] = []
         self.kuberay_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kuberay")
         self.rs_watch = Watcher(api, "ray.io", "v1", "rayservices", self._rayservice_event)
         self.agent_watch = Watcher(api, GROUP, VERSION, "supportagents", self._agent_event)
@@ -785,11 +910,17 @@ class Load:
                 times.rayservice_running = time.monotonic()
 
     def _agent_event(self, kind: str, agent: dict[str, Any]) -> None:
-        if kind == "DELETED" or ready_status(agent) != "True":
-            return
+        name = agent["metadata"]["name"]
+        status = None if kind == "DELETED" else ready_status(agent)
         now = time.monotonic()
         with self.lock:
-            times = self.times.get(agent["metadata"]["name"])
+            if name in self.current and self.current[name] != status:
+                self.changes.append((now, name, status))
+            self.current[name] = status
+        if status != "True":
+            return
+        with self.lock:
+            times = self.times.get(name)
             if times is None or times.ready:
                 return
             times.ready = now
@@ -849,7 +980,6 @@ class Load:
             GROUP, VERSION, NAMESPACE, "supportagents"
         )
         now = time.monotonic()
-        self.listed_ready = 0
         for item in found.get("items", []):
             if ready_status(item) == "True":
                 self.listed_ready += 1
@@ -891,16 +1021,79 @@ class Load:
             },
         }
 
+    def adapter_fanout(self, timeout: float) -> dict[str, Any]:
+        """The shared adapter's gateway loses its replicas, then gets them back: how long until
+        every agent granted it reports that (Ready False, then True again)?"""
+        phases: dict[str, Any] = {}
+        for phase, replicas, wanted in (("down", 0, "False"), ("up", GATEWAY_REPLICAS, "True")):
+            log(f"adapter fan-out: gateway replicas -> {replicas}; waiting for Ready={wanted}")
+            started = time.monotonic()
+            set_gateway_available(self.api, replicas)
+            deadline = started + timeout
+            while time.monotonic() < deadline:
+                with self.lock:
+                    done = all(self.current.get(n) == wanted for n in self.names)
+                if done:
+                    break
+                time.sleep(0.05)
+            with self.lock:
+                reached = {
+                    name: at - started
+                    for at, name, status in reversed(self.changes)
+                    if at >= started and status == wanted
+                }
+                count = sum(self.current.get(n) == wanted for n in self.names)
+            latencies = [reached[n] for n in self.names if n in reached]
+            phases[phase] = {
+                "gateway_available_replicas": replicas,
+                "agents_reached": count,
+                "all_reached": count == len(self.names),
+                "last_agent_s": round(max(latencies), 3) if latencies else None,
+                "first_agent_s": round(min(latencies), 3) if latencies else None,
+                "per_agent": summary_s(latencies),
+            }
+            took = time.monotonic() - started
+            log(f"  {count}/{len(self.names)} Ready={wanted} after {took:.1f} s")
+        return phases
+
     def stop(self) -> None:
         for watcher in (self.rs_watch, self.agent_watch):
             watcher.stop()
         self.kuberay_pool.shutdown(wait=True, cancel_futures=True)
 
 
+def set_gateway_available(api: client.ApiClient, replicas: int) -> bool:
+    """Play the Deployment controller for the adapter's gateway; False while it does not exist."""
+    apps = client.AppsV1Api(api)
+    gateway = f"{ADAPTER}-gateway"
+    try:
+        deployment = apps.read_namespaced_deployment(gateway, NAMESPACE)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    generation = deployment.metadata.generation if deployment.metadata else 1
+    apps.patch_namespaced_deployment_status(
+        gateway,
+        NAMESPACE,
+        {
+            "status": {
+                "observedGeneration": generation,
+                "replicas": GATEWAY_REPLICAS,
+                "updatedReplicas": GATEWAY_REPLICAS,
+                "readyReplicas": replicas,
+                "availableReplicas": replicas,
+                "unavailableReplicas": GATEWAY_REPLICAS - replicas or None,
+            }
+        },
+        _content_type="application/merge-patch+json",
+    )
+    return True
+
+
 def prepare_adapter(api: client.ApiClient, timeout: float = 60) -> None:
     """One shared ToolAdapter, Ready: its gateway Deployment's status patched to available."""
     objects = client.CustomObjectsApi(api)
-    apps = client.AppsV1Api(api)
     objects.create_namespaced_custom_object(
         GROUP,
         VERSION,
@@ -914,32 +1107,9 @@ def prepare_adapter(api: client.ApiClient, timeout: float = 60) -> None:
         },
     )
     deadline = time.monotonic() + timeout
-    gateway = f"{ADAPTER}-gateway"
     patched = False
     while time.monotonic() < deadline:
-        if not patched:
-            try:
-                deployment = apps.read_namespaced_deployment(gateway, NAMESPACE)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-            else:
-                generation = deployment.metadata.generation if deployment.metadata else 1
-                apps.patch_namespaced_deployment_status(
-                    gateway,
-                    NAMESPACE,
-                    {
-                        "status": {
-                            "observedGeneration": generation,
-                            "replicas": GATEWAY_REPLICAS,
-                            "updatedReplicas": GATEWAY_REPLICAS,
-                            "readyReplicas": GATEWAY_REPLICAS,
-                            "availableReplicas": GATEWAY_REPLICAS,
-                        }
-                    },
-                    _content_type="application/merge-patch+json",
-                )
-                patched = True
+        patched = patched or set_gateway_available(api, GATEWAY_REPLICAS)
         if patched:
             adapter = objects.get_namespaced_custom_object(
                 GROUP, VERSION, NAMESPACE, "tooladapters", ADAPTER
@@ -1007,6 +1177,11 @@ def terminate_as_exit() -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def self_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
 def pid_running(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -1021,6 +1196,8 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
     envtest = EnvTest(run_dir=run_dir, bin_dir=bin_dir)
     operator: OperatorProcess | None = None
     load: Load | None = None
+    profiler: Profiler | None = None
+    helper_pids: dict[str, int] = {}
     result: dict[str, Any] = {"run_dir": str(run_dir) if args.keep else None}
     cleanup: dict[str, Any] = {}
     try:
@@ -1045,35 +1222,50 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
 
         load = Load(admin, args.agents, args.create_workers)
         load.start_watching()
+        if args.profile:
+            profiler = Profiler(operator.pid, args.profile.resolve())
+            helper_pids["py-spy"] = profiler.proc.pid
+            time.sleep(1.0)  # py-spy attaches
+        servers_before = {n: cpu_seconds(p) for n, p in envtest.pids.items()}
+        self_before = self_cpu_seconds()
         since = audit_now()
         scale = load.run(args.timeout)
         until = audit_now()
         busy_cpu = cpu_seconds(operator.pid) - idle_cpu
+        cpu_until_ready = {
+            "operator": round(busy_cpu, 2),
+            **{n: round(cpu_seconds(p) - servers_before[n], 2) for n, p in envtest.pids.items()},
+            "benchmark_client": round(self_cpu_seconds() - self_before, 2),
+        }
         log(
             f"{scale['agents_ready']}/{scale['agents']} Ready; total {scale['total_s']} s; "
             f"settling {args.settle:.0f} s"
         )
         time.sleep(args.settle)  # follow-up events (status writes, child events) land now
         settled_cpu = cpu_seconds(operator.pid) - idle_cpu
+        if profiler is not None:
+            result["profile"] = profiler.stop()
+            profiler = None
         memory = operator.memory()
-        metrics = parse_metrics(operator.scrape())
         total_s = scale["total_s"]
         peak = memory["peak_rss_mb"]
         result.update(
             {
                 "scale": scale,
                 "operator_memory": {"idle_before_load": idle, "after_load": memory},
-                "operator_cpu_s": {
-                    "until_all_ready": round(busy_cpu, 2),
-                    "including_settle": round(settled_cpu, 2),
-                    "note": "user+system CPU of the operator process; 1.0 per second = one core",
+                "cpu_s": {
+                    "until_all_ready": cpu_until_ready,
+                    "operator_including_settle": round(settled_cpu, 2),
+                    "note": (
+                        "user+system CPU seconds from the first create until all Ready; "
+                        f"the machine has {os.cpu_count()} cores"
+                    ),
                 },
-                "operator_metrics": metrics,
+                "operator_metrics": parse_metrics(operator.scrape()),
                 "api_requests": {
                     "until_all_ready": audit_summary(envtest, since, until, args.agents),
                     "including_settle": audit_summary(envtest, since, None, args.agents),
                 },
-                "operator_alive_at_end": operator.alive(),
                 "targets": {
                     "agents": TARGET_AGENTS,
                     "max_seconds": TARGET_SECONDS,
@@ -1089,7 +1281,27 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
                 },
             }
         )
+        if args.adapter_fanout and scale["all_ready"]:
+            fanout_since = audit_now()
+            fanout_cpu = cpu_seconds(operator.pid)
+            phases = load.adapter_fanout(args.timeout)
+            result["adapter_fanout"] = {
+                **phases,
+                "operator_cpu_s": round(cpu_seconds(operator.pid) - fanout_cpu, 2),
+                "api_requests": audit_summary(envtest, fanout_since, None, args.agents),
+                "operator_metrics_after": parse_metrics(operator.scrape()),
+                "operator_memory_after": operator.memory(),
+                "note": (
+                    "after the scale run: the shared ToolAdapter's gateway Deployment status is "
+                    "patched to 0 available replicas, then back; times from each patch until "
+                    "every agent's Ready condition followed (adapter_event re-reconciles every "
+                    "agent granted the adapter). Not part of the targets."
+                ),
+            }
+        result["operator_alive_at_end"] = operator.alive()
     finally:
+        if profiler is not None:
+            profiler.stop()
         if load is not None:
             load.stop()
         if operator is not None:
@@ -1098,7 +1310,7 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
                 log("operator log tail:\n" + operator.log_tail())
         log("stopping the servers")
         envtest.stop()
-        pids = dict(envtest.pids)
+        pids = {**envtest.pids, **helper_pids}
         if operator is not None:
             pids["operator"] = operator.pid
             pids.update({f"operator-child-{p}": p for p in operator.children_seen})
@@ -1119,21 +1331,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300, help="max seconds to wait for Ready")
     parser.add_argument("--settle", type=float, default=5, help="seconds to wait after all Ready")
     parser.add_argument("--skip-scale", action="store_true", help="render benchmark only")
+    parser.add_argument(
+        "--no-adapter-fanout",
+        dest="adapter_fanout",
+        action="store_false",
+        help="skip flipping the shared adapter's readiness after the scale run",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the RUN dir (logs, audit log)")
     parser.add_argument("--json-out", type=Path, help="also write the JSON document here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="py-spy the operator during the load (raw stacks to FILE, summary in the JSON); "
+        "slows it down, so do not quote that run's timings",
+    )
     args = parser.parse_args(argv)
 
     document: dict[str, Any] = {
         "benchmark": "switchboard operator",
         "command": " ".join([".venv/bin/python", "benchmarks/operator.py", *sys.argv[1:]]),
+        "git": git_revision(),
         "machine": machine_info(),
         "concurrent_pytest_at_start": concurrent_pytest(),
+        "busy_processes_at_start": busy_processes(),
     }
     with terminate_as_exit():
         document["render"] = bench_render(args.render_iterations)
         if not args.skip_scale:
             document.update(bench_scale(args))
     document["concurrent_pytest_at_end"] = concurrent_pytest()
+    document["busy_processes_at_end"] = busy_processes()
     document["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     text = json.dumps(document, indent=2)
     print(text)
