@@ -246,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["nlu"]:  # its own parser: argparse's REMAINDER would swallow `nlu -h`
+        return cmd_nlu(argparse.Namespace(nlu_args=argv[1:]))
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -136,7 +137,7 @@ def _load_training_data(args: argparse.Namespace) -> tuple[list[Example], dict[s
         summary = {"files": list(args.feedback), **merged.__dict__}
     if args.per_class:
         examples = sample_per_class(examples, args.per_class, args.seed)
-    check_classes(examples, ", ".join([args.data, *args.feedback]))
+    check_classes(examples, str(Path(args.data)))  # feedback rows name their own file
     return examples, summary
 
 
@@ -233,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head`: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -133,7 +133,7 @@ def check_classes(examples: Sequence[Example], source: str, *, min_examples: int
     for ex in examples:
         by_label[ex.label].append(ex)
     problems = [
-        f"line {_line(group[0].source)}: class {label!r} has {len(group)} example(s) "
+        f"{_where(group[0].source, source)}: class {label!r} has {len(group)} example(s) "
         f"({', '.join(e.source for e in group)}); every class needs at least {min_examples}"
         for label, group in sorted(by_label.items())
         if len(group) < min_examples
@@ -144,8 +144,10 @@ def check_classes(examples: Sequence[Example], source: str, *, min_examples: int
         raise DataError(source, problems)
 
 
-def _line(source: str) -> str:
-    return source.rsplit(":", 1)[-1]
+def _where(example_source: str, source: str) -> str:
+    """`line N` for a row of the file the error is about, else `file:N` (a feedback record)."""
+    path, _, line = example_source.rpartition(":")
+    return f"line {line}" if path == source else example_source
 
 
 # --- feedback ------------------------------------------------------------------------------

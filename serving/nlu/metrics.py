@@ -130,12 +130,14 @@ def best_oos_threshold(
     confidence = np.asarray(confidence, dtype=np.float64)
     top_is_oos = np.asarray(top_is_oos, dtype=bool)
     gold_oos = np.asarray(gold_oos, dtype=bool)
-    candidates = np.unique(np.concatenate([[0.0, prefer], confidence + 1e-9]))
+    # t rejects confidences below t: each observed c bounds a flat stretch from both sides.
+    candidates = np.unique(np.concatenate([[0.0, prefer], confidence, confidence + 1e-9]))
     scores = np.array(
         [oos_scores(gold_oos, top_is_oos | (confidence < t))["f1"] for t in candidates]
     )
     best = candidates[scores >= scores.max() - 1e-12]
-    return round(float(best[np.argmin(np.abs(best - prefer))]), 6)
+    # Not rounded: a threshold 1e-9 above an observed confidence must stay above it.
+    return float(best[np.argmin(np.abs(best - prefer))])
 
 
 def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:

@@ -163,9 +163,9 @@ def export_onnx(model: IntentModel, path: Path) -> None:
 
 
 def quantize_onnx_int8(fp32_path: Path, int8_path: Path) -> None:
-    """ONNX Runtime dynamic quantization: int8 weights with one scale per output channel
-    (per-tensor scales cost accuracy on MiniLM: cosine to fp32 0.970 vs 0.995), activations
-    quantized per batch at run time."""
+    """ONNX Runtime dynamic quantization: int8 weights with one scale per output channel,
+    activations quantized per batch at run time. Per-tensor scales cost accuracy on MiniLM
+    (cosine of int8 to fp32 sentence embeddings 0.970 against 0.995; Banking77 -0.3 points)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root_logger = logging.getLogger()
