@@ -8,6 +8,8 @@ SHELL := /bin/bash
 MAKEFLAGS += --no-builtin-rules
 
 PYTHON ?= python3
+# Every `python -m` runs with -P: the checkout's operator/ folder would otherwise shadow the
+# standard library's `operator` module (a fresh venv imports it only after sys.path[0] is set).
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -28,8 +30,8 @@ venv: $(STAMP) $(MYPY_LINKS)
 # Re-installs only when pyproject.toml is newer than the stamp.
 $(STAMP): pyproject.toml
 	echo "==> venv"; t=$$SECONDS
-	[[ -x $(BIN)/python ]] || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e '.[dev]'
+	[[ -x $(BIN)/python ]] || $(PYTHON) -P -m venv $(VENV)
+	$(BIN)/python -P -m pip install -e '.[dev]'
 	touch $@
 	echo "<== venv: $$((SECONDS - t))s"
 
@@ -58,7 +60,7 @@ redis:
 
 test: venv envtest redis lint
 	echo "==> pytest"; t=$$SECONDS
-	SWITCHBOARD_ENVTEST_BIN=$(ENVTEST_BIN) $(BIN)/python -m pytest -q
+	SWITCHBOARD_ENVTEST_BIN=$(ENVTEST_BIN) $(BIN)/python -P -m pytest -q
 	echo "<== pytest: $$((SECONDS - t))s"
 
 # The project's main job on one machine: the quickstart agent on a local Ray Serve, in front of
