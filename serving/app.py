@@ -24,6 +24,7 @@ from .config import (
     INGRESS_DEPLOYMENT,
     LLM_DEPLOYMENT,
     NLU_DEPLOYMENT,
+    NLU_MAX_BATCH_SIZE,
     ORCHESTRATOR_DEPLOYMENT,
     RETRIEVER_DEPLOYMENT,
     AgentAppConfig,
@@ -56,10 +57,10 @@ class NLU:
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         batcher: Any = self.classify  # serve.batch adds these setters at run time
-        batcher.set_max_batch_size(int(user_config.get("max_batch_size", 32)))
+        batcher.set_max_batch_size(int(user_config.get("max_batch_size", NLU_MAX_BATCH_SIZE)))
         batcher.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.005)))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=NLU_MAX_BATCH_SIZE, batch_wait_timeout_s=0.005)
     async def classify(self, texts: list[str]) -> list[dict[str, Any]]:
         started = time.perf_counter()
         results = self.service.classify(texts)

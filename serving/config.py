@@ -22,6 +22,8 @@ NLU_DEPLOYMENT = "NLU"
 LLM_DEPLOYMENT = "LLM"
 RETRIEVER_DEPLOYMENT = "Retriever"
 ROUTER_DEPLOYMENT = "Router"
+# `@serve.batch` size of the NLU deployment; the operator gives it room for two batches in flight.
+NLU_MAX_BATCH_SIZE = 32
 
 # The header by which Istio (or the router itself) pins a request to one model revision.
 REVISION_HEADER = "x-switchboard-revision"

@@ -578,8 +578,18 @@ INVALID_CASES: list[tuple[str, str, dict[str, Any], str]] = [
     (
         "orchestrator-autoscaling-min-gt-max",
         "SupportAgent",
-        {"orchestrator": {"autoscaling": {"minReplicas": 9, "maxReplicas": 8}}},
+        {
+            "orchestrator": {"autoscaling": {"minReplicas": 9, "maxReplicas": 8}},
+            "sessions": {"store": "redis", "redis": {"urlSecretRef": {"name": "r", "key": "url"}}},
+        },
         "spec.orchestrator.autoscaling: minReplicas must be less than or equal to maxReplicas",
+    ),
+    (
+        "memory-sessions-with-replicas",
+        "SupportAgent",
+        {"orchestrator": {"autoscaling": {"maxReplicas": 3}}},
+        "spec: sessions.store memory keeps conversations in one orchestrator replica: set "
+        "orchestrator.autoscaling.maxReplicas to 1, or use sessions.store redis",
     ),
     (
         "llm-openai-without-endpoint",

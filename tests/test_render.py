@@ -427,7 +427,11 @@ REVISION_BASE = {"llm": {"modelUri": "file:///models/llm/v1"}}
         ("identical", {}, True),
         ("nlu-scaling", {"nlu": {"autoscaling": {"minReplicas": 3, "maxReplicas": 9}}}, True),
         ("llm-scaling", {"llm": {"autoscaling": {"maxReplicas": 8}}}, True),
-        ("orchestrator-scaling", {"orchestrator": {"autoscaling": {"maxReplicas": 20}}}, True),
+        (
+            "orchestrator-scaling",
+            {"orchestrator": {"autoscaling": {"targetOngoingRequests": 9}}},
+            True,
+        ),
         ("worker-pools", {"workerPools": {"cpu": {"maxWorkers": 10}}}, True),
         ("ray-image", {"ray": {"image": "registry.example/agent:2"}}, True),
         ("tools-and-policy", {"tools": [], "policy": None}, True),

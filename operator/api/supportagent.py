@@ -144,11 +144,19 @@ class LlmSpec(ApiModel):
     """Replica autoscaling of the LLM deployment."""
 
 
+class OrchestratorAutoscaling(ReplicaAutoscaling):
+    """Ray Serve autoscaling of the orchestrator; one replica unless sessions are in Redis."""
+
+    max_replicas: int = Field(default=1, ge=1, le=1000)
+    """Most replicas Ray Serve may start (above 1 needs `sessions.store: redis`)."""
+
+
 class OrchestratorSpec(ApiModel):
     """The agentic workflow: plan, tool calls, policy gate, answer or handoff."""
 
-    autoscaling: ReplicaAutoscaling = Field(default_factory=ReplicaAutoscaling)
-    """Replica autoscaling of the orchestrator deployment."""
+    autoscaling: OrchestratorAutoscaling = Field(default_factory=OrchestratorAutoscaling)
+    """Replica autoscaling of the orchestrator deployment (and of the router and ingress in
+    front of it). More than one replica needs `sessions.store: redis`."""
 
 
 class ConfigMapSource(ApiModel):
@@ -285,6 +293,11 @@ class SupportAgentSpec(ApiModel):
         CelRule(
             rule="!has(self.llm) || self.llm.gpusPerReplica == 0 || has(self.workerPools.gpu)",
             message="an LLM with gpusPerReplica above 0 needs workerPools.gpu",
+        ),
+        CelRule(
+            rule="self.sessions.store == 'redis' || self.orchestrator.autoscaling.maxReplicas == 1",
+            message="sessions.store memory keeps conversations in one orchestrator replica: "
+            "set orchestrator.autoscaling.maxReplicas to 1, or use sessions.store redis",
         ),
         CelRule(
             rule="!has(self.policy.handoffAdapter) || "

@@ -252,10 +252,13 @@ def _deployment(name: str, scaling: ReplicaAutoscaling, gpus: int = 0) -> dict[s
     actor: dict[str, Any] = {"num_cpus": ACTOR_CPUS[name]}
     if gpus:
         actor["num_gpus"] = gpus
+    # Headroom above the autoscaling target. The batched NLU needs at least two full batches in
+    # flight: below its batch size, Serve's callers back off and throughput collapses
+    # (measured: 13 req/s at 16 in flight against 327 req/s at 64; BENCHMARKS.md, Serving).
+    floor = 2 * contract.NLU_MAX_BATCH_SIZE if name == contract.NLU_DEPLOYMENT else 8
     return {
         "name": name,
-        # Headroom above the autoscaling target, so batches can form before replicas are added.
-        "max_ongoing_requests": max(8, math.ceil(2 * scaling.target_ongoing_requests)),
+        "max_ongoing_requests": max(floor, math.ceil(2 * scaling.target_ongoing_requests)),
         "autoscaling_config": {
             "min_replicas": scaling.min_replicas,
             "max_replicas": scaling.max_replicas,

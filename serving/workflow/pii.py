@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-# Anything shaped like local@domain.tld: RFC 5322 allows far more than [\w.+-] in the local part.
-EMAIL = re.compile(r"[^\s@\"'<>(),;:]+@[^\s@\"'<>(),;:]+\.[^\s@\"'<>(),;:]+")
+# Anything shaped like local@domain.tld: RFC 5322 allows far more than [\w.+-] in the local
+# part (apostrophes included: o'brien@example.com).
+EMAIL = re.compile(r"[^\s@\"<>(),;:]+@[^\s@\"'<>(),;:]+\.[^\s@\"'<>(),;:]+")
 # 13-19 digits, optionally grouped by spaces or dashes.
 CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
 # International or national numbers with separators; at least 7 digits in total.
