@@ -26,11 +26,6 @@ ObjectName = Annotated[
     str,
     Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
 ]
-# Names that become DNS labels of child objects (Services), so they are shorter.
-DnsLabel = Annotated[
-    str,
-    Field(min_length=1, max_length=50, pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$"),
-]
 
 
 def list_map(*keys: str) -> dict[str, Any]:

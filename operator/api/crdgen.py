@@ -7,7 +7,6 @@ and the Kubernetes extensions (`x-kubernetes-*`). This module does that translat
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -237,8 +236,3 @@ def stale_crds(out_dir: Path) -> list[str]:
         for name, text in crd_documents()
         if not (out_dir / name).is_file() or (out_dir / name).read_text(encoding="utf-8") != text
     ]
-
-
-def validation_rules(kind_model: type[ApiModel]) -> dict[str, Any]:
-    """The spec schema with its CEL rules, for the operator's own evaluation."""
-    return copy.deepcopy(crd(kind_model)["spec"]["versions"][0]["schema"]["openAPIV3Schema"])

@@ -360,8 +360,3 @@ def active_canary(kube: Kube, namespace: str, agent: str) -> tuple[Canary | None
             continue
         return canary_of(spec, int(status.get("currentWeight") or 0)), rollout["metadata"]["name"]
     return None, None
-
-
-def is_ready(body: dict[str, Any]) -> bool:
-    ready = condition((body.get("status") or {}).get("conditions"), READY)
-    return bool(ready and ready.get("status") == "True")
