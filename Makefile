@@ -15,6 +15,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Where tests/envtest/build.sh puts kube-apiserver and etcd: a cache outside git, kept between runs.
 ENVTEST_BIN ?= $(or $(SWITCHBOARD_ENVTEST_BIN),$(HOME)/.cache/switchboard/envtest-1.20)
+# A real helm binary for the chart tests (tests/helm/get-helm.sh), cached the same way.
+HELM_DIR ?= $(HOME)/.cache/switchboard/helm-3.6.2
 LINT_PATHS := operator serving tests benchmarks
 # mypy cannot follow the editable install's import hook (operator/ and serving/ are mapped to
 # switchboard.operator / switchboard.serving by package-dir), so it reads the packages through
@@ -23,7 +25,7 @@ LINT_PATHS := operator serving tests benchmarks
 MYPY_PATH := $(VENV)/mypy-path
 MYPY_LINKS := $(MYPY_PATH)/switchboard/operator $(MYPY_PATH)/switchboard/serving
 
-.PHONY: venv envtest redis lint test demo crds clean distclean
+.PHONY: venv envtest helm redis lint test demo crds clean distclean
 
 venv: $(STAMP) $(MYPY_LINKS)
 
@@ -44,6 +46,9 @@ envtest:
 	OUT=$(ENVTEST_BIN) bash tests/envtest/build.sh
 	echo "<== envtest: $$((SECONDS - t))s"
 
+helm:
+	OUT=$(HELM_DIR) bash tests/helm/get-helm.sh
+
 lint: venv
 	echo "==> lint"; t=$$SECONDS
 	$(BIN)/ruff check $(LINT_PATHS)
@@ -58,9 +63,10 @@ redis:
 	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends redis-server; }
 	redis-server --version
 
-test: venv envtest redis lint
+test: venv envtest helm redis lint
 	echo "==> pytest"; t=$$SECONDS
-	SWITCHBOARD_ENVTEST_BIN=$(ENVTEST_BIN) $(BIN)/python -P -m pytest -q
+	SWITCHBOARD_ENVTEST_BIN=$(ENVTEST_BIN) SWITCHBOARD_HELM=$(HELM_DIR)/helm \
+	  $(BIN)/python -P -m pytest -q
 	echo "<== pytest: $$((SECONDS - t))s"
 
 # The project's main job on one machine: the quickstart agent on a local Ray Serve, in front of

@@ -11,7 +11,7 @@ Prints one JSON document to stdout (progress goes to stderr). In one run it meas
    ``SWITCHBOARD_ENVTEST_BIN`` or ``~/.cache/switchboard/envtest-1.20``) in a temporary RUN dir,
    the project's CRDs plus Istio's VirtualService and the RayService stand-in, and the operator as
    a subprocess (``switchboard operator -A``) under the operator's own token bound only to the
-   shipped ClusterRole (``operator/rbac/clusterrole.yaml``), exactly as the envtest suite runs
+   chart's ClusterRole (``charts/switchboard``, rendered by helm), as the envtest suite runs
    it. One shared ToolAdapter (2 operations) is created and made Ready by patching its gateway
    Deployment's status; then N SupportAgents (CPU-only, granted that adapter) are created from a
    thread pool while a fake KubeRay thread marks each RayService running as soon as it appears.
@@ -74,7 +74,10 @@ DEFAULT_ENVTEST_BIN = Path.home() / ".cache" / "switchboard" / "envtest-1.20"
 SHARED = Path(os.environ.get("SWITCHBOARD_SHARED_DIR", REPO.parent / "shared"))
 ISTIO_VS_CRD = SHARED / "schemas" / "crds" / "networking.istio.io" / "virtualservices.yaml"
 RAYSERVICE_STANDIN_CRD = ENVTEST_SCRIPTS / "rayservice-standin-crd.yaml"
-CLUSTER_ROLE = REPO / "operator" / "rbac" / "clusterrole.yaml"
+CHART = REPO / "charts" / "switchboard"
+HELM = Path(
+    os.environ.get("SWITCHBOARD_HELM") or Path.home() / ".cache/switchboard/helm-3.6.2/helm"
+)
 QUICKSTART = REPO / "examples" / "quickstart"
 
 GROUP, VERSION = "switchboard.dev", "v1alpha1"
@@ -475,8 +478,14 @@ def install_crds(api: client.ApiClient, crds: list[dict[str, Any]]) -> None:
 
 
 def bind_operator_role(api: client.ApiClient) -> None:
-    """The shipped ClusterRole, bound to the operator's token (as the envtest suite does)."""
-    role = yaml.safe_load(CLUSTER_ROLE.read_text())
+    """The chart's ClusterRole (`helm template`, `make helm` obtains helm), bound to the
+    operator's token: the least privilege the envtest suite proves."""
+    only = ["--show-only", "templates/rbac.yaml"]
+    rendered = subprocess.run(
+        [str(HELM), "template", "switchboard-operator", str(CHART), *only],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    [role] = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "ClusterRole"]
     rbac = client.RbacAuthorizationV1Api(api)
     rbac.create_cluster_role(role)
     rbac.create_cluster_role_binding(

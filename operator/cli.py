@@ -88,6 +88,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
         liveness_port=args.liveness_port,
         verbose=args.verbose,
         prometheus_url=args.prometheus_url,
+        peering=args.peering,
+        priority=args.priority,
     )
 
 
@@ -207,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--liveness-port", type=int, default=8081, help="health endpoint port")
     op.add_argument(
         "--prometheus-url", help="Prometheus for ModelRollout analysis (or per rollout)"
+    )
+    op.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="run as one of several replicas: they meet on this (Cluster)KopfPeering and one acts",
+    )
+    op.add_argument(
+        "--priority", type=int, help="peering priority (default: drawn at random per replica)"
     )
     op.add_argument("-v", "--verbose", action="store_true")
     op.set_defaults(func=cmd_operator)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -65,6 +66,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
+    # A namespaced install holds no cluster-wide permission: kopf then must not watch CRDs or
+    # namespaces (it would log a warning after a forbidden call); the resources it serves are
+    # found by API discovery once, at start.
+    if not settings.peering.clusterwide:
+        settings.scanning.disabled = True
     # Events are posted deliberately (on condition transitions), not for every log line.
     settings.posting.level = logging.ERROR
     settings.execution.max_workers = 16
@@ -259,16 +265,27 @@ def run(
     liveness_port: int,
     verbose: bool,
     prometheus_url: str | None = None,
+    peering: str | None = None,
+    priority: int | None = None,
 ) -> int:
-    """Entry point of `switchboard operator`."""
+    """Entry point of `switchboard operator`.
+
+    With `peering`, replicas meet on that (Cluster)KopfPeering object and only the one with the
+    highest priority acts; the others stand by and resume when it stops. Each replica draws its
+    own priority unless given one: equal priorities would pause them all (kopf's rule).
+    """
     os.environ[METRICS_PORT_ENV] = str(metrics_port)
     if prometheus_url:
         os.environ[PROMETHEUS_URL_ENV] = prometheus_url
     kopf.configure(verbose=verbose)
+    if peering and priority is None:
+        priority = random.SystemRandom().randint(1, 2**31 - 1)
     kopf.run(
         clusterwide=all_namespaces or not namespaces,
         namespaces=namespaces,
-        standalone=True,
+        standalone=not peering,
+        peering_name=peering or None,
+        priority=priority,
         liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz",
     )
     return 0

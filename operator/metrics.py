@@ -23,6 +23,12 @@ AGENTS = Gauge(
     ["ready"],
 )
 
+AGENT_READY = Gauge(
+    "switchboard_agent_ready",
+    "1 while a SupportAgent's Ready condition is True, 0 otherwise (one series per agent).",
+    ["namespace", "agent"],
+)
+
 _agent_ready: dict[tuple[str, str], bool] = {}
 _agent_lock = threading.Lock()
 
@@ -31,9 +37,11 @@ def set_agent_ready(namespace: str, name: str, ready: bool | None) -> None:
     """Record an agent's readiness (None: the agent is gone) and refresh the gauge."""
     with _agent_lock:
         if ready is None:
-            _agent_ready.pop((namespace, name), None)
+            if _agent_ready.pop((namespace, name), None) is not None:
+                AGENT_READY.remove(namespace, name)
         else:
             _agent_ready[(namespace, name)] = ready
+            AGENT_READY.labels(namespace=namespace, agent=name).set(1 if ready else 0)
         ready_count = sum(_agent_ready.values())
         AGENTS.labels(ready="true").set(ready_count)
         AGENTS.labels(ready="false").set(len(_agent_ready) - ready_count)

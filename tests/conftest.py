@@ -41,17 +41,20 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import kubernetes_validate
 import pytest
 import yaml
 from kopf.testing import KopfRunner
 from kubernetes import client, config, dynamic
 from kubernetes.client import ApiException
+from openapi_schema_validator import OAS30Validator, oas30_format_checker
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENVTEST_SCRIPTS = REPO_ROOT / "tests" / "envtest"
@@ -70,6 +73,11 @@ OPERATOR_GROUPS = (
     "system:authenticated",
 )
 
+CHART_DIR = REPO_ROOT / "charts" / "switchboard"
+DEFAULT_HELM = Path.home() / ".cache" / "switchboard" / "helm-3.6.2" / "helm"
+# The release the envtest suite installs: its full name is the operator's service account.
+CHART_RELEASE = OPERATOR_SERVICE_ACCOUNT
+
 ENVTEST_FIXTURES = frozenset({"envtest", "kube_admin", "installed_crds"})
 START_TIMEOUT_S = 120.0
 ESTABLISH_TIMEOUT_S = 60.0
@@ -80,6 +88,199 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if ENVTEST_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.envtest)
+
+
+# --------------------------------------------------------------------------------------------
+# Schemas: offline validation of any object the project renders or ships
+
+SHARED_DIR = Path(os.environ.get("SWITCHBOARD_SHARED_DIR") or REPO_ROOT.parent / "shared")
+UPSTREAM_CRDS = SHARED_DIR / "schemas" / "crds"
+# Custom kinds → the CRD that defines them: upstream ones from the shared folder (see
+# ../shared/schemas/crds/SOURCES.md), the project's own from crds/ and the chart.
+CRD_FILES: dict[tuple[str, str], Path] = {
+    ("ray.io/v1", "RayService"): UPSTREAM_CRDS / "ray.io" / "ray.io_rayservices.yaml",
+    ("networking.istio.io/v1", "VirtualService"): (
+        UPSTREAM_CRDS / "networking.istio.io" / "virtualservices.yaml"
+    ),
+    **{
+        ("monitoring.coreos.com/v1", kind): (
+            UPSTREAM_CRDS / "monitoring.coreos.com" / f"monitoring.coreos.com_{kind.lower()}s.yaml"
+        )
+        for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+    },
+    ("argoproj.io/v1alpha1", "Application"): UPSTREAM_CRDS / "argoproj.io" / "application-crd.yaml",
+    ("kopf.dev/v1", "ClusterKopfPeering"): CHART_DIR / "crds" / "kopf-peerings.yaml",
+    ("kopf.dev/v1", "KopfPeering"): CHART_DIR / "crds" / "kopf-peerings.yaml",
+    **{
+        ("switchboard.dev/v1alpha1", kind): REPO_ROOT / "crds" / f"{plural}.switchboard.dev.yaml"
+        for kind, plural in (
+            ("SupportAgent", "supportagents"),
+            ("ToolAdapter", "tooladapters"),
+            ("ModelRollout", "modelrollouts"),
+        )
+    },
+}
+# Oldest Kubernetes with CEL validation of CRDs, and the newest the validator bundles.
+K8S_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
+
+
+def strict_schema(node: Any) -> Any:
+    """A CRD's structural schema as the API server applies it: unknown fields are errors.
+
+    OpenAPI validators allow unlisted properties unless told otherwise; the API server prunes
+    or (with `fieldValidation=Strict`) rejects them, so this adds `additionalProperties: false`
+    to every object with listed properties unless it preserves unknown
+    fields; `x-kubernetes-int-or-string` without an explicit `anyOf` accepts integer or string.
+    """
+    if isinstance(node, list):
+        return [strict_schema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "properties":
+            out[key] = {name: strict_schema(sub) for name, sub in value.items()}
+        elif key in ("enum", "default", "example", "required", "x-kubernetes-validations"):
+            out[key] = value
+        else:
+            out[key] = strict_schema(value)
+    if (
+        "properties" in node
+        and "additionalProperties" not in node
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    if node.get("x-kubernetes-int-or-string") and not {"anyOf", "oneOf", "type"} & set(node):
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    return out
+
+
+class Schemas:
+    """``schemas.errors(obj)``: what the API server would reject in ``obj``, offline.
+
+    Built-in kinds go through kubernetes-validate (strict: unknown fields are errors); custom
+    kinds through their CRD's schema (:data:`CRD_FILES`), made strict, plus their metadata
+    checked as a ConfigMap's (CRD schemas say only ``metadata: {type: object}``).
+    """
+
+    def __init__(self) -> None:
+        self._validators: dict[tuple[str, str], OAS30Validator] = {}
+
+    def crd_validator(self, api_version: str, kind: str) -> OAS30Validator:
+        key = (api_version, kind)
+        if key not in self._validators:
+            path = CRD_FILES[key]
+            if not path.is_file():
+                pytest.fail(
+                    f"CRD {path} is missing: upstream ones come from the project's shared folder "
+                    "(../shared, or SWITCHBOARD_SHARED_DIR); see ../shared/schemas/crds/SOURCES.md"
+                )
+            loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+            group, version = api_version.split("/")
+            [crd] = [
+                doc
+                for doc in yaml.load_all(path.read_text(encoding="utf-8"), Loader=loader)
+                if doc and doc["spec"]["names"]["kind"] == kind
+            ]
+            assert crd["spec"]["group"] == group
+            [served] = [v for v in crd["spec"]["versions"] if v["name"] == version and v["served"]]
+            schema = strict_schema(served["schema"]["openAPIV3Schema"])
+            # Every object may carry these at its root, whatever the schema lists.
+            root = schema.setdefault("properties", {})
+            root.setdefault("apiVersion", {"type": "string"})
+            root.setdefault("kind", {"type": "string"})
+            root.setdefault("metadata", {"type": "object"})
+            schema["additionalProperties"] = False
+            self._validators[key] = OAS30Validator(schema, format_checker=oas30_format_checker)
+        return self._validators[key]
+
+    def crd_errors(self, obj: dict[str, Any]) -> list[str]:
+        validator = self.crd_validator(obj["apiVersion"], obj["kind"])
+        return [
+            f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+            for e in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.path)))
+        ]
+
+    @staticmethod
+    def builtin_errors(obj: dict[str, Any], version: str = K8S_VERSIONS[-1]) -> list[str]:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:  # a jsonschema.ValidationError
+            return [f"{'.'.join(map(str, exc.absolute_path)) or '<root>'}: {exc.message}"]
+        return []
+
+    def metadata_errors(self, obj: dict[str, Any]) -> list[str]:
+        probe = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]}
+        return self.builtin_errors(probe)
+
+    def errors(self, obj: dict[str, Any], version: str = K8S_VERSIONS[-1]) -> list[str]:
+        if (obj["apiVersion"], obj["kind"]) in CRD_FILES:
+            return self.crd_errors(obj) + self.metadata_errors(obj)
+        return self.builtin_errors(obj, version)
+
+
+@pytest.fixture(scope="session")
+def schemas() -> Schemas:
+    return Schemas()
+
+
+# --------------------------------------------------------------------------------------------
+# Helm
+
+
+HelmTemplate = Callable[..., list[dict[str, Any]]]
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    """A real helm binary (``make helm`` / ``tests/helm/get-helm.sh``; or ``SWITCHBOARD_HELM``)."""
+    path = Path(os.environ.get("SWITCHBOARD_HELM", DEFAULT_HELM)).expanduser()
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"helm missing at {path}: run `make helm` (or set SWITCHBOARD_HELM)")
+    return path
+
+
+def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(helm), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.fixture(scope="session")
+def helm_template(helm: Path) -> HelmTemplate:
+    """``helm template`` of charts/switchboard → its objects (CRDs included with ``crds=True``).
+
+    ``helm_template("rbac.scope=namespace", ...)`` passes each argument to ``--set``;
+    ``values={...}`` goes through a values file. A failing render fails the test with helm's
+    message; use :func:`run_helm` to look at a failure on purpose.
+    """
+
+    def render(
+        *sets: str,
+        values: dict[str, Any] | None = None,
+        namespace: str = OPERATOR_NAMESPACE,
+        release: str = CHART_RELEASE,
+        crds: bool = False,
+    ) -> list[dict[str, Any]]:
+        args = ["template", release, str(CHART_DIR), "--namespace", namespace]
+        if crds:
+            args.append("--include-crds")
+        for item in sets:
+            args += ["--set", item]
+        with contextlib.ExitStack() as stack:
+            if values is not None:
+                tmp = stack.enter_context(
+                    tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=True)
+                )
+                yaml.safe_dump(values, tmp)
+                tmp.flush()
+                args += ["--values", tmp.name]
+            done = run_helm(helm, *args)
+        if done.returncode != 0:
+            pytest.fail(f"helm {' '.join(args)} failed:\n{done.stderr}")
+        return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+    return render
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,8 +486,7 @@ def envtest_crd(crd: dict[str, Any]) -> dict[str, Any]:
 
 
 def _crd_files() -> list[Path]:
-    shared = Path(os.environ.get("SWITCHBOARD_SHARED_DIR", REPO_ROOT.parent / "shared"))
-    istio_dir = shared / "schemas" / "crds" / "networking.istio.io"
+    istio_dir = UPSTREAM_CRDS / "networking.istio.io"
     istio = [istio_dir / name for name in ISTIO_CRD_FILES]
     missing = [str(p) for p in istio if not p.is_file()]
     if missing:
@@ -294,7 +494,7 @@ def _crd_files() -> list[Path]:
             f"upstream Istio CRDs missing: {', '.join(missing)}. They come from the project's "
             "shared folder ../shared (or SWITCHBOARD_SHARED_DIR); see tests/conftest.py."
         )
-    own = sorted((REPO_ROOT / "crds").glob("*.yaml"))
+    own = [*sorted((REPO_ROOT / "crds").glob("*.yaml")), CHART_DIR / "crds" / "kopf-peerings.yaml"]
     return [*own, *istio, RAYSERVICE_STANDIN_CRD]
 
 
@@ -610,44 +810,64 @@ def cluster(kube_admin: client.ApiClient, installed_crds: dict[str, Any]) -> Clu
     return Cluster(kube_admin)
 
 
+@dataclass(frozen=True)
+class OperatorInstall:
+    """The chart installed by ``helm install`` into the test server, and a token of its
+    ServiceAccount (a real TokenRequest: the API server signs it and RBAC sees the account)."""
+
+    release: str
+    namespace: str
+    token: str
+    kubeconfig: Path
+
+
+def install_chart(
+    envtest: EnvTest, helm: Path, release: str, namespace: str, *sets: str
+) -> OperatorInstall:
+    """``helm install`` the chart (its CRDs are already installed, stripped for this 1.20
+    server, by ``installed_crds``) and request a token for its ServiceAccount."""
+    args = ["install", release, str(CHART_DIR), "--namespace", namespace, "--create-namespace"]
+    args += ["--skip-crds", "--wait=false", "--kubeconfig", str(envtest.kubeconfig)]
+    for item in sets:
+        args += ["--set", item]
+    done = run_helm(helm, *args)
+    if done.returncode != 0:
+        pytest.fail(f"helm {' '.join(args)} failed:\n{done.stderr}")
+    with contextlib.closing(envtest.client_for(envtest.admin_token)) as admin:
+        request = client.CoreV1Api(admin).create_namespaced_service_account_token(
+            release, namespace, {"spec": {"expirationSeconds": 24 * 3600}}
+        )
+    token = request.status.token
+    return OperatorInstall(release, namespace, token, envtest.kubeconfig_for(token, release))
+
+
 @pytest.fixture(scope="session")
-def operator_rbac(envtest: EnvTest, cluster: Cluster) -> str:
-    """The shipped ClusterRole (operator/rbac/clusterrole.yaml), bound to the operator's token."""
-    role = yaml.safe_load((REPO_ROOT / "operator" / "rbac" / "clusterrole.yaml").read_text())
-    rbac = client.RbacAuthorizationV1Api(cluster.api)
-    rbac.create_cluster_role(role)
-    rbac.create_cluster_role_binding(
-        {
-            "metadata": {"name": "switchboard-operator"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": role["metadata"]["name"],
-            },
-            "subjects": [{"kind": "User", "name": envtest.operator_user}],
-        }
-    )
-    return str(role["metadata"]["name"])
+def operator_install(
+    envtest: EnvTest, helm: Path, installed_crds: dict[str, Any]
+) -> OperatorInstall:
+    """The chart with its default values (cluster-wide RBAC), as a platform team installs it."""
+    return install_chart(envtest, helm, CHART_RELEASE, OPERATOR_NAMESPACE)
 
 
 @pytest.fixture(scope="session")
 def run_operator(
-    envtest: EnvTest, operator_rbac: str
+    envtest: EnvTest, operator_install: OperatorInstall
 ) -> Callable[..., contextlib.AbstractContextManager[dict[str, Any]]]:
-    """Runs kopf with `switchboard.operator.main` in-process under the operator's token, bound
-    only to the shipped ClusterRole: `with run_operator(env={...}) as running: ...`."""
+    """Runs kopf with `switchboard.operator.main` in-process under the chart's ServiceAccount
+    token, as the chart runs it (peering on): `with run_operator(env={...}) as running: ...`."""
 
     @contextlib.contextmanager
     def run(env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
         metrics_port = free_port()
         wanted = {
-            "KUBECONFIG": str(envtest.kubeconfig_for(envtest.operator_token)),
+            "KUBECONFIG": str(operator_install.kubeconfig),
             "SWITCHBOARD_METRICS_PORT": str(metrics_port),
             **(env or {}),
         }
         saved = {k: os.environ.get(k) for k in wanted}
         os.environ.update(wanted)
-        args = ["run", "-A", "--standalone", "-m", "switchboard.operator.main"]
+        peering = ["--peering", "switchboard", "--priority", "100"]
+        args = ["run", "-A", *peering, "-m", "switchboard.operator.main"]
         audit_start = len(envtest.audit_events())
         try:
             with KopfRunner(args, timeout=60) as runner:

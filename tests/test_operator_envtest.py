@@ -1,5 +1,6 @@
-"""The operator, run in-process by kopf, against a real kube-apiserver — as its own service
-account, bound only to the ClusterRole the project ships (operator/rbac/clusterrole.yaml).
+"""The operator, run in-process by kopf, against a real kube-apiserver — installed by `helm
+install` of charts/switchboard and run under a token of the chart's ServiceAccount, so it holds
+exactly the chart's least-privilege RBAC (peering on, as the chart runs it).
 
 KubeRay, Istio and the Deployment controller do not run on the test server; where the operator
 waits on them, the tests patch the children's `status` as those controllers would.
@@ -435,9 +436,10 @@ def test_operator_metrics_are_exported(operator: dict[str, Any], quickstart: str
     assert 'switchboard_reconcile_total{kind="SupportAgent",outcome="ready"}' in text
     assert "switchboard_reconcile_duration_seconds_bucket" in text
     assert 'switchboard_agents{ready="true"}' in text
+    assert f'switchboard_agent_ready{{agent="acme",namespace="{quickstart}"}}' in text
 
 
-def test_no_forbidden_call_under_the_shipped_role(
+def test_no_forbidden_call_under_the_charts_role(
     envtest: Any, operator: dict[str, Any], quickstart: str
 ) -> None:
     """Runs last in this module: every request the operator made so far was allowed."""
