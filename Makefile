@@ -78,8 +78,10 @@ demo: venv
 	RAY_AUTH_MODE=disabled exec $(BIN)/switchboard serve -f examples/quickstart/ \
 	  --nlu-model $(DEMO_NLU) --demo-systems
 
+# The chart carries the same CRDs (tests/test_chart.py checks they are identical).
 crds: venv
 	$(BIN)/switchboard crds
+	cp crds/*.switchboard.dev.yaml charts/switchboard/crds/
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

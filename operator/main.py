@@ -277,7 +277,9 @@ def run(
     os.environ[METRICS_PORT_ENV] = str(metrics_port)
     if prometheus_url:
         os.environ[PROMETHEUS_URL_ENV] = prometheus_url
-    kopf.configure(verbose=verbose)
+    # Each line about an object names it ("[namespace/name] ..."); probes are not news.
+    kopf.configure(verbose=verbose, log_prefix=True)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     if peering and priority is None:
         priority = random.SystemRandom().randint(1, 2**31 - 1)
     kopf.run(

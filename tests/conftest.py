@@ -229,6 +229,9 @@ def schemas() -> Schemas:
 
 
 HelmTemplate = Callable[..., list[dict[str, Any]]]
+# `helm template` knows no cluster: these make it render for a current one (helm 3.6's own
+# defaults predate policy/v1). `api_versions=()` renders as for an old cluster.
+MODERN_API_VERSIONS = ("policy/v1/PodDisruptionBudget",)
 
 
 @pytest.fixture(scope="session")
@@ -240,10 +243,16 @@ def helm() -> Path:
     return path
 
 
-def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(helm), *args], capture_output=True, text=True, timeout=120, check=False
     )
+
+
+@pytest.fixture(scope="session")
+def run_helm(helm: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run_helm("lint", ...)``: helm's exit status and output, for tests that look at both."""
+    return lambda *args: _helm(helm, *args)
 
 
 @pytest.fixture(scope="session")
@@ -252,7 +261,7 @@ def helm_template(helm: Path) -> HelmTemplate:
 
     ``helm_template("rbac.scope=namespace", ...)`` passes each argument to ``--set``;
     ``values={...}`` goes through a values file. A failing render fails the test with helm's
-    message; use :func:`run_helm` to look at a failure on purpose.
+    message; use the ``run_helm`` fixture to look at a failure on purpose.
     """
 
     def render(
@@ -261,8 +270,11 @@ def helm_template(helm: Path) -> HelmTemplate:
         namespace: str = OPERATOR_NAMESPACE,
         release: str = CHART_RELEASE,
         crds: bool = False,
+        api_versions: tuple[str, ...] = MODERN_API_VERSIONS,
     ) -> list[dict[str, Any]]:
         args = ["template", release, str(CHART_DIR), "--namespace", namespace]
+        for api_version in api_versions:
+            args += ["--api-versions", api_version]
         if crds:
             args.append("--include-crds")
         for item in sets:
@@ -275,7 +287,7 @@ def helm_template(helm: Path) -> HelmTemplate:
                 yaml.safe_dump(values, tmp)
                 tmp.flush()
                 args += ["--values", tmp.name]
-            done = run_helm(helm, *args)
+            done = _helm(helm, *args)
         if done.returncode != 0:
             pytest.fail(f"helm {' '.join(args)} failed:\n{done.stderr}")
         return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
@@ -820,8 +832,13 @@ class OperatorInstall:
     token: str
     kubeconfig: Path
 
+    @property
+    def user(self) -> str:
+        """The ServiceAccount's user name (the chart names the account after the release)."""
+        return f"system:serviceaccount:{self.namespace}:{self.release}"
 
-def install_chart(
+
+def _install_chart(
     envtest: EnvTest, helm: Path, release: str, namespace: str, *sets: str
 ) -> OperatorInstall:
     """``helm install`` the chart (its CRDs are already installed, stripped for this 1.20
@@ -830,7 +847,7 @@ def install_chart(
     args += ["--skip-crds", "--wait=false", "--kubeconfig", str(envtest.kubeconfig)]
     for item in sets:
         args += ["--set", item]
-    done = run_helm(helm, *args)
+    done = _helm(helm, *args)
     if done.returncode != 0:
         pytest.fail(f"helm {' '.join(args)} failed:\n{done.stderr}")
     with contextlib.closing(envtest.client_for(envtest.admin_token)) as admin:
@@ -846,7 +863,18 @@ def operator_install(
     envtest: EnvTest, helm: Path, installed_crds: dict[str, Any]
 ) -> OperatorInstall:
     """The chart with its default values (cluster-wide RBAC), as a platform team installs it."""
-    return install_chart(envtest, helm, CHART_RELEASE, OPERATOR_NAMESPACE)
+    return _install_chart(envtest, helm, CHART_RELEASE, OPERATOR_NAMESPACE)
+
+
+@pytest.fixture(scope="session")
+def install_chart(
+    envtest: EnvTest, helm: Path, installed_crds: dict[str, Any]
+) -> Callable[..., OperatorInstall]:
+    """``install_chart(release, namespace, "key=value", ...)``: another install of the chart
+    (name releases ``switchboard-*`` so the account is named after the release)."""
+    return lambda release, namespace, *sets: _install_chart(
+        envtest, helm, release, namespace, *sets
+    )
 
 
 @pytest.fixture(scope="session")
@@ -854,20 +882,27 @@ def run_operator(
     envtest: EnvTest, operator_install: OperatorInstall
 ) -> Callable[..., contextlib.AbstractContextManager[dict[str, Any]]]:
     """Runs kopf with `switchboard.operator.main` in-process under the chart's ServiceAccount
-    token, as the chart runs it (peering on): `with run_operator(env={...}) as running: ...`."""
+    token, as the chart runs it (peering on): `with run_operator(env={...}) as running: ...`.
+    ``install=`` and ``namespaces=`` run it as another install of the chart (e.g. namespaced)."""
 
     @contextlib.contextmanager
-    def run(env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    def run(
+        env: dict[str, str] | None = None,
+        *,
+        install: OperatorInstall | None = None,
+        namespaces: tuple[str, ...] = (),
+    ) -> Iterator[dict[str, Any]]:
         metrics_port = free_port()
         wanted = {
-            "KUBECONFIG": str(operator_install.kubeconfig),
+            "KUBECONFIG": str((install or operator_install).kubeconfig),
             "SWITCHBOARD_METRICS_PORT": str(metrics_port),
             **(env or {}),
         }
         saved = {k: os.environ.get(k) for k in wanted}
         os.environ.update(wanted)
         peering = ["--peering", "switchboard", "--priority", "100"]
-        args = ["run", "-A", *peering, "-m", "switchboard.operator.main"]
+        scope = [f"--namespace={ns}" for ns in namespaces] or ["-A"]
+        args = ["run", *scope, *peering, "-m", "switchboard.operator.main"]
         audit_start = len(envtest.audit_events())
         try:
             with KopfRunner(args, timeout=60) as runner:

@@ -30,7 +30,6 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from openapi_schema_validator import OAS30Validator, oas30_format_checker
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
@@ -67,10 +66,6 @@ from switchboard.serving import config as contract
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
-SHARED = Path(
-    os.environ.get("SWITCHBOARD_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared"
-)
-UPSTREAM_CRDS = SHARED / "schemas" / "crds"
 UPDATE_GOLDEN = os.environ.get("SWITCHBOARD_UPDATE_GOLDEN") == "1"
 
 # Example set → example folders rendered together; the last one's resources are goldened.
@@ -83,10 +78,8 @@ EXAMPLE_SETS: dict[str, tuple[str, ...]] = {
 K8S_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
 # The last Kubernetes that serves `autoscaling/v2beta2`.
 K8S_WITH_HPA_V2BETA2 = "1.25.0"
-UPSTREAM_CRD_FILES = {
-    ("ray.io/v1", "RayService"): "ray.io/ray.io_rayservices.yaml",
-    ("networking.istio.io/v1", "VirtualService"): "networking.istio.io/virtualservices.yaml",
-}
+# Validated against the upstream CRDs (tests/conftest.py CRD_FILES, from ../shared).
+UPSTREAM_KINDS = {("ray.io/v1", "RayService"), ("networking.istio.io/v1", "VirtualService")}
 BUILTIN_KINDS = {
     ("apps/v1", "Deployment"),
     ("v1", "Service"),
@@ -992,99 +985,25 @@ def test_labels(oid: str, obj: dict[str, Any]) -> None:
 # Schema validation: upstream CRDs (strict), built-in kinds, metadata
 
 
-def strict_schema(node: Any) -> Any:
-    """An upstream CRD schema as a validator that, like a real API server, does not let a
-    misspelled field through (the server would prune it silently: the field just vanishes).
-
-    Objects with `properties` get `additionalProperties: false` unless they preserve unknown
-    fields; `x-kubernetes-int-or-string` without an explicit `anyOf` accepts integer or string.
-    """
-    if isinstance(node, list):
-        return [strict_schema(n) for n in node]
-    if not isinstance(node, dict):
-        return node
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key == "properties":
-            out[key] = {name: strict_schema(sub) for name, sub in value.items()}
-        elif key in ("enum", "default", "example", "required", "x-kubernetes-validations"):
-            out[key] = value
-        else:
-            out[key] = strict_schema(value)
-    if (
-        "properties" in node
-        and "additionalProperties" not in node
-        and not node.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        out["additionalProperties"] = False
-    if node.get("x-kubernetes-int-or-string") and not {"anyOf", "oneOf", "type"} & set(node):
-        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-    return out
-
-
-@cache
-def upstream_validator(api_version: str, kind: str) -> OAS30Validator:
-    path = UPSTREAM_CRDS / UPSTREAM_CRD_FILES[(api_version, kind)]
-    if not path.is_file():
-        pytest.fail(
-            f"upstream CRD {path} is missing: it comes from the project's shared folder "
-            "(../shared, or SWITCHBOARD_SHARED_DIR); see ../shared/schemas/crds/SOURCES.md"
-        )
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    crd = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
-    group, version = api_version.split("/")
-    assert crd["spec"]["group"] == group and crd["spec"]["names"]["kind"] == kind
-    [served] = [v for v in crd["spec"]["versions"] if v["name"] == version and v["served"]]
-    schema = strict_schema(served["schema"]["openAPIV3Schema"])
-    # Every object may carry these at its root, whatever the schema lists.
-    root = schema.setdefault("properties", {})
-    root.setdefault("apiVersion", {"type": "string"})
-    root.setdefault("kind", {"type": "string"})
-    root.setdefault("metadata", {"type": "object"})
-    schema["additionalProperties"] = False
-    return OAS30Validator(schema, format_checker=oas30_format_checker)
-
-
-def upstream_errors(obj: dict[str, Any]) -> list[str]:
-    validator = upstream_validator(obj["apiVersion"], obj["kind"])
-    return [
-        f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-        for e in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.path)))
-    ]
-
-
-def builtin_errors(obj: dict[str, Any], version: str) -> list[str]:
-    try:
-        kubernetes_validate.validate(obj, version, strict=True)
-    except kubernetes_validate.ValidationError as exc:  # a jsonschema.ValidationError
-        return [f"{'.'.join(map(str, exc.absolute_path)) or '<root>'}: {exc.message}"]
-    return []
-
-
-def metadata_errors(obj: dict[str, Any]) -> list[str]:
-    """ObjectMeta checked strictly, by carrying it on a ConfigMap (custom kinds' CRD schemas
-    say only `metadata: {type: object}`)."""
-    probe = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]}
-    return builtin_errors(probe, K8S_VERSIONS[-1])
-
-
 @pytest.mark.parametrize("obj", rendered_of("RayService", "VirtualService"))
-def test_custom_kinds_match_upstream_crds(obj: dict[str, Any]) -> None:
-    assert upstream_errors(obj) == []
-    assert metadata_errors(obj) == []
+def test_custom_kinds_match_upstream_crds(obj: dict[str, Any], schemas: Any) -> None:
+    assert schemas.crd_errors(obj) == []
+    assert schemas.metadata_errors(obj) == []
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("obj", rendered_of("Deployment", "Service", "HorizontalPodAutoscaler"))
-def test_builtin_kinds_match_kubernetes_schemas(obj: dict[str, Any], version: str) -> None:
+def test_builtin_kinds_match_kubernetes_schemas(
+    obj: dict[str, Any], version: str, schemas: Any
+) -> None:
     assert (obj["apiVersion"], obj["kind"]) in BUILTIN_KINDS
-    assert builtin_errors(obj, version) == []
+    assert schemas.builtin_errors(obj, version) == []
 
 
 def test_every_rendered_kind_is_validated() -> None:
     kinds = {(o["apiVersion"], o["kind"]) for _, o in RENDERED}
-    assert kinds <= BUILTIN_KINDS | set(UPSTREAM_CRD_FILES)
-    assert set(UPSTREAM_CRD_FILES) <= kinds
+    assert kinds <= BUILTIN_KINDS | UPSTREAM_KINDS
+    assert kinds >= UPSTREAM_KINDS
 
 
 def first_of(kind: str) -> dict[str, Any]:
@@ -1143,14 +1062,14 @@ def first_of(kind: str) -> dict[str, Any]:
     ],
 )
 def test_upstream_validation_catches_mistakes(
-    kind: str, path: list[Any], key: str, value: Any, error: str
+    kind: str, path: list[Any], key: str, value: Any, error: str, schemas: Any
 ) -> None:
     obj = first_of(kind)
     node = obj
     for step in path:
         node = node[step]
     node[key] = value
-    errors = upstream_errors(obj)
+    errors = schemas.crd_errors(obj)
     assert len(errors) == 1 and error in errors[0], errors
 
 
@@ -1158,12 +1077,12 @@ def test_upstream_validation_catches_mistakes(
     ("value", "ok"),
     [("2", True), (2, True), ("500m", True), ("4Gi", True), (2.5, False), ("lots", False)],
 )
-def test_upstream_int_or_string_quantities(value: Any, ok: bool) -> None:
+def test_upstream_int_or_string_quantities(value: Any, ok: bool, schemas: Any) -> None:
     rs = first_of("RayService")
     rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0][
         "resources"
     ]["limits"]["cpu"] = value
-    assert (upstream_errors(rs) == []) is ok
+    assert (schemas.crd_errors(rs) == []) is ok
 
 
 @pytest.mark.parametrize(
@@ -1187,20 +1106,22 @@ def test_upstream_int_or_string_quantities(value: Any, ok: bool) -> None:
         ("Service", lambda o: o["spec"]["ports"][0].update(port="http"), "is not of type"),
     ],
 )
-def test_builtin_validation_catches_mistakes(kind: str, mutate: Any, error: str) -> None:
+def test_builtin_validation_catches_mistakes(
+    kind: str, mutate: Any, error: str, schemas: Any
+) -> None:
     obj = first_of(kind)
     mutate(obj)
-    errors = builtin_errors(obj, K8S_VERSIONS[-1])
+    errors = schemas.builtin_errors(obj, K8S_VERSIONS[-1])
     assert len(errors) == 1 and error in errors[0], errors
 
 
-def test_metadata_validation_catches_mistakes() -> None:
+def test_metadata_validation_catches_mistakes(schemas: Any) -> None:
     rs = first_of("RayService")
     rs["metadata"]["labelz"] = {"a": "b"}
-    assert "'labelz' was unexpected" in " ".join(metadata_errors(rs))
+    assert "'labelz' was unexpected" in " ".join(schemas.metadata_errors(rs))
     rs = first_of("VirtualService")
     rs["metadata"]["labels"]["bad"] = 1
-    assert metadata_errors(rs)
+    assert schemas.metadata_errors(rs)
 
 
 # --------------------------------------------------------------------------------------------
