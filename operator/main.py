@@ -20,7 +20,13 @@ from .api.base import API_VERSION, GROUP, VERSION
 from .kube import Kube, KubeError
 from .render.names import MANAGED_BY
 from .resources import modelrollout, supportagent, tooladapter
-from .resources.common import EventRecorder, Outcome, child_changed
+from .resources.common import (
+    EventRecorder,
+    Outcome,
+    apply_failed_status,
+    child_changed,
+    write_status,
+)
 
 METRICS_PORT_ENV = "SWITCHBOARD_METRICS_PORT"
 DRIFT_INTERVAL_SECONDS = 60.0
@@ -113,8 +119,11 @@ def run_reconcile(kube: Kube, kind: str, body: dict[str, Any]) -> Outcome:
         outcome = RECONCILERS[kind](kube, body, record_event)
     except KubeError as exc:
         metrics.RECONCILES.labels(kind=kind, outcome="error").inc()
-        if not exc.retryable:  # forbidden, invalid: say so, then retry slowly
-            record_event(body, type="Warning", reason="ApplyFailed", message=str(exc))
+        if not exc.retryable:  # forbidden, invalid: say so in status and an Event, retry slowly
+            try:
+                write_status(kube, body, apply_failed_status(kind, body, exc), record_event)
+            except KubeError as status_exc:
+                log.warning("could not report ApplyFailed on %s: %s", kind, status_exc)
         raise kopf.TemporaryError(str(exc), delay=5 if exc.retryable else 60) from None
     finally:
         metrics.RECONCILE_SECONDS.labels(kind=kind).observe(time.perf_counter() - started)

@@ -892,15 +892,17 @@ def test_modelrollout_health_from_the_operators_status(scenario: RolloutScenario
     assert ready_condition["message"] in verdict["message"]
 
 
-def test_modelrollout_failed_on_references_ignores_the_stale_conditions() -> None:
-    """When the agent goes away mid-way the operator rewrites only `Ready`: `Progressing` still
-    says True. The script reads the phase and `Ready`, never the other two."""
+def test_modelrollout_failed_on_references_rewrites_every_condition() -> None:
+    """When the agent goes away mid-way, all three summary conditions say so (none is left
+    from the last step) and the health is Degraded."""
     rollout = rollout_after(next(s for s in ROLLOUT_SCENARIOS if s.id == "agent-deleted-mid-way"))
     conditions = {c["type"]: c for c in rollout["status"]["conditions"]}
     assert rollout["status"]["phase"] == "Failed"
-    # The quirk this test pins; once the operator rewrites all three, drop this line (the
-    # health must stay Degraded either way).
-    assert conditions["Progressing"]["status"] == "True"
+    assert {t: (c["status"], c["reason"]) for t, c in conditions.items()} == {
+        "Ready": ("False", "AgentNotFound"),
+        "Progressing": ("False", "AgentNotFound"),
+        "Degraded": ("True", "AgentNotFound"),
+    }
     assert health_of(rollout)["status"] == "Degraded"
 
 

@@ -357,3 +357,15 @@ def test_peering_crds_define_what_kopf_watches() -> None:
         ("kopf.dev", "clusterkopfpeerings", "Cluster"),
         ("kopf.dev", "kopfpeerings", "Namespaced"),
     }
+
+
+def test_decimal_values_work_from_the_command_line(helm_template: Any) -> None:
+    # `--set` hands helm 3 decimals as strings; the schema accepts numeric strings for them.
+    objects = helm_template(
+        "prometheusRule.enabled=true",
+        "prometheusRule.latencySloTarget=0.995",
+        "prometheusRule.latencySloSeconds=2.5",
+    )
+    groups = one(objects, "PrometheusRule")["spec"]["groups"]
+    exprs = " ".join(str(rule["expr"]) for group in groups for rule in group["rules"])
+    assert "(1 - 0.995)" in exprs and 'le=~"2[.]50*"' in exprs

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
 REPO = Path(__file__).resolve().parents[1]
@@ -240,3 +241,46 @@ def test_replicas_elect_one_operator_and_fail_over(
     requests, denied = denied_requests(envtest, operator_install.user, audit_start)
     assert requests > 20
     assert denied == []
+
+
+# --------------------------------------------------------------------------------------------
+# A refusal that retrying cannot fix is reported in status, not only in the log
+
+
+def test_a_refused_apply_is_a_condition_and_an_event(
+    cluster: Any, run_operator: Any, install_chart: Any
+) -> None:
+    """A cluster policy narrower than the chart's (here: its Role edited to deny HPAs) makes
+    the API server refuse a child with 403 → Ready=False ApplyFailed, phase Failed, an Event."""
+    ns = cluster.namespace("team-c")
+    install = install_chart(
+        "switchboard-team-c",
+        "team-c-system",
+        "rbac.scope=namespace",
+        f"operator.watchNamespaces={{{ns}}}",
+    )
+    rbac = client.RbacAuthorizationV1Api(cluster.api)
+    role = rbac.read_namespaced_role(install.release, ns)
+    role.rules = [r for r in role.rules if "horizontalpodautoscalers" not in r.resources]
+    rbac.replace_namespaced_role(install.release, ns, role)
+    for name in ("10-secrets.yaml", "20-tooladapter-orders.yaml"):
+        path = REPO / "examples" / "quickstart" / name
+        for doc in yaml.safe_load_all(path.read_text()):
+            cluster.create(doc, ns)
+    with run_operator(install=install, namespaces=(ns,)):
+        ready = cluster.wait_for(
+            "ApplyFailed",
+            lambda: (
+                (c := cluster.condition("ToolAdapter", ns, "orders"))
+                and c["reason"] == "ApplyFailed"
+                and c
+            ),
+        )
+        assert ready["status"] == "False"
+        assert "ToolAdapter team-c/orders" in ready["message"]
+        assert "horizontalpodautoscalers" in ready["message"]
+        adapter = cluster.get(f"{GROUP}/{VERSION}", "ToolAdapter", ns, "orders")
+        assert adapter["status"]["phase"] == "Failed"
+        cluster.wait_for(
+            "ApplyFailed event", lambda: ("Warning", "ApplyFailed") in cluster.events(ns, "orders")
+        )

@@ -328,6 +328,48 @@ def test_invalid_rollouts_are_conditioned(
     assert ready["status"] == "False" and ready["reason"] == reason
     # Nothing changes for the agent: only its stable revision serves.
     assert len(routes(cluster, ns)) == 1
+    cluster.wait_for(f"{reason} event", lambda: ("Warning", reason) in cluster.events(ns, name))
+
+
+def test_rollout_synced_before_its_agent_starts_once_the_agent_exists(
+    cluster: Any, operator: Any, prometheus: Prometheus
+) -> None:
+    """Argo CD may create the ModelRollout first: AgentNotFound is not a final verdict."""
+    ns = cluster.namespace("rollout-early")
+    prometheus.healthy()
+    cluster.create(rollout("early", progressive=progressive([20, 100])), ns)
+    cluster.wait_for("AgentNotFound", lambda: ready_reason(cluster, ns, "early") == "AgentNotFound")
+    status = rollout_status(cluster, ns, "early")
+    states = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+    assert states == {
+        "Ready": ("False", "AgentNotFound"),
+        "Progressing": ("False", "AgentNotFound"),
+        "Degraded": ("True", "AgentNotFound"),
+    }
+    cluster.apply_dir(REPO / "examples" / "quickstart", ns)
+    cluster.wait_for("Succeeded", phase_is(cluster, ns, "early", "Succeeded"), timeout=60)
+
+
+def test_unreachable_prometheus_holds_the_weight_and_says_why(cluster: Any, operator: Any) -> None:
+    ns = "rollout-no-prometheus"
+    quickstart(cluster, ns)
+    steps = progressive([20, 100], interval=1)
+    steps["analysis"]["prometheusUrl"] = "http://127.0.0.1:9"  # nothing listens on discard
+    cluster.create(rollout("blind", progressive=steps), ns)
+    cluster.wait_for(
+        "PrometheusUnavailable",
+        lambda: ready_reason(cluster, ns, "blind") == "PrometheusUnavailable",
+        timeout=30,
+    )
+    time.sleep(3)  # several intervals: no evidence, no step
+    status = rollout_status(cluster, ns, "blind")
+    assert status["phase"] == "Progressing" and status["currentWeight"] == 20
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert "127.0.0.1:9" in ready["message"]
+    cluster.wait_for(
+        "PrometheusUnavailable event",
+        lambda: ("Warning", "PrometheusUnavailable") in cluster.events(ns, "blind"),
+    )
 
 
 @pytest.fixture(scope="module")

@@ -157,6 +157,16 @@ def reconcile_object(
     return Outcome(phase.lower() or "unknown", phase == "Ready", written)
 
 
+def apply_failed_status(kind: str, body: dict[str, Any], error: Exception) -> dict[str, Any]:
+    """The status after an API call that retrying cannot fix (forbidden, invalid): the rest of
+    the last status stays (the children it describes still run), Ready says what failed."""
+    meta = body["metadata"]
+    checks, phase = failed_spec(
+        "ApplyFailed", f"{kind} {meta['namespace']}/{meta['name']}: {error}"
+    )
+    return {**(body.get("status") or {}), **build_status(body, checks, phase, {})}
+
+
 def invalid_spec_status(kind: str, body: dict[str, Any], error: Exception) -> dict[str, Any]:
     meta = body["metadata"]
     checks, phase = failed_spec(

@@ -22,10 +22,13 @@ from ..render import Canary, UnresolvedReference
 from ..render.names import revision_app_name
 from ..render.rollout import canary_of, steps_of
 from ..render.serve_config import agent_revision, candidate_spec
-from .common import EventRecorder, Outcome, build_status, invalid_spec_status, reconcile_object
-from .conditions import READY, Check, Status, condition
+from .common import EventRecorder, Outcome, build_status, reconcile_object
+from .conditions import READY, Check, Status, condition, failed_spec
 
 KIND = "ModelRollout"
+# Failures that a created or fixed object clears (unlike a rollback, which is final for the
+# generation): a rollout synced by Argo CD before its SupportAgent starts once the agent exists.
+REFERENCE_PROBLEMS = frozenset({"AgentNotFound", "AgentInvalid", "ComponentNotFound"})
 ACTIVE_PHASES = ("Progressing", "Paused", "Succeeded")
 
 # PromQL of the built-in analyses, over the candidate revision's Serve application. Ray's
@@ -243,16 +246,26 @@ def _desired_status(
 ) -> dict[str, Any]:
     meta = body["metadata"]
     namespace = meta["namespace"]
+    previous = body.get("status") or {}
+    state = RolloutState.from_status(previous)
+
+    def failed(checks: list[Check], phase: str) -> dict[str, Any]:
+        # The step function's Events cover steps; a spec or reference problem gets its own,
+        # once per reason.
+        ready = checks[0]
+        if (state.phase, state.reason) != (phase, ready.reason):
+            record(body, type="Warning", reason=ready.reason, message=ready.message)
+        return build_status(body, checks, phase, {"currentWeight": 0})
+
     try:
         spec = validate_spec(ModelRolloutSpec, body.get("spec"))
     except SpecError as exc:
-        return invalid_spec_status(KIND, body, exc)
-    previous = body.get("status") or {}
-    state = RolloutState.from_status(previous)
-    if previous.get("observedGeneration") not in (None, meta.get("generation")) and (
-        state.phase == "Failed"
+        return failed(*failed_spec("InvalidSpec", f"{KIND} {namespace}/{meta['name']}: {exc}"))
+    if state.phase == "Failed" and (
+        previous.get("observedGeneration") not in (None, meta.get("generation"))
+        or state.reason in REFERENCE_PROBLEMS
     ):
-        state = RolloutState()  # a changed spec after a rollback starts over
+        state = RolloutState()  # a changed spec after a rollback, or a fixed reference, starts over
 
     agent = kube.get(API_VERSION, "SupportAgent", namespace, spec.agent_ref)
     problem = None
@@ -268,8 +281,7 @@ def _desired_status(
         except UnresolvedReference as exc:
             problem = (exc.reason, f"SupportAgent {namespace}/{spec.agent_ref}: {exc.message}")
     if problem is not None:
-        check = Check(READY, "False", *problem)
-        return build_status(body, [check], "Failed", {"currentWeight": 0})
+        return failed(*failed_spec(*problem))
 
     if candidate == stable:
         # The user committed the candidate into the SupportAgent: nothing left to canary.
@@ -294,18 +306,25 @@ def _desired_status(
             url = spec.progressive.analysis.prometheus_url
 
         def analysis(metric: AnalysisMetric) -> float | None:
-            from ..prometheus import query
+            from ..prometheus import PrometheusError, query
 
             if url is None:
                 raise AnalysisUnavailable(
                     "no Prometheus URL: set --prometheus-url or prometheusUrl"
                 )
-            return query(url, metric_query(metric, variables))
+            try:
+                return query(url, metric_query(metric, variables))
+            except PrometheusError as exc:
+                raise AnalysisUnavailable(str(exc)) from None
 
         try:
             state = advance(spec, state, context.clock(), analysis)
         except AnalysisUnavailable as exc:
-            state = replace(state, reason="PrometheusUnavailable", message=str(exc), events=())
+            # The rollout holds its current weight (no step without evidence) and says why.
+            events: tuple[tuple[str, str, str], ...] = ()
+            if state.reason != "PrometheusUnavailable":
+                events = (("Warning", "PrometheusUnavailable", f"Analysis on hold: {exc}"),)
+            state = replace(state, reason="PrometheusUnavailable", message=str(exc), events=events)
     for event_type, reason, message in state.events:
         record(body, type=event_type, reason=reason, message=message)
 
@@ -335,7 +354,7 @@ def _desired_status(
 
 
 class AnalysisUnavailable(Exception):
-    """Metrics cannot be read at all (no Prometheus configured, or it is down)."""
+    """Metrics cannot be read at all (no Prometheus configured, unreachable, or erroring)."""
 
 
 def active_canary(kube: Kube, namespace: str, agent: str) -> tuple[Canary | None, str | None]:

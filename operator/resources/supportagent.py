@@ -31,9 +31,7 @@ RAY_SERVICE = "RayServiceReady"
 ROUTES = "RoutesReady"
 TOOLS = "ToolsReady"
 # Reasons that mean "on its way", not "broken": they make the agent Progressing, not Degraded.
-PROGRESSING_REASONS = frozenset(
-    {"RayServiceDeploying", "RayServiceUpdating", "ToolAdapterNotReady"}
-)
+PROGRESSING_REASONS = frozenset({"RayServiceDeploying", "ToolAdapterNotReady"})
 SERVE_PORT = 8000
 
 

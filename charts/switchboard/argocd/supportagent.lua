@@ -37,7 +37,6 @@ end
 -- status.phase is missing or unknown to this script (a status from another operator version).
 local progressingReasons = {
   RayServiceDeploying = true,
-  RayServiceUpdating = true,
   ToolAdapterNotReady = true,
 }
 
