@@ -321,10 +321,15 @@ def _desired_status(
             state = advance(spec, state, context.clock(), analysis)
         except AnalysisUnavailable as exc:
             # The rollout holds its current weight (no step without evidence) and says why.
-            events: tuple[tuple[str, str, str], ...] = ()
-            if state.reason != "PrometheusUnavailable":
-                events = (("Warning", "PrometheusUnavailable", f"Analysis on hold: {exc}"),)
-            state = replace(state, reason="PrometheusUnavailable", message=str(exc), events=events)
+            first = state.reason != "PrometheusUnavailable"
+            state = replace(
+                state,
+                reason="PrometheusUnavailable",
+                message=str(exc),
+                events=(("Warning", "PrometheusUnavailable", f"Analysis on hold: {exc}"),)
+                if first
+                else (),
+            )
     for event_type, reason, message in state.events:
         record(body, type=event_type, reason=reason, message=message)
 
