@@ -762,6 +762,15 @@ class Cluster:
         conditions = (body.get("status") or {}).get("conditions") or []
         return next((c for c in conditions if c["type"] == type_), None)
 
+    def wait_for_reason(self, kind: str, namespace: str, name: str, reason: str) -> dict[str, Any]:
+        """Wait until the object's `Ready` condition has `reason`; return the condition."""
+
+        def probe() -> dict[str, Any] | None:
+            ready = self.condition(kind, namespace, name)
+            return ready if ready and ready["reason"] == reason else None
+
+        return wait_for(f"{kind} {namespace}/{name}: Ready reason {reason}", probe)
+
     def events(self, namespace: str, name: str) -> list[tuple[str, str]]:
         events = self.core.list_namespaced_event(namespace).items
         return [(e.type, e.reason) for e in events if e.involved_object.name == name]

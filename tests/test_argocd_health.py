@@ -4,7 +4,7 @@ The Lua runs as Argo CD runs it: Lua 5.1 (lupa's bundled Lua 5.1; Argo CD embeds
 Lua 5.1), with only the libraries Argo CD loads for a health check from argocd-cm (base and
 table: no string, math, io or debug), and `obj` decoded from the object's JSON. Each script is
 read from argocd-cm.yaml, the snippet users apply, which must carry the .lua files' exact bytes
-(`SWITCHBOARD_UPDATE_GOLDEN=1` rewrites its `data` from the .lua files).
+(`SWITCHBOARD_UPDATE_GOLDEN=1` rewrites its `data` from health.lua).
 
 The statuses it judges come from two places:
 - the operator itself: the real reconcilers (`reconcile` of each kind) over `InMemoryKube`, a
@@ -63,7 +63,8 @@ REPO_URL = "https://github.com/switchboard-dev/switchboard.git"
 
 
 def lua_file(kind: str) -> Path:
-    return ARGOCD_DIR / f"{kind.lower()}.lua"
+    """One script serves every kind (it dispatches on `obj.kind`); argocd-cm has it per key."""
+    return ARGOCD_DIR / "health.lua"
 
 
 def configmap() -> dict[str, Any]:
@@ -377,6 +378,11 @@ def test_lua_files_give_the_configmaps_verdicts(kind: str) -> None:
     assert run_lua(source, obj) == run_lua(script(kind), obj)
 
 
+def test_another_kind_is_unknown_not_healthy() -> None:
+    obj = {"kind": "Other", "metadata": {"generation": 1}, "status": {"observedGeneration": 1}}
+    assert run_lua(lua_file("Other").read_text(encoding="utf-8"), obj)["status"] == "Unknown"
+
+
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_configmap_is_a_valid_argocd_cm(version: str) -> None:
     doc = configmap()
@@ -533,24 +539,19 @@ def operator_statuses() -> Iterator[tuple[str, dict[str, Any]]]:
         yield f"ToolAdapter-{scenario.id}", adapter_after(scenario)
 
 
-@pytest.mark.parametrize("scenario", AGENT_SCENARIOS, ids=lambda s: s.id)
-def test_supportagent_health_from_the_operators_status(scenario: Scenario) -> None:
-    agent = agent_after(scenario)
-    verdict = health_of(agent)
-    assert verdict["status"] == scenario.health, (verdict, agent["status"])
+@pytest.mark.parametrize(
+    ("kind", "scenario"),
+    [("SupportAgent", s) for s in AGENT_SCENARIOS]
+    + [("ToolAdapter", s) for s in ADAPTER_SCENARIOS],
+    ids=lambda v: v if isinstance(v, str) else v.id,
+)
+def test_health_from_the_operators_status(kind: str, scenario: Scenario) -> None:
+    obj = (agent_after if kind == "SupportAgent" else adapter_after)(scenario)
+    verdict = health_of(obj)
+    assert verdict["status"] == scenario.health, (verdict, obj["status"])
     assert scenario.reason in verdict["message"]
     # The message carries the operator's own words from `Ready`, for SREs in the Argo CD UI.
-    ready = next(c for c in agent["status"]["conditions"] if c["type"] == "Ready")
-    assert ready["message"] in verdict["message"]
-
-
-@pytest.mark.parametrize("scenario", ADAPTER_SCENARIOS, ids=lambda s: s.id)
-def test_tooladapter_health_from_the_operators_status(scenario: Scenario) -> None:
-    adapter = adapter_after(scenario)
-    verdict = health_of(adapter)
-    assert verdict["status"] == scenario.health, (verdict, adapter["status"])
-    assert scenario.reason in verdict["message"]
-    ready = next(c for c in adapter["status"]["conditions"] if c["type"] == "Ready")
+    ready = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
     assert ready["message"] in verdict["message"]
 
 

@@ -268,14 +268,7 @@ def test_a_refused_apply_is_a_condition_and_an_event(
         for doc in yaml.safe_load_all(path.read_text()):
             cluster.create(doc, ns)
     with run_operator(install=install, namespaces=(ns,)):
-        ready = cluster.wait_for(
-            "ApplyFailed",
-            lambda: (
-                (c := cluster.condition("ToolAdapter", ns, "orders"))
-                and c["reason"] == "ApplyFailed"
-                and c
-            ),
-        )
+        ready = cluster.wait_for_reason("ToolAdapter", ns, "orders", "ApplyFailed")
         assert ready["status"] == "False"
         assert "ToolAdapter team-c/orders" in ready["message"]
         assert "horizontalpodautoscalers" in ready["message"]

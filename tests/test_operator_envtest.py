@@ -264,14 +264,7 @@ def test_missing_tooladapter_condition_clears_when_created(
         },
     }
     cluster.create(agent, ns)
-    ready = cluster.wait_for(
-        "ToolAdapterNotFound",
-        lambda: (
-            (c := cluster.condition("SupportAgent", ns, "early"))
-            and c["reason"] == "ToolAdapterNotFound"
-            and c
-        ),
-    )
+    ready = cluster.wait_for_reason("SupportAgent", ns, "early", "ToolAdapterNotFound")
     assert ready["status"] == "False"
     assert f"ToolAdapter {ns}/crm does not exist" in ready["message"]
     assert cluster.agent(ns, "early")["status"]["phase"] == "Failed"
@@ -364,14 +357,7 @@ def test_wrong_but_schema_valid_agent_is_conditioned(
         },
         invalid_ns,
     )
-    ready = cluster.wait_for(
-        f"{reason} on {name}",
-        lambda: (
-            (c := cluster.condition("SupportAgent", invalid_ns, name))
-            and c["reason"] == reason
-            and c
-        ),
-    )
+    ready = cluster.wait_for_reason("SupportAgent", invalid_ns, name, reason)
     assert ready["status"] == "False"
     assert fragment in ready["message"]
     cluster.wait_for(
@@ -393,14 +379,7 @@ def test_unknown_operation_is_conditioned(cluster: Any, quickstart: str) -> None
         },
         quickstart,
     )
-    ready = cluster.wait_for(
-        "UnknownOperation",
-        lambda: (
-            (c := cluster.condition("SupportAgent", quickstart, "greedy"))
-            and c["reason"] == "UnknownOperation"
-            and c
-        ),
-    )
+    ready = cluster.wait_for_reason("SupportAgent", quickstart, "greedy", "UnknownOperation")
     assert "drop_tables" in ready["message"] and f"{quickstart}/orders" in ready["message"]
 
 
