@@ -19,11 +19,10 @@ What the fixtures need, and how to get it:
 * KubeRay's RayService CRD does not install into a 1.20 server, so ``installed_crds`` uses the
   permissive stand-in ``tests/envtest/rayservice-standin-crd.yaml`` (same group/version/kind).
 
-The server knows two bearer tokens: ``admin-token`` (``system:masters``) and ``operator-token``,
-the operator's service account ``system:serviceaccount:switchboard-system:switchboard-operator``
-(``envtest.operator_user``) with the usual service-account groups, so a test can bind the chart's
-RBAC to it and act as the operator (``envtest.kubeconfig_for(envtest.operator_token)``). Every
-request is audited; ``envtest.audit_events()`` returns the events (user, verb, URI, status code).
+The server knows the bearer token ``admin-token`` (``system:masters``) and signs service-account
+tokens (TokenRequest): ``operator_install`` installs the Helm chart and acts as the operator with
+a token of the chart's ServiceAccount (``operator_install.user``). Every request is audited;
+``envtest.audit_events()`` returns the events (user, verb, URI, status code).
 
 Tests that use these fixtures are marked ``envtest`` automatically (``-m "not envtest"`` skips
 them deliberately).
@@ -63,15 +62,8 @@ DEFAULT_ENVTEST_BIN = Path.home() / ".cache" / "switchboard" / "envtest-1.20"
 ISTIO_CRD_FILES = ("virtualservices.yaml", "destinationrules.yaml")
 
 ADMIN_TOKEN = "admin-token"
-OPERATOR_TOKEN = "operator-token"
 OPERATOR_NAMESPACE = "switchboard-system"
 OPERATOR_SERVICE_ACCOUNT = "switchboard-operator"
-OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
-OPERATOR_GROUPS = (
-    "system:serviceaccounts",
-    f"system:serviceaccounts:{OPERATOR_NAMESPACE}",
-    "system:authenticated",
-)
 
 CHART_DIR = REPO_ROOT / "charts" / "switchboard"
 DEFAULT_HELM = Path.home() / ".cache" / "switchboard" / "helm-3.6.2" / "helm"
@@ -307,9 +299,7 @@ class EnvTest:
     server: str
     kubeconfig: Path
     admin_token: str
-    operator_token: str
     bin_dir: Path
-    operator_user: str = OPERATOR_USER
 
     @property
     def audit_log(self) -> Path:
@@ -412,11 +402,7 @@ def envtest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnvTest]:
         )
 
     run_dir = tmp_path_factory.mktemp("envtest")
-    groups = ",".join(OPERATOR_GROUPS)
-    (run_dir / "tokens.csv").write_text(
-        f'{ADMIN_TOKEN},admin,admin,"system:masters"\n'
-        f'{OPERATOR_TOKEN},{OPERATOR_USER},uid-op,"{groups}"\n'
-    )
+    (run_dir / "tokens.csv").write_text(f'{ADMIN_TOKEN},admin,admin,"system:masters"\n')
     api_port, etcd_port = _pick_ports()
     env = {
         "BIN": str(bin_dir),
@@ -441,7 +427,6 @@ def envtest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnvTest]:
             server=f"https://127.0.0.1:{api_port}",
             kubeconfig=Path(started.stdout.strip().splitlines()[-1]),
             admin_token=ADMIN_TOKEN,
-            operator_token=OPERATOR_TOKEN,
             bin_dir=bin_dir,
         )
     finally:

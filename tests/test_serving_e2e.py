@@ -363,3 +363,28 @@ def test_seed_metrics_are_exported(agent: Agent) -> None:
     gateway = agent.gateway_metrics("orders")
     assert 'tool_call_total{operation="get_order",outcome="success",tool="orders"}' in gateway
     assert "tool_call_latency_seconds_bucket" in gateway
+
+
+def test_every_data_plane_metric_the_chart_queries_is_served(
+    agent: Agent, helm_template: Any
+) -> None:
+    """The alerts' and dashboard's `ray_*` and gateway series, as this real Ray Serve and
+    gateway serve them (tests/test_monitoring.py checks the names against the code)."""
+    objects = helm_template("prometheusRule.enabled=true", "grafanaDashboard.enabled=true")
+    text = json.dumps([o for o in objects if o["kind"] in ("PrometheusRule", "ConfigMap")])
+    # Recording rules' own names carry colons (`namespace_agent:ray_...:ratio_rate5m`).
+    queried = set(re.findall(r"(?<![\w:])((?:ray|tool)_[a-z_]+)\b", text))
+    assert {"ray_agent_request_total", "tool_call_total"} <= queried
+    deadline = time.monotonic() + 30
+    missing = queried
+    while missing and time.monotonic() < deadline:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{agent.metrics_port}/metrics", timeout=5
+        ) as r:
+            served = r.read().decode() + agent.gateway_metrics("orders")
+        names = set(re.findall(r"^([a-zA-Z_:][\w:]*)", served, re.MULTILINE))
+        # Text may name a histogram by its family (descriptions, legends): its series count.
+        names |= {re.sub(r"_(bucket|sum|count)$", "", n) for n in names}
+        missing = queried - names
+        time.sleep(0 if not missing else 1)
+    assert missing == set()
