@@ -346,6 +346,8 @@ def test_rollout_synced_before_its_agent_starts_once_the_agent_exists(
         "Progressing": ("False", "AgentNotFound"),
         "Degraded": ("True", "AgentNotFound"),
     }
+    time.sleep(3)  # the rollout timer ticks every 2 s: the Event is posted once all the same
+    assert cluster.events(ns, "early").count(("Warning", "AgentNotFound")) == 1
     cluster.apply_dir(REPO / "examples" / "quickstart", ns)
     cluster.wait_for("Succeeded", phase_is(cluster, ns, "early", "Succeeded"), timeout=60)
 

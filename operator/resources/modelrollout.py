@@ -247,13 +247,13 @@ def _desired_status(
     meta = body["metadata"]
     namespace = meta["namespace"]
     previous = body.get("status") or {}
-    state = RolloutState.from_status(previous)
+    state = recorded = RolloutState.from_status(previous)
 
     def failed(checks: list[Check], phase: str) -> dict[str, Any]:
         # The step function's Events cover steps; a spec or reference problem gets its own,
-        # once per reason.
+        # once per reason (against the recorded status: `state` may have been reset since).
         ready = checks[0]
-        if (state.phase, state.reason) != (phase, ready.reason):
+        if (recorded.phase, recorded.reason) != (phase, ready.reason):
             record(body, type="Warning", reason=ready.reason, message=ready.message)
         return build_status(body, checks, phase, {"currentWeight": 0})
 
