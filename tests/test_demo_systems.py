@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from switchboard.operator.api.tooladapter import ToolAdapterSpec
+from switchboard.operator.api.validation import validate_spec
+from switchboard.operator.render import Parent
+from switchboard.operator.render.gateway import gateway_config
+from switchboard.serving.config import LocalGateway
 from switchboard.serving.demo import (
     SAMPLE_ORDERS,
     DemoCredentials,
@@ -31,6 +37,7 @@ from switchboard.serving.demo import (
     DemoSystems,
     start_demo_systems,
 )
+from switchboard.serving.local import start_gateways
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-orders-token"
@@ -229,6 +236,274 @@ def test_refund_idempotency_key(systems: DemoSystems) -> None:
     assert call("POST", url, {"amount": 1}, headers=empty_key).status == 400
 
 
+def test_cancel_order(systems: DemoSystems) -> None:
+    order_id = SAMPLE_ORDERS["processing"]
+    url = order_url(systems, order_id, "/cancellation")
+    total = call("GET", order_url(systems, order_id), headers=BEARER).body["total"]
+
+    reply = call("POST", url, {"reason": "  Ordered the wrong colour  "}, headers=BEARER)
+    assert reply.status == 200 and reply.headers["idempotent-replayed"] == "false"
+    order = reply.body
+    assert order["order_id"] == order_id and order["status"] == "cancelled"
+    # Like the seeded cancelled order: no delivery estimate, and refunded in full.
+    assert order["eta"] is None and order["refunded"] == pytest.approx(total)
+    assert call("GET", order_url(systems, order_id), headers=BEARER).body == order
+    refunds = call("GET", order_url(systems, order_id, "/refunds"), headers=BEARER).body
+    assert [(r["amount"], r["status"]) for r in refunds["refunds"]] == [(total, "pending")]
+    nothing_left = call("POST", order_url(systems, order_id, "/refunds"), headers=BEARER)
+    assert nothing_left.status == 422
+
+    again = call("POST", url, headers=BEARER)
+    assert again.status == 409 and again.body["error"] == f"order {order_id} is already cancelled"
+    errors = {}
+    for status in ("shipped", "delivered", "cancelled"):
+        conflict = call(
+            "POST", order_url(systems, SAMPLE_ORDERS[status], "/cancellation"), headers=BEARER
+        )
+        assert conflict.status == 409, status
+        errors[status] = conflict.body["error"]
+    shipped, delivered = SAMPLE_ORDERS["shipped"], SAMPLE_ORDERS["delivered"]
+    assert errors["shipped"] == (
+        f"order {shipped} has already shipped; it can be returned after delivery"
+    )
+    assert errors["delivered"].startswith(f"order {delivered} has already been delivered")
+    assert "can no longer be cancelled" in errors["delivered"]
+    assert errors["cancelled"] == f"order {SAMPLE_ORDERS['cancelled']} is already cancelled"
+    # Nothing changed on the refused orders.
+    for status in ("shipped", "delivered"):
+        assert (
+            call("GET", order_url(systems, SAMPLE_ORDERS[status]), headers=BEARER).body["status"]
+            == status
+        )
+
+    # A partly refunded order gets the rest of its total back; an empty body needs no reason.
+    partly = order_url(systems, "ORD-10002")
+    call("POST", f"{partly}/refunds", {"amount": 10}, headers=BEARER)
+    assert call("POST", f"{partly}/cancellation", headers=BEARER).status == 200
+    amounts = [
+        r["amount"] for r in call("GET", f"{partly}/refunds", headers=BEARER).body["refunds"]
+    ]
+    assert amounts[0] == 10 and sum(amounts) == pytest.approx(
+        call("GET", partly, headers=BEARER).body["total"]
+    )
+
+    processing = order_url(systems, "ORD-10003", "/cancellation")
+    for bad in ({"reason": "x" * 501}, {"reason": 42}):
+        assert call("POST", processing, bad, headers=BEARER).status == 422, bad
+    assert call("POST", processing, ["a list"], headers=BEARER).status == 400
+    assert call("GET", order_url(systems, "ORD-10003"), headers=BEARER).body["status"] == (
+        "processing"
+    )
+    missing = call("POST", order_url(systems, "ORD-99999", "/cancellation"), headers=BEARER)
+    assert missing.status == 404 and "ORD-99999" in missing.body["error"]
+
+
+def test_cancel_order_idempotency_key(systems: DemoSystems) -> None:
+    order_id = SAMPLE_ORDERS["processing"]
+    url = order_url(systems, order_id, "/cancellation")
+    keyed = {**BEARER, "Idempotency-Key": "cancel-attempt-1"}
+    first = call("POST", url, {"reason": "duplicate order"}, headers=keyed)
+    # A gateway retry after a lost answer: the same order back, not "already cancelled".
+    again = call("POST", url, {"reason": "duplicate order"}, headers=keyed)
+    assert first.status == again.status == 200 and again.body == first.body
+    assert first.body["status"] == "cancelled"
+    assert again.headers["idempotent-replayed"] == "true"
+    assert call("POST", url, {"reason": "other"}, headers=keyed).status == 422
+    other_order = order_url(systems, "ORD-10002", "/cancellation")
+    reused = call("POST", other_order, {"reason": "duplicate order"}, headers=keyed)
+    assert reused.status == 422 and "Idempotency-Key" in reused.body["error"]
+    assert call("POST", url, headers={**BEARER, "Idempotency-Key": "fresh"}).status == 409
+    refunds = call("GET", order_url(systems, order_id, "/refunds"), headers=BEARER).body
+    assert len(refunds["refunds"]) == 1
+
+    racing = {**BEARER, "Idempotency-Key": "cancel-attempt-2"}
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda _: call("POST", other_order, headers=racing), range(8)))
+    assert {r.status for r in replies} == {200}
+    assert sum(r.headers["idempotent-replayed"] == "false" for r in replies) == 1
+    refunds = call("GET", order_url(systems, "ORD-10002", "/refunds"), headers=BEARER).body
+    assert len(refunds["refunds"]) == 1
+
+
+def test_change_requests(systems: DemoSystems) -> None:
+    order_id = SAMPLE_ORDERS["processing"]
+    url = order_url(systems, order_id, "/change-requests")
+    before = call("GET", order_url(systems, order_id), headers=BEARER).body
+
+    created = call("POST", url, {"request": "  Swap the headphones for the black ones  "}, BEARER)
+    assert created.status == 201 and created.headers["idempotent-replayed"] == "false"
+    change = created.body
+    assert set(change) == {"change_id", "order_id", "request", "status", "created_at"}
+    assert re.fullmatch(r"CHG-\d{4,}", change["change_id"])
+    assert change["order_id"] == order_id and change["status"] == "pending"
+    assert change["request"] == "Swap the headphones for the black ones"
+    assert created.headers["location"] == f"/change-requests/{change['change_id']}"
+    fetched = call("GET", f"{systems.orders_url}{created.headers['location']}", headers=BEARER)
+    assert fetched.status == 200 and fetched.body == change
+    second = call("POST", url, {"request": "Gift wrap, please"}, headers=BEARER).body
+    assert int(second["change_id"][4:]) == int(change["change_id"][4:]) + 1
+    listed = call("GET", url, headers=BEARER).body["change_requests"]
+    assert listed == [change, second]
+    # Recorded for a person to handle: the order itself is untouched.
+    assert call("GET", order_url(systems, order_id), headers=BEARER).body == before
+
+    for status in ("shipped", "delivered", "cancelled"):
+        conflict = call(
+            "POST",
+            order_url(systems, SAMPLE_ORDERS[status], "/change-requests"),
+            {"request": "Add a second cable"},
+            headers=BEARER,
+        )
+        assert conflict.status == 409, status
+        assert SAMPLE_ORDERS[status] in conflict.body["error"]
+        assert "can no longer be changed" in conflict.body["error"]
+
+    for bad in (
+        {"request": "ab"},
+        {"request": "   ab  "},
+        {},
+        {"request": 7},
+        {"request": "x" * 1001},
+    ):
+        assert call("POST", url, bad, headers=BEARER).status == 422, bad
+    assert call("POST", url, headers=BEARER).status == 400
+    missing = order_url(systems, "ORD-99999", "/change-requests")
+    assert call("POST", missing, {"request": "Add a cable"}, headers=BEARER).status == 404
+    assert call("GET", missing, headers=BEARER).status == 404
+    for unknown in ("CHG-999999", "not-a-change"):
+        assert (
+            call("GET", f"{systems.orders_url}/change-requests/{unknown}", headers=BEARER).status
+            == 404
+        )
+    assert len(call("GET", url, headers=BEARER).body["change_requests"]) == 2
+
+
+def test_change_request_idempotency_key(systems: DemoSystems) -> None:
+    url = order_url(systems, SAMPLE_ORDERS["processing"], "/change-requests")
+    keyed = {**BEARER, "Idempotency-Key": "change-attempt-1"}
+    payload = {"request": "Deliver to the back door"}
+    first = call("POST", url, payload, headers=keyed)
+    again = call("POST", url, payload, headers=keyed)
+    assert first.status == again.status == 201 and again.body == first.body
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.headers["location"] == first.headers["location"]
+    assert call("POST", url, {"request": "Something else"}, headers=keyed).status == 422
+    assert len(call("GET", url, headers=BEARER).body["change_requests"]) == 1
+
+
+def test_item_issues(systems: DemoSystems) -> None:
+    order_id = SAMPLE_ORDERS["delivered"]
+    url = order_url(systems, order_id, "/issues")
+
+    damaged = {"kind": "damaged", "description": "Two keycaps snapped off in the box."}
+    created = call("POST", url, damaged, headers=BEARER)
+    assert created.status == 201 and created.headers["idempotent-replayed"] == "false"
+    issue = created.body
+    assert re.fullmatch(r"ISS-\d{4,}", issue["issue_id"])
+    assert issue["order_id"] == order_id and issue["kind"] == "damaged"
+    assert issue["description"] == damaged["description"]
+    assert issue["resolution"] == "replacement" and issue["status"] == "open"
+    assert issue["return_label"] == f"https://returns.example.com/labels/{issue['issue_id']}"
+    assert created.headers["location"] == f"/issues/{issue['issue_id']}"
+    fetched = call("GET", f"{systems.orders_url}{created.headers['location']}", headers=BEARER)
+    assert fetched.status == 200 and fetched.body == issue
+    wrong = call("POST", url, {"kind": "wrong_item", "description": "   "}, headers=BEARER)
+    assert wrong.status == 201 and wrong.body["description"] is None
+    assert int(wrong.body["issue_id"][4:]) == int(issue["issue_id"][4:]) + 1
+    assert call("GET", url, headers=BEARER).body["issues"] == [issue, wrong.body]
+
+    for status in ("processing", "shipped", "cancelled"):
+        conflict = call(
+            "POST",
+            order_url(systems, SAMPLE_ORDERS[status], "/issues"),
+            {"kind": "damaged"},
+            headers=BEARER,
+        )
+        assert conflict.status == 409, status
+        assert SAMPLE_ORDERS[status] in conflict.body["error"]
+    not_yet = call(
+        "POST", order_url(systems, SAMPLE_ORDERS["shipped"], "/issues"), {"kind": "damaged"}, BEARER
+    )
+    assert not_yet.body["error"] == f"order {SAMPLE_ORDERS['shipped']} has not been delivered yet"
+
+    for bad in (
+        {"kind": "lost"},
+        {"description": "no kind"},
+        {"kind": "damaged", "description": "x" * 1001},
+        {"kind": "damaged", "description": 3},
+    ):
+        assert call("POST", url, bad, headers=BEARER).status == 422, bad
+    assert call("POST", url, headers=BEARER).status == 400
+    missing = call("POST", order_url(systems, "ORD-99999", "/issues"), {"kind": "damaged"}, BEARER)
+    assert missing.status == 404 and "ORD-99999" in missing.body["error"]
+    assert call("GET", f"{systems.orders_url}/issues/ISS-999999", headers=BEARER).status == 404
+    assert len(call("GET", url, headers=BEARER).body["issues"]) == 2
+
+
+def test_item_issue_idempotency_key(systems: DemoSystems) -> None:
+    url = order_url(systems, SAMPLE_ORDERS["delivered"], "/issues")
+    keyed = {**BEARER, "Idempotency-Key": "issue-attempt-1"}
+    payload = {"kind": "wrong_item", "description": "Got a trackball instead"}
+    first = call("POST", url, payload, headers=keyed)
+    again = call("POST", url, payload, headers=keyed)
+    assert first.status == again.status == 201 and again.body == first.body
+    assert again.headers["idempotent-replayed"] == "true"
+    assert call("POST", url, {**payload, "kind": "damaged"}, headers=keyed).status == 422
+    assert len(call("GET", url, headers=BEARER).body["issues"]) == 1
+
+
+def test_the_quickstart_orders_adapter_drives_the_new_operations(systems: DemoSystems) -> None:
+    """Through a real gateway built from the example ToolAdapter: the order id fills the path,
+    the rest of the input is the body these endpoints validate, and the gateway's own
+    idempotency key reaches them."""
+    manifest = REPO_ROOT / "examples" / "quickstart" / "20-tooladapter-orders.yaml"
+    doc = yaml.safe_load(manifest.read_text())
+    config = gateway_config(
+        Parent("ToolAdapter", doc["metadata"]["name"], "default"),
+        validate_spec(ToolAdapterSpec, doc["spec"]),
+    ).model_copy(update={"base_url": systems.orders_url})
+    gateways = start_gateways([LocalGateway(config=config, credentials={"token": TOKEN})])
+    try:
+        ops = f"{gateways.urls['orders']}/v1/ops"
+        processing, delivered = SAMPLE_ORDERS["processing"], SAMPLE_ORDERS["delivered"]
+
+        change = call(
+            "POST",
+            f"{ops}/request_order_change",
+            {"order_id": processing, "request": "Size 44, please"},
+        )
+        assert change.status == 200 and change.body["status"] == 201
+        assert change.body["result"]["request"] == "Size 44, please"
+        cancelled = call(
+            "POST", f"{ops}/cancel_order", {"order_id": processing, "reason": "Too late"}
+        )
+        assert cancelled.status == 200 and cancelled.body["result"]["status"] == "cancelled"
+        # A retry of the same call under the gateway's key is answered, not refused.
+        key = {"Idempotency-Key": cancelled.body["idempotency_key"]}
+        retried = call(
+            "POST", f"{ops}/cancel_order", {"order_id": processing, "reason": "Too late"}, key
+        )
+        assert retried.body["result"] == cancelled.body["result"]
+        again = call("POST", f"{ops}/cancel_order", {"order_id": processing})
+        assert again.status == 409 and "already cancelled" in again.body["result"]["error"]
+        issue = call(
+            "POST", f"{ops}/report_item_issue", {"order_id": delivered, "kind": "wrong_item"}
+        )
+        assert issue.status == 200 and issue.body["result"]["resolution"] == "replacement"
+
+        # The input schemas refuse what the endpoints would refuse, before any call.
+        for name, payload in (
+            ("cancel_order", {}),
+            ("request_order_change", {"order_id": processing, "request": "ab"}),
+            ("report_item_issue", {"order_id": delivered, "kind": "lost"}),
+            ("report_item_issue", {"order_id": delivered}),
+        ):
+            assert call("POST", f"{ops}/{name}", payload).status == 400, (name, payload)
+        assert len(systems.store.list_issues(delivered)) == 1
+    finally:
+        gateways.stop()
+
+
 # --- ticketing ---------------------------------------------------------------------------
 
 
@@ -323,6 +598,10 @@ def test_orders_require_the_bearer_token(systems: DemoSystems) -> None:
     assert refund.status == 401
     listed = call("GET", order_url(systems, SAMPLE_ORDERS["shipped"], "/refunds"), headers=BEARER)
     assert listed.body["refunds"] == []
+    processing = SAMPLE_ORDERS["processing"]
+    assert call("POST", order_url(systems, processing, "/cancellation")).status == 401
+    order = call("GET", order_url(systems, processing), headers=BEARER).body
+    assert order["status"] == "processing"
     assert call("GET", url, headers={"Authorization": f"bearer {TOKEN}"}).status == 200
     assert call("GET", f"{systems.orders_url}/healthz").body == {"status": "ok"}
 
@@ -456,6 +735,35 @@ def test_store_seeds_relative_to_the_seed_date(tmp_path: Path) -> None:
         )
     finally:
         store.close()
+
+
+def test_a_version_1_file_gains_the_new_tables(db_path: Path) -> None:
+    store = DemoStore(db_path)
+    store.create_refund(SAMPLE_ORDERS["delivered"], 5)
+    store.close()
+    # Back to how a file written before cancellations, change requests and issues looks.
+    with sqlite3.connect(db_path) as conn:
+        for table in ("cancellations", "change_requests", "issues"):
+            conn.execute(f"DROP TABLE {table}")
+        conn.execute("PRAGMA user_version=1")
+
+    store = DemoStore(db_path)
+    try:
+        assert len(store.list_refunds(SAMPLE_ORDERS["delivered"])) == 1
+        change, _ = store.create_change_request(SAMPLE_ORDERS["processing"], "Add a gift note")
+        issue, _ = store.create_issue(SAMPLE_ORDERS["delivered"], "damaged")
+        order, replayed = store.cancel_order(SAMPLE_ORDERS["processing"], idempotency_key="k")
+        assert (change["change_id"], issue["issue_id"]) == ("CHG-1001", "ISS-1001")
+        assert order["status"] == "cancelled" and not replayed
+        assert store.list_change_requests(SAMPLE_ORDERS["processing"]) == [change]
+        assert store.list_issues(SAMPLE_ORDERS["delivered"]) == [issue]
+    finally:
+        store.close()
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        # Migrated, not re-seeded.
+        assert conn.execute("SELECT COUNT(*) FROM orders").fetchone() == (10,)
+        assert conn.execute("SELECT COUNT(*) FROM tickets").fetchone() == (2,)
 
 
 def test_port_in_use_fails_cleanly(systems: DemoSystems, db_path: Path) -> None:

@@ -56,6 +56,19 @@ class RefundRequest(_Body):
     """Omitted: the whole refundable balance."""
 
 
+class CancellationRequest(_Body):
+    reason: StrictStr | None = Field(default=None, max_length=500)
+
+
+class ChangeRequest(_Body):
+    request: StrictStr = Field(min_length=3, max_length=1000)
+
+
+class IssueReport(_Body):
+    kind: Literal["damaged", "wrong_item"]
+    description: StrictStr | None = Field(default=None, max_length=1000)
+
+
 class TicketRequest(_Body):
     # Extra fields (the handoff's context, say) are kept as the ticket's metadata.
     model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
@@ -126,6 +139,11 @@ def _idempotency_key(request: Request) -> str | None:
 def _created(body: JSONObject, replayed: bool, location: str) -> JSONResponse:
     headers = {"Location": location, REPLAYED_HEADER: "true" if replayed else "false"}
     return JSONResponse(body, status_code=201, headers=headers)
+
+
+def _changed(body: JSONObject, replayed: bool) -> JSONResponse:
+    """200 for a keyed write that changes an existing resource rather than creating one."""
+    return JSONResponse(body, headers={REPLAYED_HEADER: "true" if replayed else "false"})
 
 
 async def _on_demo_error(request: Request, exc: Exception) -> Response:
@@ -243,7 +261,9 @@ def build_orders_app(
     store: DemoStore, *, token: str, faults: FaultInjector | None = None
 ) -> Starlette:
     """Orders API: `GET /orders/{id}`, `PATCH /orders/{id}/shipping-address`,
-    `POST|GET /orders/{id}/refunds`, `GET /refunds/{id}`; `Authorization: Bearer <token>`."""
+    `POST|GET /orders/{id}/refunds`, `GET /refunds/{id}`, `POST /orders/{id}/cancellation`,
+    `POST|GET /orders/{id}/change-requests`, `GET /change-requests/{id}`,
+    `POST|GET /orders/{id}/issues`, `GET /issues/{id}`; `Authorization: Bearer <token>`."""
     if not token:
         raise ValueError("the orders token must not be empty")
 
@@ -267,12 +287,54 @@ def build_orders_app(
     async def get_refund(request: Request) -> Response:
         return JSONResponse(store.get_refund(request.path_params["refund_id"]))
 
+    async def cancel(request: Request) -> Response:
+        key = _idempotency_key(request)
+        ask = _validate(CancellationRequest, await _json_object(request, allow_empty=True))
+        order, replayed = store.cancel_order(request.path_params["order_id"], ask.reason, key)
+        return _changed(order, replayed)
+
+    async def request_change(request: Request) -> Response:
+        key = _idempotency_key(request)
+        ask = _validate(ChangeRequest, await _json_object(request))
+        created, replayed = store.create_change_request(
+            request.path_params["order_id"], ask.request, key
+        )
+        return _created(created, replayed, f"/change-requests/{created['change_id']}")
+
+    async def list_change_requests(request: Request) -> Response:
+        changes = store.list_change_requests(request.path_params["order_id"])
+        return JSONResponse({"change_requests": changes})
+
+    async def get_change_request(request: Request) -> Response:
+        return JSONResponse(store.get_change_request(request.path_params["change_id"]))
+
+    async def report_issue(request: Request) -> Response:
+        key = _idempotency_key(request)
+        ask = _validate(IssueReport, await _json_object(request))
+        created, replayed = store.create_issue(
+            request.path_params["order_id"], ask.kind, ask.description, key
+        )
+        return _created(created, replayed, f"/issues/{created['issue_id']}")
+
+    async def list_issues(request: Request) -> Response:
+        return JSONResponse({"issues": store.list_issues(request.path_params["order_id"])})
+
+    async def get_issue(request: Request) -> Response:
+        return JSONResponse(store.get_issue(request.path_params["issue_id"]))
+
     routes = [
         Route("/orders/{order_id}", get_order, methods=["GET"]),
         Route("/orders/{order_id}/shipping-address", change_address, methods=["PATCH"]),
         Route("/orders/{order_id}/refunds", refund, methods=["POST"]),
         Route("/orders/{order_id}/refunds", list_refunds, methods=["GET"]),
         Route("/refunds/{refund_id}", get_refund, methods=["GET"]),
+        Route("/orders/{order_id}/cancellation", cancel, methods=["POST"]),
+        Route("/orders/{order_id}/change-requests", request_change, methods=["POST"]),
+        Route("/orders/{order_id}/change-requests", list_change_requests, methods=["GET"]),
+        Route("/change-requests/{change_id}", get_change_request, methods=["GET"]),
+        Route("/orders/{order_id}/issues", report_issue, methods=["POST"]),
+        Route("/orders/{order_id}/issues", list_issues, methods=["GET"]),
+        Route("/issues/{issue_id}", get_issue, methods=["GET"]),
     ]
     return _app(routes, faults or FaultInjector(), _bearer_check(token), 'Bearer realm="orders"')
 

@@ -1,4 +1,5 @@
-"""The demo business systems' data: orders, refunds and tickets in one SQLite file.
+"""The demo business systems' data: orders (with their refunds, cancellations, change requests
+and item issues) and tickets in one SQLite file.
 
 One connection guarded by a lock serves both apps (they run in separate threads); every write is
 a `BEGIN IMMEDIATE` transaction, so another process on the same file (WAL mode) stays consistent.
@@ -22,14 +23,19 @@ from typing import Any, Literal
 JSONObject = dict[str, Any]
 OrderStatus = Literal["processing", "shipped", "delivered", "cancelled"]
 Priority = Literal["low", "normal", "high"]
+IssueKind = Literal["damaged", "wrong_item"]
 
-SCHEMA_VERSION = 1
 # Public ids are a prefix plus the row's sequence number shifted by a base, so they look like a
 # real system's ids (TCK-1001, RFD-5001) while SQLite's AUTOINCREMENT hands out the numbers.
 TICKET_ID_BASE = 1000
 REFUND_ID_BASE = 5000
+CHANGE_ID_BASE = 1000
+ISSUE_ID_BASE = 1000
 _TICKET_ID = re.compile(r"^TCK-(\d{1,12})$")
 _REFUND_ID = re.compile(r"^RFD-(\d{1,12})$")
+_CHANGE_ID = re.compile(r"^CHG-(\d{1,12})$")
+_ISSUE_ID = re.compile(r"^ISS-(\d{1,12})$")
+RETURN_LABEL_URL = "https://returns.example.com/labels/{issue_id}"
 
 # Seeded orders by status, for sample requests and tests that need an order in a given state.
 SAMPLE_ORDERS: dict[OrderStatus, str] = {
@@ -39,7 +45,7 @@ SAMPLE_ORDERS: dict[OrderStatus, str] = {
     "cancelled": "ORD-10010",
 }
 
-_SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE orders (
     order_id TEXT PRIMARY KEY,
     customer_id TEXT NOT NULL,
@@ -77,6 +83,44 @@ CREATE TABLE tickets (
     updated_at TEXT NOT NULL
 );
 """
+
+# Only cancellations made through the API have a row: it holds the request's idempotency key.
+_SCHEMA_V2 = """
+CREATE TABLE cancellations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    order_id TEXT NOT NULL UNIQUE REFERENCES orders (order_id),
+    reason TEXT,
+    idempotency_key TEXT UNIQUE,
+    request_fingerprint TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE change_requests (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    order_id TEXT NOT NULL REFERENCES orders (order_id),
+    request TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'accepted', 'rejected')),
+    idempotency_key TEXT UNIQUE,
+    request_fingerprint TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX change_requests_by_order ON change_requests (order_id);
+CREATE TABLE issues (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    order_id TEXT NOT NULL REFERENCES orders (order_id),
+    kind TEXT NOT NULL CHECK (kind IN ('damaged', 'wrong_item')),
+    description TEXT,
+    resolution TEXT NOT NULL CHECK (resolution IN ('replacement')),
+    status TEXT NOT NULL CHECK (status IN ('open', 'resolved')),
+    idempotency_key TEXT UNIQUE,
+    request_fingerprint TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX issues_by_order ON issues (order_id);
+"""
+
+# Schema version N is reached by running _MIGRATIONS[N - 1]; a file at version 0 is also seeded.
+_MIGRATIONS = (_SCHEMA_V1, _SCHEMA_V2)
+SCHEMA_VERSION = len(_MIGRATIONS)
 
 
 class DemoError(Exception):
@@ -275,7 +319,8 @@ _SEED_TICKETS: tuple[tuple[str, str, Priority, str], ...] = (
 
 
 class DemoStore:
-    """Orders, refunds and tickets; created and seeded when the file is new."""
+    """Orders and what hangs off them, and tickets; created and seeded when the file is new,
+    migrated when it is older."""
 
     def __init__(self, path: str | Path, *, seed_date: date | None = None) -> None:
         self.path = Path(path)
@@ -316,11 +361,13 @@ class DemoStore:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version >= SCHEMA_VERSION:
                 return
-            # executescript would commit the open transaction; run the statements one by one.
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            self._seed(conn, seed_date)
+            for schema in _MIGRATIONS[version:]:
+                # executescript would commit the open transaction; run the statements one by one.
+                for statement in schema.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            if version == 0:
+                self._seed(conn, seed_date)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @staticmethod
@@ -370,6 +417,34 @@ class DemoStore:
                 " updated_at) VALUES (?, ?, ?, ?, '{}', ?, ?)",
                 (subject, body, priority, ticket_status, created, created),
             )
+
+    @staticmethod
+    def _earlier(
+        conn: sqlite3.Connection, table: str, key: str | None, fingerprint: str, what: str
+    ) -> sqlite3.Row | None:
+        """The row an earlier request under this idempotency key created, if any; a different
+        request under the same key is refused. `table` is always one of ours, never input."""
+        if key is None:
+            return None
+        earlier: sqlite3.Row | None = conn.execute(
+            f"SELECT * FROM {table} WHERE idempotency_key = ?", (key,)
+        ).fetchone()
+        if earlier is not None and earlier["request_fingerprint"] != fingerprint:
+            raise UnprocessableError(f"Idempotency-Key was already used for a different {what}")
+        return earlier
+
+    def _by_public_id(
+        self, table: str, pattern: re.Pattern[str], base: int, what: str, public_id: str
+    ) -> sqlite3.Row:
+        match = pattern.match(public_id.strip().upper())
+        with self._read() as conn:
+            row: sqlite3.Row | None = None
+            if match:
+                seq = int(match.group(1)) - base
+                row = conn.execute(f"SELECT * FROM {table} WHERE seq = ?", (seq,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"{what} {public_id} not found")
+            return row
 
     # --- orders ---------------------------------------------------------------------------
 
@@ -460,16 +535,9 @@ class DemoStore:
             oid = row["order_id"]
             requested = None if amount is None else _cents(amount)
             fingerprint = _fingerprint({"order_id": oid, "amount_cents": requested})
-            if idempotency_key is not None:
-                earlier: sqlite3.Row | None = conn.execute(
-                    "SELECT * FROM refunds WHERE idempotency_key = ?", (idempotency_key,)
-                ).fetchone()
-                if earlier is not None:
-                    if earlier["request_fingerprint"] != fingerprint:
-                        raise UnprocessableError(
-                            "Idempotency-Key was already used for a different refund request"
-                        )
-                    return self._refund_json(earlier), True
+            earlier = self._earlier(conn, "refunds", idempotency_key, fingerprint, "refund request")
+            if earlier is not None:
+                return self._refund_json(earlier), True
             total = int(row["total_cents"])
             remaining = total - self._refunded_cents(conn, oid)
             if requested is None:
@@ -504,15 +572,173 @@ class DemoStore:
             return [self._refund_json(r) for r in rows]
 
     def get_refund(self, refund_id: str) -> JSONObject:
-        match = _REFUND_ID.match(refund_id.strip().upper())
+        row = self._by_public_id("refunds", _REFUND_ID, REFUND_ID_BASE, "refund", refund_id)
+        return self._refund_json(row)
+
+    # --- cancellations, change requests, item issues ---------------------------------------
+
+    @staticmethod
+    def _past_processing(row: sqlite3.Row) -> str:
+        """The start of a refusal for an order past `processing`: "order X has already shipped"."""
+        oid, status = row["order_id"], row["status"]
+        if status == "shipped":
+            return f"order {oid} has already shipped"
+        if status == "delivered":
+            return f"order {oid} has already been delivered"
+        return f"order {oid} is cancelled"
+
+    def cancel_order(
+        self, order_id: str, reason: str | None = None, idempotency_key: str | None = None
+    ) -> tuple[JSONObject, bool]:
+        """Cancels a `processing` order and refunds what is left of its total (as the seeded
+        cancelled order was); returns the order and whether it is a replay (see
+        `create_refund`)."""
+        reason = reason or None  # "" (a blank reason, stripped) is no reason
+        with self._write() as conn:
+            row = self._order_row(conn, order_id)
+            oid = row["order_id"]
+            fingerprint = _fingerprint({"order_id": oid, "reason": reason})
+            # Before the state checks: a retried cancellation finds the order cancelled.
+            earlier = self._earlier(
+                conn, "cancellations", idempotency_key, fingerprint, "cancellation"
+            )
+            if earlier is not None:
+                return self._order_json(conn, row), True
+            if row["status"] == "shipped":
+                raise ConflictError(
+                    f"{self._past_processing(row)}; it can be returned after delivery"
+                )
+            if row["status"] == "delivered":
+                raise ConflictError(
+                    f"{self._past_processing(row)}; it can no longer be cancelled, only returned"
+                )
+            if row["status"] == "cancelled":
+                raise ConflictError(f"order {oid} is already cancelled")
+            now = _now()
+            conn.execute(
+                "UPDATE orders SET status = 'cancelled', eta = NULL, updated_at = ?"
+                " WHERE order_id = ?",
+                (now, oid),
+            )
+            conn.execute(
+                "INSERT INTO cancellations (order_id, reason, idempotency_key,"
+                " request_fingerprint, created_at) VALUES (?, ?, ?, ?, ?)",
+                (oid, reason, idempotency_key, fingerprint, now),
+            )
+            remaining = int(row["total_cents"]) - self._refunded_cents(conn, oid)
+            if remaining > 0:
+                conn.execute(
+                    "INSERT INTO refunds (order_id, amount_cents, status, created_at)"
+                    " VALUES (?, ?, 'pending', ?)",
+                    (oid, remaining, now),
+                )
+            return self._order_json(conn, self._order_row(conn, oid)), False
+
+    @staticmethod
+    def _change_json(row: sqlite3.Row) -> JSONObject:
+        return {
+            "change_id": f"CHG-{CHANGE_ID_BASE + row['seq']}",
+            "order_id": row["order_id"],
+            "request": row["request"],
+            "status": row["status"],
+            "created_at": row["created_at"],
+        }
+
+    def create_change_request(
+        self, order_id: str, request: str, idempotency_key: str | None = None
+    ) -> tuple[JSONObject, bool]:
+        """Records a `pending` change request for a `processing` order; returns it and whether
+        it is a replay (see `create_refund`)."""
+        with self._write() as conn:
+            row = self._order_row(conn, order_id)
+            oid = row["order_id"]
+            fingerprint = _fingerprint({"order_id": oid, "request": request})
+            earlier = self._earlier(
+                conn, "change_requests", idempotency_key, fingerprint, "change request"
+            )
+            if earlier is not None:
+                return self._change_json(earlier), True
+            if row["status"] != "processing":
+                raise ConflictError(f"{self._past_processing(row)}; it can no longer be changed")
+            cursor = conn.execute(
+                "INSERT INTO change_requests (order_id, request, status, idempotency_key,"
+                " request_fingerprint, created_at) VALUES (?, ?, 'pending', ?, ?, ?)",
+                (oid, request, idempotency_key, fingerprint, _now()),
+            )
+            created = conn.execute(
+                "SELECT * FROM change_requests WHERE seq = ?", (cursor.lastrowid,)
+            ).fetchone()
+            return self._change_json(created), False
+
+    def list_change_requests(self, order_id: str) -> list[JSONObject]:
         with self._read() as conn:
-            row = None
-            if match:
-                seq = int(match.group(1)) - REFUND_ID_BASE
-                row = conn.execute("SELECT * FROM refunds WHERE seq = ?", (seq,)).fetchone()
-            if row is None:
-                raise NotFoundError(f"refund {refund_id} not found")
-            return self._refund_json(row)
+            oid = self._order_row(conn, order_id)["order_id"]
+            rows = conn.execute(
+                "SELECT * FROM change_requests WHERE order_id = ? ORDER BY seq", (oid,)
+            )
+            return [self._change_json(r) for r in rows]
+
+    def get_change_request(self, change_id: str) -> JSONObject:
+        row = self._by_public_id(
+            "change_requests", _CHANGE_ID, CHANGE_ID_BASE, "change request", change_id
+        )
+        return self._change_json(row)
+
+    @staticmethod
+    def _issue_json(row: sqlite3.Row) -> JSONObject:
+        issue_id = f"ISS-{ISSUE_ID_BASE + row['seq']}"
+        return {
+            "issue_id": issue_id,
+            "order_id": row["order_id"],
+            "kind": row["kind"],
+            "description": row["description"],
+            "resolution": row["resolution"],
+            "return_label": RETURN_LABEL_URL.format(issue_id=issue_id),
+            "status": row["status"],
+            "created_at": row["created_at"],
+        }
+
+    def create_issue(
+        self,
+        order_id: str,
+        kind: IssueKind,
+        description: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[JSONObject, bool]:
+        """Opens a damaged or wrong item case on a `delivered` order, resolved by a replacement
+        against a return label; returns it and whether it is a replay (see `create_refund`)."""
+        description = description or None
+        with self._write() as conn:
+            row = self._order_row(conn, order_id)
+            oid = row["order_id"]
+            fingerprint = _fingerprint({"order_id": oid, "kind": kind, "description": description})
+            earlier = self._earlier(conn, "issues", idempotency_key, fingerprint, "issue report")
+            if earlier is not None:
+                return self._issue_json(earlier), True
+            if row["status"] == "cancelled":
+                raise ConflictError(f"order {oid} is cancelled; it was never delivered")
+            if row["status"] != "delivered":
+                raise ConflictError(f"order {oid} has not been delivered yet")
+            cursor = conn.execute(
+                "INSERT INTO issues (order_id, kind, description, resolution, status,"
+                " idempotency_key, request_fingerprint, created_at)"
+                " VALUES (?, ?, ?, 'replacement', 'open', ?, ?, ?)",
+                (oid, kind, description, idempotency_key, fingerprint, _now()),
+            )
+            created = conn.execute(
+                "SELECT * FROM issues WHERE seq = ?", (cursor.lastrowid,)
+            ).fetchone()
+            return self._issue_json(created), False
+
+    def list_issues(self, order_id: str) -> list[JSONObject]:
+        with self._read() as conn:
+            oid = self._order_row(conn, order_id)["order_id"]
+            rows = conn.execute("SELECT * FROM issues WHERE order_id = ? ORDER BY seq", (oid,))
+            return [self._issue_json(r) for r in rows]
+
+    def get_issue(self, issue_id: str) -> JSONObject:
+        row = self._by_public_id("issues", _ISSUE_ID, ISSUE_ID_BASE, "issue", issue_id)
+        return self._issue_json(row)
 
     # --- tickets --------------------------------------------------------------------------
 
@@ -543,16 +769,9 @@ class DemoStore:
             {"subject": subject, "body": body, "priority": priority, "metadata": metadata}
         )
         with self._write() as conn:
-            if idempotency_key is not None:
-                earlier: sqlite3.Row | None = conn.execute(
-                    "SELECT * FROM tickets WHERE idempotency_key = ?", (idempotency_key,)
-                ).fetchone()
-                if earlier is not None:
-                    if earlier["request_fingerprint"] != fingerprint:
-                        raise UnprocessableError(
-                            "Idempotency-Key was already used for a different ticket"
-                        )
-                    return self._ticket_json(earlier), True
+            earlier = self._earlier(conn, "tickets", idempotency_key, fingerprint, "ticket")
+            if earlier is not None:
+                return self._ticket_json(earlier), True
             now = _now()
             cursor = conn.execute(
                 "INSERT INTO tickets (subject, body, priority, status, metadata, idempotency_key,"
@@ -575,15 +794,8 @@ class DemoStore:
             return self._ticket_json(created), False
 
     def get_ticket(self, ticket_id: str) -> JSONObject:
-        match = _TICKET_ID.match(ticket_id.strip().upper())
-        with self._read() as conn:
-            row = None
-            if match:
-                seq = int(match.group(1)) - TICKET_ID_BASE
-                row = conn.execute("SELECT * FROM tickets WHERE seq = ?", (seq,)).fetchone()
-            if row is None:
-                raise NotFoundError(f"ticket {ticket_id} not found")
-            return self._ticket_json(row)
+        row = self._by_public_id("tickets", _TICKET_ID, TICKET_ID_BASE, "ticket", ticket_id)
+        return self._ticket_json(row)
 
     def list_tickets(self, limit: int = 20) -> list[JSONObject]:
         """Newest first."""
