@@ -173,6 +173,68 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kb_calibrate(args: argparse.Namespace) -> int:
+    """The relevance threshold for an agent's knowledge base, from labelled questions."""
+    import tempfile
+
+    from .localrun import agent_knowledge_base
+    from .render import RenderError
+
+    try:
+        from switchboard.serving.retriever import KnowledgeBase, calibrate_relevance
+        from switchboard.serving.workflow.grounding import load_questions
+    except ImportError as exc:
+        print(f"switchboard kb needs the serving extra ({exc})", file=sys.stderr)
+        return 2
+    try:
+        questions = load_questions(args.questions)
+    except (OSError, ValueError) as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="switchboard-kb-") as scratch:
+        if args.kb:
+            path = Path(args.kb)
+        else:
+            try:
+                path = agent_knowledge_base(load_manifests(args.file), args.agent, Path(scratch))
+            except RenderError as exc:
+                print(f"switchboard: {exc}", file=sys.stderr)
+                return 1
+        result = calibrate_relevance(KnowledgeBase.load(path, top_k=1), questions)
+    report = result.as_dict()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    low, high = report["best_range"]
+    print(
+        f"minRelevance: {result.min_relevance}  (every value in ({low}, {high}] does as well)\n"
+        f"right: {result.correct}/{result.total} ({report['accuracy']:.1%}); "
+        f"answered from the wrong document: {result.wrong_answers}; "
+        f"answerable but declined: {result.missed}\n"
+        "Set it as spec.knowledgeBase.minRelevance of the SupportAgent."
+    )
+    return 0
+
+
+def cmd_eval_conversations(args: argparse.Namespace) -> int:
+    """Scripted conversations against a running agent; exit 1 when any fails."""
+    from switchboard.serving import conversations
+    from switchboard.serving.chat import send
+
+    try:
+        suite = conversations.load_suite(args.suite)
+    except conversations.SuiteError as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 2
+    faults = conversations.FaultControl(dict(p.split("=", 1) for p in args.fault_url))
+    results = conversations.run_suite(
+        suite, lambda session, message: send(args.url, session, message), faults
+    )
+    summary = conversations.summarize(results)
+    print(json.dumps(summary, indent=2) if args.json else conversations.format_summary(summary))
+    return 0 if not summary["failures"] else 1
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from switchboard.serving.chat import chat
 
@@ -244,6 +306,33 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("url", help="the agent's base URL, e.g. http://127.0.0.1:8000")
     chat.add_argument("--session", help="session id (default: a new one)")
     chat.set_defaults(func=cmd_chat)
+
+    evaluate = sub.add_parser(
+        "eval-conversations", help="run scripted conversations against a running agent"
+    )
+    evaluate.add_argument("url", help="the agent's base URL, e.g. http://127.0.0.1:8000")
+    evaluate.add_argument(
+        "--suite", action="append", required=True, help="YAML file or folder of conversations"
+    )
+    evaluate.add_argument(
+        "--fault-url", action="append", default=[], metavar="SYSTEM=URL",
+        help="fault control of a business system (the demo systems'), for tool-failure turns",
+    )  # fmt: skip
+    evaluate.add_argument("--json", action="store_true", help="print the summary as JSON")
+    evaluate.set_defaults(func=cmd_eval_conversations)
+
+    kb = sub.add_parser("kb", help="knowledge-base tools")
+    kb_sub = kb.add_subparsers(dest="kb_command", required=True)
+    calibrate = kb_sub.add_parser(
+        "calibrate", help="choose knowledgeBase.minRelevance from labelled questions"
+    )
+    source = calibrate.add_mutually_exclusive_group(required=True)
+    source.add_argument("-f", "--file", action="append", help="manifests with the agent's KB")
+    source.add_argument("--kb", help="a directory of knowledge-base documents")
+    calibrate.add_argument("--agent", help="which SupportAgent of the manifests")
+    calibrate.add_argument("--questions", required=True, help="YAML: questions: [{text, document}]")
+    calibrate.add_argument("--json", action="store_true", help="print the result as JSON")
+    calibrate.set_defaults(func=cmd_kb_calibrate)
 
     nlu = sub.add_parser(
         "nlu",

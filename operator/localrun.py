@@ -169,20 +169,42 @@ def _localize(
         update["llm"] = app.llm.model_copy(
             update={"model_path": str(Path(llm_path).resolve()), "device": "cpu"}
         )
-    kb = spec.knowledge_base
-    if kb and app.knowledge_base:
-        if not kb.config_map:
-            raise RenderError(f"SupportAgent {name}: only ConfigMap knowledge bases run locally")
-        documents = config_maps.get(kb.config_map.name)
-        if documents is None:
-            raise RenderError(
-                f"SupportAgent {name}: ConfigMap {kb.config_map.name} is not among the manifests"
-            )
-        root = Path(overrides.knowledge_dir or ".switchboard/knowledge") / name
-        root.mkdir(parents=True, exist_ok=True)
-        for key, text in documents.items():
-            (root / key).write_text(text, encoding="utf-8")
+    if spec.knowledge_base and app.knowledge_base:
+        root = write_knowledge_base(
+            name, spec, config_maps, Path(overrides.knowledge_dir or ".switchboard/knowledge")
+        )
         update["knowledge_base"] = app.knowledge_base.model_copy(
             update={"path": str(root.resolve())}
         )
     return app.model_copy(update=update)
+
+
+def write_knowledge_base(
+    name: str, spec: SupportAgentSpec, config_maps: Mapping[str, Mapping[str, str]], under: Path
+) -> Path:
+    """The agent's ConfigMap knowledge base from the manifests, as files in `under/<name>`."""
+    kb = spec.knowledge_base
+    if kb is None or kb.config_map is None:
+        raise RenderError(f"SupportAgent {name}: only ConfigMap knowledge bases run locally")
+    documents = config_maps.get(kb.config_map.name)
+    if documents is None:
+        raise RenderError(
+            f"SupportAgent {name}: ConfigMap {kb.config_map.name} is not among the manifests"
+        )
+    root = under / name
+    root.mkdir(parents=True, exist_ok=True)
+    for key, text in documents.items():
+        (root / key).write_text(text, encoding="utf-8")
+    return root
+
+
+def agent_knowledge_base(documents: list[dict[str, Any]], agent: str | None, under: Path) -> Path:
+    """`write_knowledge_base` for the agent named `agent` (or the only agent) in `documents`."""
+    agents = _ours(documents, "SupportAgent")
+    chosen = [a for a in agents if agent in (None, a["metadata"]["name"])]
+    if len(chosen) != 1:
+        names = ", ".join(a["metadata"]["name"] for a in agents) or "none"
+        raise RenderError(f"name one SupportAgent with --agent (found: {names})")
+    name = chosen[0]["metadata"]["name"]
+    spec = _validated(SupportAgentSpec, chosen[0])
+    return write_knowledge_base(name, spec, _config_maps(documents), under)

@@ -150,6 +150,21 @@ class _ServeMetrics:
             description="Tool calls made by the agent, by outcome (success, failure, started).",
             tag_keys=("outcome",),
         )
+        self.retrieval_scores = serve.metrics.Histogram(
+            "agent_retrieval_top_score",
+            description="Relevance of the best knowledge-base passage per lookup.",
+            boundaries=[0.1, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9],
+        )
+        self.knowledge_answers = serve.metrics.Counter(
+            "agent_knowledge_answers_total",
+            description="Knowledge-base lookups by outcome: grounded, or no_answer (nothing "
+            "passed the relevance threshold).",
+            tag_keys=("outcome",),
+        )
+        self.resolutions = serve.metrics.Counter(
+            "agent_conversations_resolved_total",
+            description="Conversations the customer closed (thanks, goodbye) without a handoff.",
+        )
 
     def turn(self, status: str, intent: str, seconds: float) -> None:
         self.requests.inc(tags={"status": status, "intent": intent})
@@ -163,6 +178,13 @@ class _ServeMetrics:
 
     def tool_call(self, outcome: str) -> None:
         self.tool_calls.inc(tags={"outcome": outcome})
+
+    def retrieval(self, top_score: float, grounded: bool) -> None:
+        self.retrieval_scores.observe(top_score)
+        self.knowledge_answers.inc(tags={"outcome": "grounded" if grounded else "no_answer"})
+
+    def resolved(self) -> None:
+        self.resolutions.inc()
 
 
 class _RayTaskRunner:

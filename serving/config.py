@@ -25,6 +25,11 @@ ROUTER_DEPLOYMENT = "Router"
 # `@serve.batch` size of the NLU deployment; the operator gives it room for two batches in flight.
 NLU_MAX_BATCH_SIZE = 32
 
+# The label an NLU model gives messages outside every intent; never a plan's intent.
+OOS_INTENT = "oos"
+# The NLU artifact's manifest file: it names the model's labels (`labels`).
+NLU_MANIFEST = "manifest.json"
+
 # The header by which Istio (or the router itself) pins a request to one model revision.
 REVISION_HEADER = "x-switchboard-revision"
 SERVE_HTTP_PORT = 8000
@@ -66,11 +71,18 @@ class LlmConfig(Contract):
     revision: str
 
 
+# Cosine similarity (MiniLM) under which a passage is not an answer; `switchboard kb calibrate`
+# measures the right value for an agent's own documents and questions (docs/conversations.md).
+DEFAULT_MIN_RELEVANCE = 0.45
+
+
 class KnowledgeBaseConfig(Contract):
     path: str
     """Directory of knowledge-base documents inside the Ray pods."""
     top_k: int = Field(default=3, ge=1)
     """Passages retrieved per question."""
+    min_relevance: float = Field(default=DEFAULT_MIN_RELEVANCE, ge=0, le=1)
+    """Passages scoring below this are never cited nor given to the LLM."""
 
 
 class ToolOperationConfig(Contract):
@@ -96,6 +108,28 @@ class PolicyConfig(Contract):
     max_tool_calls_per_turn: int = Field(default=3, ge=0)
     handoff_adapter: str | None = None
     """ToolAdapter (a ticketing system) that receives human handoffs."""
+    rephrase_attempts: int = Field(default=1, ge=0)
+    """Times an unclear message is answered with a request to rephrase before a handoff."""
+
+
+class FallbackConfig(Contract):
+    """What the agent does for an intent it has no plan for."""
+
+    action: Literal["knowledge_base", "reply", "clarify", "handoff"] = "knowledge_base"
+    """`knowledge_base`: a grounded answer or an honest "no answer" with the next step;
+    `reply`: the fixed `reply`; `clarify`: ask the customer to say more (then, as for unclear
+    messages, hand off); `handoff`: a human."""
+    reply: str | None = None
+    """The text for `reply`, or the question for `clarify` (a default otherwise)."""
+
+
+class SmallTalkConfig(Contract):
+    """Greetings, thanks and goodbyes, answered without the model or a human."""
+
+    enabled: bool = True
+    greeting: str = "Hello! How can I help you today?"
+    thanks: str = "You're welcome! Is there anything else I can help with?"
+    goodbye: str = "Thanks for contacting us. Goodbye!"
 
 
 class SessionConfig(Contract):
@@ -118,6 +152,8 @@ class AgentAppConfig(Contract):
     intents: list[IntentPlanConfig] = Field(default_factory=list)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     sessions: SessionConfig = Field(default_factory=SessionConfig)
+    fallback: FallbackConfig = Field(default_factory=FallbackConfig)
+    small_talk: SmallTalkConfig = Field(default_factory=SmallTalkConfig)
 
 
 class IntentPlanConfig(Contract):
@@ -128,6 +164,8 @@ class IntentPlanConfig(Contract):
     slot_prompts: dict[str, str] = Field(default_factory=dict)
     operation: str | None = None
     """`adapter.operation` to call once the required slots are filled."""
+    parameters: dict[str, str] = Field(default_factory=dict)
+    """Fixed inputs of the operation besides the slots (e.g. `kind: damaged`)."""
     answer_template: str | None = None
     """Python format string over `slots` and `result`, e.g. `Order {slots[order_id]} is
     {result[status]}.`"""

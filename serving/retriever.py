@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .workflow.grounding import Calibration, LabelledQuestion, Retrieved, calibrate, document_of
 from .workflow.orchestrator import Passage
 
 if TYPE_CHECKING:
@@ -336,3 +337,18 @@ class KnowledgeBaseRetriever:
 
     async def search(self, text: str, k: int) -> list[Passage]:
         return await self.kb.asearch(text, k)
+
+
+def calibrate_relevance(kb: KnowledgeBase, questions: Sequence[LabelledQuestion]) -> Calibration:
+    """The relevance threshold for `kb`, from labelled questions (see workflow.grounding)."""
+    results = []
+    for question in questions:
+        top = kb.search(question.text, 1)
+        results.append(
+            Retrieved(
+                question,
+                document_of(top[0].id) if top else None,
+                top[0].score if top else 0.0,
+            )
+        )
+    return calibrate(results)

@@ -646,6 +646,103 @@ def demo_nlu_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+class ServedAgent:
+    """An agent from manifests on a real embedded Ray Serve (2 CPUs, its own temp dir and
+    ports, `RAY_AUTH_MODE=disabled`), with local tool gateways in front of the demo orders and
+    ticketing systems (SQLite): the code path of `switchboard serve --demo-systems`."""
+
+    def __init__(self, run: Any, ray_dir: Path, metrics_port: int, demo: Any, plan: Any) -> None:
+        self.url: str = run.url
+        self.gateway_urls: dict[str, str] = run.gateway_urls
+        self.ray_dir = ray_dir
+        self.metrics_port = metrics_port
+        self.demo = demo
+        self.plan = plan
+
+    def raw(self, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"{self.url}/v1/chat", data=body, method="POST",
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def chat(self, session: str, message: str) -> dict[str, Any]:
+        status, body = self.raw(json.dumps({"session_id": session, "message": message}).encode())
+        assert status == 200, body
+        return body
+
+    def ticket(self, ticket_id: str) -> dict[str, Any]:
+        ticket: dict[str, Any] = self.demo.store.get_ticket(ticket_id)
+        return ticket
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for log in (self.ray_dir / "session_latest" / "logs").rglob("*.out"):
+            for line in log.read_text(errors="replace").splitlines():
+                if line.startswith('{"audit":'):
+                    lines.append(json.loads(line)["audit"])
+        return lines
+
+    def gateway_metrics(self, adapter: str) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.gateway_urls[adapter]}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+
+ServeManifests = Callable[[list[dict[str, Any]]], contextlib.AbstractContextManager[ServedAgent]]
+
+
+@pytest.fixture(scope="session")
+def serve_manifests(
+    demo_nlu_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> ServeManifests:
+    """`with serve_manifests(documents) as agent:` runs the documents' agent with the demo NLU
+    model and fresh demo systems; one at a time (one Ray per process)."""
+    from switchboard.operator.localrun import LocalOverrides, local_plan
+    from switchboard.serving import local
+    from switchboard.serving.demo import start_demo_systems
+
+    @contextlib.contextmanager
+    def serve(documents: list[dict[str, Any]]) -> Iterator[ServedAgent]:
+        state = tmp_path_factory.mktemp("served")
+        demo = start_demo_systems(state / "demo.sqlite", orders_port=0, ticketing_port=0)
+        overrides = LocalOverrides(
+            nlu_model=str(demo_nlu_model),
+            knowledge_dir=str(state / "knowledge"),
+            system_urls={"orders": demo.orders_url, "ticketing": demo.ticketing_url},
+        )
+        # Ray's socket paths must stay short (AF_UNIX limit), so not under pytest's tmp_path.
+        ray_dir = Path(tempfile.mkdtemp(prefix="sbray-", dir="/tmp"))
+        os.environ["RAY_metrics_report_interval_ms"] = "1000"  # noqa: SIM112 - Ray's name
+        metrics_port = free_port()
+        try:
+            plan = local_plan(documents, overrides)
+            run = local.serve_plan(
+                plan, host="127.0.0.1", port=free_port(), cpus=2, temp_dir=str(ray_dir),
+                metrics_port=metrics_port,
+            )  # fmt: skip
+        except BaseException:
+            demo.stop()
+            shutil.rmtree(ray_dir, ignore_errors=True)
+            raise
+        try:
+            yield ServedAgent(run, ray_dir, metrics_port, demo, plan)
+        finally:
+            run.stop()
+            demo.stop()
+            shutil.rmtree(ray_dir, ignore_errors=True)
+
+    return serve
+
+
 # --------------------------------------------------------------------------------------------
 # The operator against the envtest server: admin-side helpers and a runner under the shipped RBAC
 

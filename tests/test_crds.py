@@ -646,6 +646,24 @@ INVALID_CASES: list[tuple[str, str, dict[str, Any], str]] = [
         "spec.intents[0]: every required slot needs a prompt in slotPrompts",
     ),
     (
+        "plan-parameters-without-operation",
+        "SupportAgent",
+        {"intents": [{"intent": "x", "parameters": {"kind": "damaged"}}]},
+        "spec.intents[0]: parameters are inputs of an operation: set operation too",
+    ),
+    (
+        "fallback-reply-without-text",
+        "SupportAgent",
+        {"fallback": {"action": "reply"}},
+        "spec.fallback: action reply needs the reply text",
+    ),
+    (
+        "fallback-knowledge-base-without-one",
+        "SupportAgent",
+        {"fallback": {"action": "knowledgeBase"}},
+        "spec: fallback.action knowledgeBase needs spec.knowledgeBase",
+    ),
+    (
         "handoff-adapter-not-in-tools",
         "SupportAgent",
         {"policy": {"handoffAdapter": "helpdesk"}},

@@ -641,7 +641,11 @@ def test_sessions(sessions: dict[str, Any] | None) -> None:
             KNOWLEDGE_BASE_DIR,
         ),
         (
-            {"volume": {"claimName": "kb-docs", "path": "/support/en/"}, "topK": 7},
+            {
+                "volume": {"claimName": "kb-docs", "path": "/support/en/"},
+                "topK": 7,
+                "minRelevance": 0.52,
+            },
             {"persistentVolumeClaim": {"claimName": "kb-docs", "readOnly": True}},
             f"{KNOWLEDGE_BASE_DIR}/support/en",
         ),
@@ -668,7 +672,11 @@ def test_knowledge_base(
     if path is None:
         assert "knowledge_base" not in args
     else:
-        assert args["knowledge_base"] == {"path": path, "top_k": (kb or {}).get("topK", 3)}
+        assert args["knowledge_base"] == {
+            "path": path,
+            "top_k": (kb or {}).get("topK", 3),
+            "min_relevance": (kb or {}).get("minRelevance", contract.DEFAULT_MIN_RELEVANCE),
+        }
 
 
 def test_tools_and_policy_reach_the_agent_args() -> None:

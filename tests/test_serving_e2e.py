@@ -11,11 +11,7 @@ long-running operation.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import socket
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -24,32 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from switchboard.operator.localrun import LocalOverrides, local_plan
-from switchboard.serving import local
-from switchboard.serving.config import LocalPlan
-from switchboard.serving.demo import SAMPLE_ORDERS, DemoSystems, start_demo_systems
+from switchboard.operator.cli import load_manifests
+from switchboard.serving.demo import SAMPLE_ORDERS
 
-REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart"
 SHIPPED = SAMPLE_ORDERS["shipped"]
 PROCESSING = SAMPLE_ORDERS["processing"]
 DELIVERED = SAMPLE_ORDERS["delivered"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def manifests_for_test(redis_url: str) -> list[dict[str, Any]]:
-    docs = [
-        d
-        for path in sorted((REPO / "examples" / "quickstart").glob("*.yaml"))
-        for d in yaml.safe_load_all(path.read_text())
-        if d
-    ]
+def manifests_for_test(docs: list[dict[str, Any]], redis_url: str) -> list[dict[str, Any]]:
     for doc in docs:
         if doc.get("kind") == "ToolAdapter" and doc["metadata"]["name"] == "orders":
             spec = doc["spec"]
@@ -86,86 +67,17 @@ def manifests_for_test(redis_url: str) -> list[dict[str, Any]]:
     return docs
 
 
-class Agent:
-    def __init__(
-        self, run: local.LocalRun, ray_dir: Path, metrics_port: int, demo: DemoSystems,
-        plan: LocalPlan,
-    ) -> None:  # fmt: skip
-        self.url = run.url
-        self.gateway_urls = run.gateway_urls
-        self.ray_dir = ray_dir
-        self.metrics_port = metrics_port
-        self.demo = demo
-        self.plan = plan
-
-    def raw(self, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-        request = urllib.request.Request(
-            f"{self.url}/v1/chat", data=body, method="POST",
-            headers={"Content-Type": "application/json", **(headers or {})},
-        )  # fmt: skip
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
-
-    def chat(self, session: str, message: str) -> dict[str, Any]:
-        status, body = self.raw(json.dumps({"session_id": session, "message": message}).encode())
-        assert status == 200, body
-        return body
-
-    def ticket(self, ticket_id: str) -> dict[str, Any]:
-        return self.demo.store.get_ticket(ticket_id)
-
-    def audit_lines(self) -> list[dict[str, Any]]:
-        lines = []
-        for log in (self.ray_dir / "session_latest" / "logs").rglob("*.out"):
-            for line in log.read_text(errors="replace").splitlines():
-                if line.startswith('{"audit":'):
-                    lines.append(json.loads(line)["audit"])
-        return lines
-
-    def gateway_metrics(self, adapter: str) -> str:
-        with urllib.request.urlopen(f"{self.gateway_urls[adapter]}/metrics", timeout=5) as r:
-            return str(r.read().decode())
-
-
 @pytest.fixture(scope="module")
-def agent(
-    redis_server: Any, demo_nlu_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Agent]:
-    state = tmp_path_factory.mktemp("serving")
-    demo = start_demo_systems(state / "demo.sqlite", orders_port=0, ticketing_port=0)
-    overrides = LocalOverrides(
-        nlu_model=str(demo_nlu_model),
-        knowledge_dir=str(state / "knowledge"),
-        system_urls={"orders": demo.orders_url, "ticketing": demo.ticketing_url},
-    )
-    plan = local_plan(manifests_for_test(redis_server.url), overrides)
-    # Ray's socket paths must stay short (AF_UNIX limit), so not under pytest's tmp_path.
-    ray_dir = Path(tempfile.mkdtemp(prefix="sbray-", dir="/tmp"))
-    os.environ["RAY_metrics_report_interval_ms"] = "1000"  # noqa: SIM112 - Ray reads this name
-    metrics_port = free_port()
-    try:
-        run = local.serve_plan(
-            plan, host="127.0.0.1", port=free_port(), cpus=2, temp_dir=str(ray_dir),
-            metrics_port=metrics_port,
-        )  # fmt: skip
-    except BaseException:
-        demo.stop()
-        raise
-    try:
-        yield Agent(run, ray_dir, metrics_port, demo, plan)
-    finally:
-        run.stop()
-        demo.stop()
-        shutil.rmtree(ray_dir, ignore_errors=True)
+def agent(redis_server: Any, serve_manifests: Any) -> Iterator[Any]:
+    docs = manifests_for_test(load_manifests([str(QUICKSTART)]), redis_server.url)
+    with serve_manifests(docs) as served:
+        yield served
 
 
 # ------------------------------------------------------------------------------------------
 
 
-def test_order_status_calls_the_tool_and_answers_with_its_data(agent: Agent) -> None:
+def test_order_status_calls_the_tool_and_answers_with_its_data(agent: Any) -> None:
     before = agent.demo.orders_faults.snapshot()["requests_seen"]
     answer = agent.chat("happy-1", f"Where is my order {SHIPPED}?")
     assert answer["intent"] == "order_status"
@@ -178,7 +90,7 @@ def test_order_status_calls_the_tool_and_answers_with_its_data(agent: Agent) -> 
     assert agent.demo.orders_faults.snapshot()["requests_seen"] == before + 1
 
 
-def test_missing_slot_is_asked_for_and_the_next_turn_completes(agent: Agent) -> None:
+def test_missing_slot_is_asked_for_and_the_next_turn_completes(agent: Any) -> None:
     first = agent.chat("slots-1", "I need to change the delivery address of my order")
     assert first["intent"] == "update_shipping_address"
     assert first["actions"] == [] and "order" in first["reply"].lower()
@@ -190,7 +102,7 @@ def test_missing_slot_is_asked_for_and_the_next_turn_completes(agent: Agent) -> 
     assert "221B Baker Street" in third["reply"]
 
 
-def test_low_confidence_hands_off_with_a_ticket_holding_the_context(agent: Agent) -> None:
+def test_low_confidence_hands_off_with_a_ticket_holding_the_context(agent: Any) -> None:
     answer = agent.chat("lowconf-1", "the quantum flux capacitor in my garden hums at night")
     assert answer["handoff"]["reason"] == "low_confidence"
     ticket = agent.ticket(answer["handoff"]["ticket_id"])
@@ -200,7 +112,7 @@ def test_low_confidence_hands_off_with_a_ticket_holding_the_context(agent: Agent
     assert "intent" in context and "transcript" in context
 
 
-def test_approval_required_operation_hands_off_with_the_proposed_action(agent: Agent) -> None:
+def test_approval_required_operation_hands_off_with_the_proposed_action(agent: Any) -> None:
     answer = agent.chat("approval-1", f"I want a refund for order {DELIVERED}")
     assert answer["intent"] == "refund_request"
     assert answer["handoff"]["reason"] == "approval_required"
@@ -213,7 +125,7 @@ def test_approval_required_operation_hands_off_with_the_proposed_action(agent: A
     assert agent.demo.store.list_refunds(DELIVERED) == []
 
 
-def test_tool_5xx_is_retried_then_the_agent_falls_back_to_a_human(agent: Agent) -> None:
+def test_tool_5xx_is_retried_then_the_agent_falls_back_to_a_human(agent: Any) -> None:
     faults = agent.demo.orders_faults
     faults.configure(fail_next=2, status=503)
     try:
@@ -234,7 +146,7 @@ def test_tool_5xx_is_retried_then_the_agent_falls_back_to_a_human(agent: Agent) 
     time.sleep(2.2)  # let the breaker (2 failures) close again for the next tests
 
 
-def test_tool_timeout_is_retried_then_falls_back(agent: Agent) -> None:
+def test_tool_timeout_is_retried_then_falls_back(agent: Any) -> None:
     faults = agent.demo.orders_faults
     faults.configure(delay_seconds=2.0)
     try:
@@ -246,7 +158,7 @@ def test_tool_timeout_is_retried_then_falls_back(agent: Agent) -> None:
     time.sleep(2.2)
 
 
-def test_breaker_opens_after_its_threshold_and_recovers(agent: Agent) -> None:
+def test_breaker_opens_after_its_threshold_and_recovers(agent: Any) -> None:
     faults = agent.demo.orders_faults
     faults.configure(fail_next=100, status=503)
     try:
@@ -265,7 +177,7 @@ def test_breaker_opens_after_its_threshold_and_recovers(agent: Agent) -> None:
     assert healed["actions"][0]["status"] == "succeeded"
 
 
-def test_long_running_operation_reports_on_a_later_turn(agent: Agent) -> None:
+def test_long_running_operation_reports_on_a_later_turn(agent: Any) -> None:
     started = agent.chat("async-1", f"can you track the package for order {SHIPPED}")
     assert started["intent"] == "track_package"
     action = started["actions"][0]
@@ -286,7 +198,7 @@ def _orchestrator_replicas() -> list[str]:
     ]
 
 
-def test_redis_sessions_survive_an_orchestrator_replica_restart(agent: Agent) -> None:
+def test_redis_sessions_survive_an_orchestrator_replica_restart(agent: Any) -> None:
     import ray
     from ray import serve
 
@@ -311,7 +223,7 @@ def test_redis_sessions_survive_an_orchestrator_replica_restart(agent: Agent) ->
     assert "address" in second["reply"].lower(), second  # the pending plan survived
 
 
-def test_malformed_and_oversized_requests_get_json_4xx(agent: Agent) -> None:
+def test_malformed_and_oversized_requests_get_json_4xx(agent: Any) -> None:
     status, body = agent.raw(b"{not json")
     assert status == 400 and body["error"]["code"] == "malformed_json"
     status, body = agent.raw(json.dumps({"session_id": "x"}).encode())
@@ -323,7 +235,7 @@ def test_malformed_and_oversized_requests_get_json_4xx(agent: Agent) -> None:
     assert status == 422
 
 
-def test_audit_trail_is_one_redacted_line_per_turn(agent: Agent) -> None:
+def test_audit_trail_is_one_redacted_line_per_turn(agent: Any) -> None:
     email, card, phone = "jane.roe@example.org", "4111 1111 1111 1111", "+44 20 7946 0958"
     answer = agent.chat("pii-1", f"Where is my order {SHIPPED}? I'm {email}, {phone}, card {card}")
     deadline = time.monotonic() + 10
@@ -339,7 +251,7 @@ def test_audit_trail_is_one_redacted_line_per_turn(agent: Agent) -> None:
         assert secret not in text
 
 
-def test_seed_metrics_are_exported(agent: Agent) -> None:
+def test_seed_metrics_are_exported(agent: Any) -> None:
     wanted = (
         "ray_agent_request_total",
         "ray_agent_response_latency_seconds_bucket",
@@ -366,7 +278,7 @@ def test_seed_metrics_are_exported(agent: Agent) -> None:
 
 
 def test_every_data_plane_metric_the_chart_queries_is_served(
-    agent: Agent, helm_template: Any
+    agent: Any, helm_template: Any
 ) -> None:
     """The alerts' and dashboard's `ray_*` and gateway series, as this real Ray Serve and
     gateway serve them (tests/test_monitoring.py checks the names against the code)."""

@@ -6,6 +6,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from switchboard.serving.config import DEFAULT_MIN_RELEVANCE, SmallTalkConfig
+
 from .base import (
     ApiModel,
     BaseStatus,
@@ -191,6 +193,10 @@ class KnowledgeBaseSpec(ApiModel):
     """Documents from a PersistentVolumeClaim."""
     top_k: int = Field(default=3, ge=1, le=50)
     """Passages retrieved per question."""
+    min_relevance: float = Field(default=DEFAULT_MIN_RELEVANCE, ge=0, le=1)
+    """Cosine similarity a passage needs to ground an answer; below it the agent says it has
+    no answer rather than cite something else. Measure it on your own documents and questions
+    with `switchboard kb calibrate`."""
 
 
 class ToolGrant(ApiModel):
@@ -214,6 +220,10 @@ class IntentPlan(ApiModel):
             rule="self.requiredSlots.all(s, s in self.slotPrompts)",
             message="every required slot needs a prompt in slotPrompts",
         ),
+        CelRule(
+            rule="size(self.parameters) == 0 || has(self.operation)",
+            message="parameters are inputs of an operation: set operation too",
+        ),
     )
 
     intent: str = Field(min_length=1, max_length=100)
@@ -225,6 +235,9 @@ class IntentPlan(ApiModel):
     """Question asked for each missing slot, e.g. `order_id: What is your order number?`."""
     operation: str | None = Field(default=None, pattern=r"^[a-z0-9-]+\.[a-z][a-z0-9_]*$")
     """`adapter.operation` to call once the slots are filled; it must be granted in `tools`."""
+    parameters: dict[str, str] = Field(default_factory=dict, max_length=20)
+    """Fixed inputs of the operation besides the slots, e.g. `kind: damaged` for an item-issue
+    operation shared by two intents."""
     answer_template: str | None = Field(default=None, max_length=2000)
     """Reply, with `{slots[name]}` and `{result[field]}` filled in; without one the LLM (or
     a generic template) phrases the answer."""
@@ -249,6 +262,47 @@ class PolicySpec(ApiModel):
     handoff_adapter: ObjectName | None = None
     """ToolAdapter (a ticketing system) that receives handoff tickets; it must be listed in
     `tools`."""
+    rephrase_attempts: int = Field(default=1, ge=0, le=5)
+    """Unclear (out-of-scope or low-confidence) messages in a row that the agent answers by
+    asking to rephrase before it hands off; a customer asking for a person is handed off at
+    once."""
+
+
+class FallbackSpec(ApiModel):
+    """What the agent does with an intent the model knows and no plan covers."""
+
+    cel_rules = (
+        CelRule(
+            rule="!has(self.action) || self.action != 'reply' || has(self.reply)",
+            message="action reply needs the reply text",
+        ),
+    )
+
+    action: Literal["knowledgeBase", "reply", "clarify", "handoff"] | None = None
+    """`knowledgeBase`: answer from passages that pass `knowledgeBase.minRelevance`, else say
+    so and offer a person; `reply`: the fixed `reply`; `clarify`: ask the customer to say more
+    (then hand off, as for unclear messages); `handoff`: a person. Default: `knowledgeBase`
+    when the agent has one, else `handoff`."""
+    reply: str | None = Field(default=None, max_length=2000)
+    """The reply for `reply`, or the question for `clarify`."""
+
+
+_SMALL_TALK = SmallTalkConfig()
+
+
+class SmallTalkSpec(ApiModel):
+    """Greetings, thanks and goodbyes: recognised from the words (any model), answered
+    without the model or a ticket. A conversation closed with thanks or goodbye and no handoff
+    counts as resolved."""
+
+    enabled: bool = True
+    """Answer small talk; off, such messages go to the model like any other."""
+    greeting: str = Field(default=_SMALL_TALK.greeting, min_length=1, max_length=500)
+    """Reply to a greeting."""
+    thanks: str = Field(default=_SMALL_TALK.thanks, min_length=1, max_length=500)
+    """Reply to thanks."""
+    goodbye: str = Field(default=_SMALL_TALK.goodbye, min_length=1, max_length=500)
+    """Reply to a goodbye."""
 
 
 class RedisSessionSpec(ApiModel):
@@ -300,6 +354,11 @@ class SupportAgentSpec(ApiModel):
             "set orchestrator.autoscaling.maxReplicas to 1, or use sessions.store redis",
         ),
         CelRule(
+            rule="!has(self.fallback.action) || self.fallback.action != 'knowledgeBase'"
+            " || has(self.knowledgeBase)",
+            message="fallback.action knowledgeBase needs spec.knowledgeBase",
+        ),
+        CelRule(
             rule="!has(self.policy.handoffAdapter) || "
             "self.tools.exists(t, t.adapter == self.policy.handoffAdapter)",
             message="policy.handoffAdapter must be one of the adapters listed in tools",
@@ -325,10 +384,14 @@ class SupportAgentSpec(ApiModel):
     intents: list[IntentPlan] = Field(
         default_factory=list, max_length=200, json_schema_extra=list_map("intent")
     )
-    """Per-intent plans; intents without a plan are answered from the knowledge base when
-    there is one, else handed off."""
+    """Per-intent plans; intents without a plan get the `fallback`."""
     policy: PolicySpec = Field(default_factory=PolicySpec)
     """Handoff, approval and safety policy."""
+    fallback: FallbackSpec = Field(default_factory=FallbackSpec)
+    """What to do for intents of the model that no plan covers (`IntentsCovered` in status
+    lists them)."""
+    small_talk: SmallTalkSpec = Field(default_factory=SmallTalkSpec)
+    """Greetings, thanks and goodbyes."""
     sessions: SessionSpec = Field(default_factory=SessionSpec)
     """Conversation state store."""
     ingress: IngressSpec | None = None

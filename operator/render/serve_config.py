@@ -218,7 +218,11 @@ def agent_app_config(
         ),
         llm=llm,
         knowledge_base=(
-            contract.KnowledgeBaseConfig(path=kb_path, top_k=kb.top_k) if kb and kb_path else None
+            contract.KnowledgeBaseConfig(
+                path=kb_path, top_k=kb.top_k, min_relevance=kb.min_relevance
+            )
+            if kb and kb_path
+            else None
         ),
         tools=tool_configs(parent, spec, adapters),
         intents=[
@@ -227,6 +231,7 @@ def agent_app_config(
                 required_slots=list(plan.required_slots),
                 slot_prompts=dict(plan.slot_prompts),
                 operation=plan.operation,
+                parameters=dict(plan.parameters),
                 answer_template=plan.answer_template,
                 use_knowledge_base=plan.use_knowledge_base,
                 handoff=plan.handoff,
@@ -239,6 +244,11 @@ def agent_app_config(
             pii_redaction=policy.pii_redaction,
             max_tool_calls_per_turn=policy.max_tool_calls_per_turn,
             handoff_adapter=policy.handoff_adapter,
+            rephrase_attempts=policy.rephrase_attempts,
+        ),
+        fallback=fallback_config(spec),
+        small_talk=contract.SmallTalkConfig(
+            **spec.small_talk.model_dump(include={"enabled", "greeting", "thanks", "goodbye"})
         ),
         sessions=contract.SessionConfig(
             store=spec.sessions.store,
@@ -246,6 +256,19 @@ def agent_app_config(
             ttl_seconds=spec.sessions.ttl_seconds,
         ),
     )
+
+
+_FALLBACK_ACTIONS: dict[str, Literal["knowledge_base", "reply", "clarify", "handoff"]] = {
+    "knowledgeBase": "knowledge_base",
+    "reply": "reply",
+    "clarify": "clarify",
+    "handoff": "handoff",
+}
+
+
+def fallback_config(spec: SupportAgentSpec) -> contract.FallbackConfig:
+    action = spec.fallback.action or ("knowledgeBase" if spec.knowledge_base else "handoff")
+    return contract.FallbackConfig(action=_FALLBACK_ACTIONS[action], reply=spec.fallback.reply)
 
 
 def _deployment(name: str, scaling: ReplicaAutoscaling, gpus: int = 0) -> dict[str, Any]:

@@ -94,11 +94,16 @@ def build_status(
 
 
 def write_status(
-    kube: Kube, body: dict[str, Any], status: dict[str, Any], record: EventRecorder | None
+    kube: Kube,
+    body: dict[str, Any],
+    status: dict[str, Any],
+    record: EventRecorder | None,
+    advisories: tuple[str, ...] = (),
 ) -> bool:
     """Patch the status only when it differs, and post an Event when `Ready` changes reason
-    (unless `record` is None: the caller posts its own). Fields that disappeared are removed
-    (merge patch with null)."""
+    (unless `record` is None: the caller posts its own), and a Warning when one of the
+    `advisories` conditions turns False or says something new while False. Fields that
+    disappeared are removed (merge patch with null)."""
     old = body.get("status") or {}
     if _comparable(old) == _comparable(status):
         return False
@@ -119,6 +124,20 @@ def write_status(
             reason=after["reason"],
             message=after["message"],
         )
+    for type_ in advisories:
+        before, after = (
+            condition(old.get("conditions"), type_),
+            condition(status["conditions"], type_),
+        )
+        if (
+            after
+            and after["status"] == "False"
+            and (
+                before is None
+                or (before["status"], before["message"]) != ("False", after["message"])
+            )
+        ):
+            record(body, type="Warning", reason=after["reason"], message=after["message"])
     return True
 
 
@@ -139,6 +158,7 @@ def reconcile_object(
     *,
     fresh: bool = False,
     transition_events: bool = True,
+    advisories: tuple[str, ...] = (),
 ) -> Outcome:
     """Apply what `desired_status` renders (it does the applying) and write the status it
     returns, one reconcile at a time per object. `fresh` re-reads the object first: a state
@@ -152,7 +172,9 @@ def reconcile_object(
                 return Outcome("deleted", False, False)
             body = current
         status = desired_status(kube, body)
-        written = write_status(kube, body, status, record if transition_events else None)
+        written = write_status(
+            kube, body, status, record if transition_events else None, advisories
+        )
     phase = status.get("phase", "")
     return Outcome(phase.lower() or "unknown", phase == "Ready", written)
 

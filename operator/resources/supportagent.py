@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from switchboard.serving.config import OOS_INTENT
+
 from ..api.base import API_VERSION
 from ..api.supportagent import SupportAgentSpec
 from ..api.tooladapter import ToolAdapterSpec
 from ..api.validation import SpecError, validate_spec
 from ..kube import Kube
+from ..models import ModelUnreadable, model_labels
 from ..render import Parent, UnresolvedReference, render_agent, revision_traffic
 from ..render.names import serve_service_name, service_url
+from ..render.serve_config import fallback_config
 from .common import (
     EventRecorder,
     Outcome,
@@ -30,6 +34,8 @@ KIND = "SupportAgent"
 RAY_SERVICE = "RayServiceReady"
 ROUTES = "RoutesReady"
 TOOLS = "ToolsReady"
+# Advisory: the agent serves either way, but an SRE should know which intents get a fallback.
+INTENTS = "IntentsCovered"
 # Reasons that mean "on its way", not "broken": they make the agent Progressing, not Degraded.
 PROGRESSING_REASONS = frozenset({"RayServiceDeploying", "ToolAdapterNotReady"})
 SERVE_PORT = 8000
@@ -140,8 +146,49 @@ def routes_check(namespace: str, name: str, spec: SupportAgentSpec) -> Check:
     )
 
 
+def coverage_check(
+    namespace: str, name: str, spec: SupportAgentSpec, labels: list[str] | ModelUnreadable
+) -> Check:
+    """The model's intents against the agent's plans: intents no plan covers (they get the
+    fallback) and plans for intents the model never predicts (they never run)."""
+    agent = f"SupportAgent {namespace}/{name}"
+    if isinstance(labels, ModelUnreadable):
+        return Check(INTENTS, "Unknown", "ModelLabelsUnavailable", f"{agent}: {labels}")
+    known = set(labels) - {OOS_INTENT}
+    planned = {plan.intent for plan in spec.intents}
+    unknown = sorted(planned - set(labels))
+    uncovered = sorted(known - planned)
+    if unknown:
+        return Check(
+            INTENTS,
+            "False",
+            "UnknownIntents",
+            f"{agent}: spec.intents plans {', '.join(unknown)}, which model "
+            f"{spec.nlu.model_uri} does not know (it knows {', '.join(sorted(known))})",
+        )
+    if uncovered:
+        action = fallback_config(spec).action
+        return Check(
+            INTENTS,
+            "False",
+            "UncoveredIntents",
+            f"{agent}: {len(uncovered)} of {len(known)} intents of model {spec.nlu.model_uri} "
+            f"have no plan and get the fallback ({action}): {', '.join(uncovered)}",
+        )
+    return Check(
+        INTENTS, "True", "AllIntentsCovered", f"{agent}: every intent of the model has a plan"
+    )
+
+
+def _labels(spec: SupportAgentSpec) -> list[str] | ModelUnreadable:
+    try:
+        return model_labels(spec.nlu.model_uri)
+    except ModelUnreadable as exc:
+        return exc
+
+
 def reconcile(kube: Kube, body: dict[str, Any], record: EventRecorder) -> Outcome:
-    return reconcile_object(KIND, _desired_status, kube, body, record)
+    return reconcile_object(KIND, _desired_status, kube, body, record, advisories=(INTENTS,))
 
 
 def _desired_status(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
@@ -169,6 +216,7 @@ def _desired_status(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
     tools, ready_tools = tools_check(namespace, spec, adapter_bodies)
     parts = [rayservice_check(live["RayService"]), routes_check(namespace, name, spec), tools]
     ready, progressing, degraded, phase = summarize(parts, progressing_reasons=PROGRESSING_REASONS)
+    coverage = coverage_check(namespace, name, spec, _labels(spec))
     revisions = revision_traffic(spec, canary)
     traffic = [
         {"revision": rev, "percent": percent, "tag": "stable" if i == 0 else "candidate"}
@@ -176,7 +224,7 @@ def _desired_status(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
     ]
     return build_status(
         body,
-        [ready, progressing, degraded, *parts],
+        [ready, progressing, degraded, *parts, coverage],
         phase,
         {
             "revision": revisions[0][0],

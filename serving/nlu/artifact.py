@@ -28,10 +28,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..config import NLU_MANIFEST
+
 FORMAT = "switchboard-nlu"
 FORMAT_VERSION = 1
 
-MANIFEST = "manifest.json"
+MANIFEST = NLU_MANIFEST
 LABELS = "labels.json"
 ENCODER_CONFIG = "encoder_config.json"
 WEIGHTS = "model.safetensors"

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-OOS_LABEL = "oos"
+from ..config import OOS_INTENT
+
+OOS_LABEL = OOS_INTENT
 """The label of off-topic queries, when the data has them."""
 
 MAX_PROBLEMS = 20

@@ -303,6 +303,9 @@ def train_artifact(
                 "source": f"{encoder['package']} {encoder['package_version']} (copied)",
             },
             "int8": {"runtime": "onnxruntime", "method": "dynamic", "weights": "per-channel"},
+            # The label set, for readers that only fetch the manifest (the operator checks an
+            # agent's plans against it); labels.json stays the runtime's source of logit order.
+            "labels": list(labels),
         }
         validation = {
             "fp32": _variant_metrics(

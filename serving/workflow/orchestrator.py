@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..config import AgentAppConfig, IntentPlanConfig, ToolOperationConfig
+from .cues import SmallTalk, asks_for_human, is_bare_answer, small_talk
+from .grounding import relevant
 from .pii import redact, redact_value
 from .sessions import SessionStore
 from .tools import TaskRunner, ToolCaller, ToolResult
@@ -25,6 +27,7 @@ from .types import (
     ChatResponse,
     Handoff,
     PendingPlan,
+    ReplyKind,
     Session,
     Source,
     TaskRecord,
@@ -32,6 +35,14 @@ from .types import (
 
 TRANSCRIPT_TURNS = 20
 HANDOFF_OPERATION = "create_ticket"
+REPHRASE_PROMPT = (
+    "Sorry, I didn't quite understand that. Could you say it another way? For example: "
+    "'where is my order ORD-12345?' You can also ask for a person at any time."
+)
+NO_ANSWER = (
+    "I don't have a reliable answer to that in our help articles. Could you tell me a bit "
+    "more about what you need, or would you like me to pass you to a colleague?"
+)
 
 
 def write_audit_line(record: dict[str, Any]) -> None:
@@ -76,6 +87,8 @@ class TurnMetrics(Protocol):
     def escalation(self, reason: str) -> None: ...
     def confidence(self, value: float) -> None: ...
     def tool_call(self, outcome: str) -> None: ...
+    def retrieval(self, top_score: float, grounded: bool) -> None: ...
+    def resolved(self) -> None: ...
 
 
 class NoMetrics:
@@ -89,6 +102,12 @@ class NoMetrics:
         return None
 
     def tool_call(self, outcome: str) -> None:
+        return None
+
+    def retrieval(self, top_score: float, grounded: bool) -> None:
+        return None
+
+    def resolved(self) -> None:
         return None
 
 
@@ -123,6 +142,9 @@ class Turn:
     handoff: Handoff | None = None
     sources: list[Source] = field(default_factory=list)
     updates: list[str] = field(default_factory=list)
+    reply_kind: ReplyKind = "answer"
+    retrieval: dict[str, Any] | None = None
+    """Top score, threshold and cited passages of a knowledge-base lookup (for the audit)."""
 
 
 class Orchestrator:
@@ -177,6 +199,10 @@ class Orchestrator:
                 self.metrics.confidence(turn.understanding.confidence)
             for call in turn.tool_calls:
                 self.metrics.tool_call(call["outcome"])
+            if turn.retrieval:
+                self.metrics.retrieval(turn.retrieval["top_score"], bool(turn.retrieval["cited"]))
+            if session.resolved and turn.reply_kind == "small_talk":
+                self.metrics.resolved()
             self.metrics.turn(status, intent, seconds)
         if turn.updates:
             reply = " ".join([*turn.updates, reply])
@@ -190,16 +216,22 @@ class Orchestrator:
         u = turn.understanding
         return ChatResponse(
             reply=reply,
+            reply_kind="handoff" if turn.handoff else turn.reply_kind,
             intent=u.intent if u else None,
             confidence=round(u.confidence, 4) if u else None,
             actions=turn.actions,
             handoff=turn.handoff,
             sources=turn.sources,
+            resolved=session.resolved,
             trace_id=turn.trace_id,
             revision=self.config.revision,
         )
 
     async def _respond(self, session: Session, message: str, turn: Turn) -> str:
+        talk = small_talk(message) if self.config.small_talk.enabled else None
+        if talk is not None:
+            return self._small_talk(session, talk, turn)
+        session.resolved = False
         understanding = await self.understander.understand(message)
         turn.understanding = understanding
         turn.steps.append(f"understand: intent={understanding.intent}")
@@ -212,23 +244,32 @@ class Orchestrator:
             turn.understanding = Understanding(
                 current.intent, understanding.confidence, False, understanding.slots
             )
+            session.rephrase_requests = 0
             return await self._run_plan(session, current, pending, message, turn)
         session.pending = None
+        offered, session.offered_slots = session.offered_slots, {}
 
+        if is_bare_answer(message, understanding.slots.values()):
+            # An order number alone is an answer, not a request: whatever the model makes of
+            # it, it belongs to what the customer was doing.
+            return await self._bare_answer(session, understanding, message, turn)
         threshold = self.config.policy.handoff_confidence_threshold
         if understanding.is_oos or understanding.confidence < threshold:
             turn.policy.append(
-                f"confidence {understanding.confidence:.2f} below {threshold:.2f} "
-                f"or out of scope: hand off"
+                f"confidence {understanding.confidence:.2f} below {threshold:.2f} or out of scope"
             )
-            return await self._handoff(session, "low_confidence", turn)
+            if asks_for_human(message):
+                turn.steps.append("the customer asks for a person")
+                return await self._handoff(session, "requested", turn)
+            return await self._unclear(session, turn)
+        session.last_intent = understanding.intent
         plan = self.plans.get(understanding.intent)
         if plan is None:
-            if self.retriever is not None:
-                turn.steps.append("no plan: answer from the knowledge base")
-                return await self._answer_from_knowledge(message, turn)
-            return await self._handoff(session, "no_plan", turn)
+            return await self._fallback(session, message, turn)
+        session.rephrase_requests = 0
         pending = PendingPlan(intent=plan.intent)
+        # Details given on the turn before ("ORD-10003", then "cancel it") count for this plan.
+        pending.slots.update({k: v for k, v in offered.items() if k in plan.required_slots})
         self._fill_slots(pending, plan, understanding, message)
         return await self._run_plan(session, plan, pending, message, turn)
 
@@ -246,6 +287,79 @@ class Orchestrator:
             and understanding.intent in self.plans
         )
         return not switched
+
+    def _small_talk(self, session: Session, talk: SmallTalk, turn: Turn) -> str:
+        turn.understanding = Understanding(talk, 1.0, False, {})
+        turn.steps.append(f"small talk: {talk}")
+        turn.reply_kind = "small_talk"
+        config = self.config.small_talk
+        if talk == "greeting":
+            pending = session.pending
+            if pending and pending.awaiting:  # still waiting for an answer: ask again
+                plan = self.plans.get(pending.intent)
+                prompt = plan.slot_prompts.get(pending.awaiting) if plan else None
+                return f"{config.greeting} {prompt}" if prompt else config.greeting
+            return config.greeting
+        # Thanks and goodbye close what was open; a conversation that ends so without a human
+        # counts as resolved.
+        session.pending = None
+        session.rephrase_requests = 0
+        session.resolved = not session.handed_off
+        return config.thanks if talk == "thanks" else config.goodbye
+
+    async def _bare_answer(
+        self, session: Session, understanding: Understanding, message: str, turn: Turn
+    ) -> str:
+        plan = self.plans.get(session.last_intent or "")
+        fits = plan is not None and any(s in understanding.slots for s in plan.required_slots)
+        # Repeating a lookup for another order is safe; repeating a change is not: ask first.
+        if plan is not None and fits and not self._mutates(plan):
+            turn.steps.append(f"bare answer: repeat plan {plan.intent}")
+            turn.understanding = Understanding(
+                plan.intent, understanding.confidence, False, understanding.slots
+            )
+            pending = PendingPlan(intent=plan.intent)
+            self._fill_slots(pending, plan, understanding, message)
+            return await self._run_plan(session, plan, pending, message, turn)
+        session.offered_slots = dict(understanding.slots)
+        turn.steps.append("bare answer: ask what to do with it")
+        turn.reply_kind = "clarify"
+        values = ", ".join(understanding.slots.values())
+        return f"Thanks. What would you like me to do with {values}?"
+
+    def _mutates(self, plan: IntentPlanConfig) -> bool:
+        if plan.handoff:
+            return True
+        if not plan.operation:
+            return False
+        return self.operations[plan.operation][1].mutating
+
+    async def _unclear(self, session: Session, turn: Turn) -> str:
+        """Ask the customer to rephrase, as often as the policy allows; then a human."""
+        if session.rephrase_requests < self.config.policy.rephrase_attempts:
+            session.rephrase_requests += 1
+            turn.steps.append(f"ask to rephrase ({session.rephrase_requests})")
+            turn.reply_kind = "clarify"
+            return REPHRASE_PROMPT
+        session.rephrase_requests = 0
+        return await self._handoff(session, "low_confidence", turn)
+
+    async def _fallback(self, session: Session, message: str, turn: Turn) -> str:
+        """An intent the model knows and the agent has no plan for: the configured outcome."""
+        fallback = self.config.fallback
+        turn.steps.append(f"no plan: fallback {fallback.action}")
+        if fallback.action == "knowledge_base" and self.retriever is not None:
+            return await self._answer_from_knowledge(message, turn)
+        if fallback.action == "reply" and fallback.reply:
+            turn.reply_kind = "fallback"
+            return fallback.reply
+        if fallback.action == "clarify":
+            if session.rephrase_requests < self.config.policy.rephrase_attempts:
+                session.rephrase_requests += 1
+                turn.reply_kind = "clarify"
+                return fallback.reply or REPHRASE_PROMPT
+            session.rephrase_requests = 0
+        return await self._handoff(session, "no_plan", turn)
 
     def _fill_slots(
         self, pending: PendingPlan, plan: IntentPlanConfig, understanding: Understanding, text: str
@@ -274,6 +388,7 @@ class Orchestrator:
             pending.awaiting = missing[0]
             session.pending = pending
             turn.steps.append(f"ask for slot {missing[0]}")
+            turn.reply_kind = "slot_prompt"
             return plan.slot_prompts.get(missing[0], f"Could you tell me your {missing[0]}?")
         session.pending = None
         result: Any = None
@@ -283,7 +398,7 @@ class Orchestrator:
                 return outcome
             result = outcome.result
         if plan.use_knowledge_base and self.retriever is not None:
-            return await self._answer_from_knowledge(message, turn, pending.slots, result)
+            return await self._answer_from_knowledge(message, turn)
         return await self._answer(plan, pending.slots, result, message, turn)
 
     async def _act(
@@ -292,7 +407,7 @@ class Orchestrator:
         """Run the plan's operation through the policy gate; a string is the turn's reply."""
         assert plan.operation
         adapter, op = self.operations[plan.operation]
-        payload = dict(slots)
+        payload = {**slots, **plan.parameters}
         policy = self.config.policy
         if plan.operation in policy.approval_required:
             turn.policy.append(f"{plan.operation} needs human approval")
@@ -311,6 +426,7 @@ class Orchestrator:
             turn.tool_calls.append({"operation": plan.operation, "outcome": "started"})
             turn.actions.append(Action(operation=plan.operation, status="started", task_id=task_id))
             session.tasks.append(TaskRecord(task_id=task_id, operation=plan.operation))
+            turn.reply_kind = "task_started"
             return (
                 f"I've started that ({plan.operation}); it takes a little while. "
                 f"I'll tell you here as soon as it's done (reference {task_id})."
@@ -334,6 +450,7 @@ class Orchestrator:
             )
             if 400 <= result.status < 500 and result.status not in (408, 429):
                 # The system understood and said no (unknown order, already shipped...).
+                turn.reply_kind = "refusal"
                 return (
                     "I couldn't do that: the system reported "
                     f"{_describe_refusal(result)}. Could you check the details?"
@@ -390,16 +507,28 @@ class Orchestrator:
         turn.steps.append("answer: generic confirmation")
         return "Done: your request has been processed."
 
-    async def _answer_from_knowledge(
-        self, message: str, turn: Turn, slots: dict[str, str] | None = None, result: Any = None
-    ) -> str:
+    async def _answer_from_knowledge(self, message: str, turn: Turn) -> str:
+        """A grounded answer from passages that pass the relevance gate, or an honest "no
+        answer": never a passage about something else."""
         assert self.retriever is not None
-        k = self.config.knowledge_base.top_k if self.config.knowledge_base else 3
-        passages = await self.retriever.search(message, k)
-        turn.sources = [Source(id=p.id, title=p.title, score=round(p.score, 4)) for p in passages]
-        turn.steps.append(f"retrieve {len(passages)} passages")
+        kb = self.config.knowledge_base
+        k, min_relevance = (kb.top_k, kb.min_relevance) if kb else (3, 0.0)
+        found = await self.retriever.search(message, k)
+        passages = relevant(found, min_relevance)
+        top = found[0].score if found else 0.0
+        turn.retrieval = {
+            "top_score": round(top, 4),
+            "min_relevance": min_relevance,
+            "cited": [p.id for p in passages],
+        }
+        turn.steps.append(
+            f"retrieve {len(found)} passages, {len(passages)} at or above {min_relevance}"
+        )
         if not passages:
-            return "I couldn't find that in our help articles. Would you like to talk to a person?"
+            turn.reply_kind = "no_answer"
+            return NO_ANSWER
+        turn.sources = [Source(id=p.id, title=p.title, score=round(p.score, 4)) for p in passages]
+        turn.reply_kind = "knowledge_base"
         if self.generator is not None:
             context = "\n".join(f"[{p.id}] {p.text}" for p in passages)
             prompt = (
@@ -408,8 +537,9 @@ class Orchestrator:
             )
             generated = await self._generate(prompt, turn)
             if generated:
-                return f"{generated} (source: {passages[0].id})"
+                return f"{generated} (sources: {', '.join(p.id for p in passages)})"
         best = passages[0]
+        turn.sources = turn.sources[:1]  # a quoted passage cites only itself
         return f"{_first_sentences(best.text, 2)} (source: {best.id})"
 
     async def _generate(self, prompt: str, turn: Turn) -> str | None:
@@ -493,6 +623,8 @@ class Orchestrator:
             "policy": turn.policy,
             "tool_calls": turn.tool_calls,
             "handoff": turn.handoff.model_dump() if turn.handoff else None,
+            "reply_kind": "handoff" if turn.handoff else turn.reply_kind,
+            "retrieval": turn.retrieval,
             "reply": redact(reply),
             "latency_ms": round(seconds * 1000, 1),
         }

@@ -45,13 +45,30 @@ class Source(BaseModel):
     score: float
 
 
+ReplyKind = Literal[
+    "answer",  # a plan's answer (template, LLM or a confirmation), after its action if any
+    "knowledge_base",  # grounded in passages that passed the relevance gate (in `sources`)
+    "no_answer",  # nothing relevant enough in the knowledge base: said so, offered next steps
+    "slot_prompt",  # asked for a detail the plan needs
+    "clarify",  # asked the customer to rephrase or say what to do
+    "fallback",  # the agent's configured reply for intents it has no plan for
+    "small_talk",  # greeting, thanks, goodbye
+    "refusal",  # the business system said no (unknown order, already shipped...)
+    "task_started",  # a long-running operation was started
+    "handoff",  # passed to a human
+]
+
+
 class ChatResponse(BaseModel):
     reply: str
+    reply_kind: ReplyKind
     intent: str | None
     confidence: float | None
     actions: list[Action] = Field(default_factory=list)
     handoff: Handoff | None = None
     sources: list[Source] = Field(default_factory=list)
+    resolved: bool = False
+    """The customer closed the conversation (thanks, goodbye) without a handoff."""
     trace_id: str
     revision: str | None = None
 
@@ -82,3 +99,10 @@ class Session(BaseModel):
     pending: PendingPlan | None = None
     tasks: list[TaskRecord] = Field(default_factory=list)
     handed_off: bool = False
+    last_intent: str | None = None
+    """The last intent the agent acted on, for a bare follow-up ("and ORD-10007?")."""
+    offered_slots: dict[str, str] = Field(default_factory=dict)
+    """Slot values the customer gave before saying what to do with them (next turn only)."""
+    rephrase_requests: int = 0
+    """Unclear messages in a row answered with a request to rephrase."""
+    resolved: bool = False

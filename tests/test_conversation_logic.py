@@ -1,0 +1,413 @@
+"""The conversation rules as tables: cues (small talk, a request for a person, a bare answer),
+the relevance gate and its calibration, and the orchestrator's turn with scripted parts.
+
+The orchestrator here talks to in-process stand-ins (a scripted understander and retriever, a
+recording tool caller): these tests pin the rules. tests/test_conversations.py runs the same
+rules end to end on the real demo agent (Ray Serve, the trained model, MiniLM, gateways).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from switchboard.serving.config import (
+    AgentAppConfig,
+    FallbackConfig,
+    IntentPlanConfig,
+    KnowledgeBaseConfig,
+    NluConfig,
+    PolicyConfig,
+    ToolConfig,
+    ToolOperationConfig,
+)
+from switchboard.serving.conversations import Expectation, check_turn
+from switchboard.serving.workflow.cues import asks_for_human, is_bare_answer, small_talk
+from switchboard.serving.workflow.grounding import (
+    LabelledQuestion,
+    Retrieved,
+    calibrate,
+    relevant,
+)
+from switchboard.serving.workflow.orchestrator import Orchestrator, Passage, Understanding
+from switchboard.serving.workflow.sessions import MemorySessionStore
+from switchboard.serving.workflow.tools import AsyncioTaskRunner, ToolResult
+from switchboard.serving.workflow.types import ChatRequest
+
+# --- cues ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("hi there", "greeting"),
+        ("Hello!", "greeting"),
+        ("good morning", "greeting"),
+        ("thanks, that's all", "thanks"),
+        ("great, thank you so much", "thanks"),
+        ("ok thanks again", "thanks"),
+        ("ok bye", "goodbye"),
+        ("thanks, bye!", "goodbye"),  # a closing wins over thanks
+        ("hi, where is my order?", None),  # a request with a greeting is the request
+        ("thanks, anything new?", None),
+        ("ok", None),
+        ("yes", None),
+        ("", None),
+        ("great, now cancel my order", None),
+    ],
+)
+def test_small_talk(text: str, kind: str | None) -> None:
+    assert small_talk(text) == kind
+
+
+@pytest.mark.parametrize(
+    ("text", "asks"),
+    [
+        ("get me a representative", True),
+        ("can I speak to a real person", True),
+        ("I want a human", True),
+        ("transfer me to an agent", True),
+        ("where is my order", False),
+        ("the humming noise in my garden", False),
+    ],
+)
+def test_asks_for_human(text: str, asks: bool) -> None:
+    assert asks_for_human(text) is asks
+
+
+@pytest.mark.parametrize(
+    ("text", "values", "bare"),
+    [
+        ("ORD-10003", ["ORD-10003"], True),
+        ("it's ORD-10003", ["ORD-10003"], True),
+        ("sorry, I meant ORD-10007", ["ORD-10007"], True),
+        ("the order number is ORD-10004 thanks", ["ORD-10004"], False),  # "thanks" is a word
+        ("cancel ORD-10003", ["ORD-10003"], False),
+        ("where is my order", [], False),
+        ("jane@example.com", ["jane@example.com"], True),
+    ],
+)
+def test_bare_answer(text: str, values: list[str], bare: bool) -> None:
+    assert is_bare_answer(text, values) is bare
+
+
+# --- the gate and its calibration ---------------------------------------------------------------
+
+
+def _passage(pid: str, score: float) -> Passage:
+    return Passage(id=pid, title=pid, text=f"{pid} text.", score=score)
+
+
+def test_relevant_keeps_only_passages_at_or_above_the_threshold() -> None:
+    found = [_passage("a.md#1", 0.62), _passage("b.md#1", 0.45), _passage("c.md#1", 0.2)]
+    assert [p.id for p in relevant(found, 0.45)] == ["a.md#1", "b.md#1"]
+    assert relevant(found, 0.7) == []
+
+
+def _retrieved(text: str, expected: str | None, top: str, score: float) -> Retrieved:
+    return Retrieved(LabelledQuestion(text, expected), top, score)
+
+
+def test_calibration_sits_between_the_two_kinds_of_question() -> None:
+    results = [
+        _retrieved("a", "x.md", "x.md", 0.70),
+        _retrieved("b", "y.md", "y.md", 0.55),
+        _retrieved("c", None, "x.md", 0.35),
+        _retrieved("d", None, "y.md", 0.25),
+    ]
+    calibration = calibrate(results)
+    assert calibration.correct == 4 and calibration.wrong_answers == 0
+    assert calibration.best_range == (0.35, 0.55)
+    assert calibration.min_relevance == 0.45
+
+
+def test_calibration_prefers_declining_to_a_wrong_answer() -> None:
+    # One unanswerable question scores above one answerable one: either threshold gets one
+    # question wrong; a wrong answer is worse than an honest "I don't know".
+    results = [
+        _retrieved("a", "x.md", "x.md", 0.70),
+        _retrieved("b", "y.md", "y.md", 0.40),
+        _retrieved("c", None, "x.md", 0.50),
+    ]
+    calibration = calibrate(results)
+    assert (calibration.correct, calibration.wrong_answers, calibration.missed) == (2, 0, 1)
+    assert 0.5 < calibration.min_relevance <= 0.7
+
+
+def test_calibration_counts_the_wrong_document_as_wrong() -> None:
+    results = [_retrieved("a", "x.md", "y.md", 0.9), _retrieved("b", None, "y.md", 0.1)]
+    calibration = calibrate(results)
+    assert calibration.wrong_answers == 0 and calibration.min_relevance > 0.1
+    assert calibration.missed == 1
+
+
+# --- the turn, with scripted parts ---------------------------------------------------------------
+
+
+class ScriptedUnderstander:
+    def __init__(self, script: dict[str, Understanding]) -> None:
+        self.script = script
+        self.seen: list[str] = []
+
+    async def understand(self, text: str) -> Understanding:
+        self.seen.append(text)
+        return self.script.get(text, Understanding("oos", 0.9, True, {}))
+
+
+class ScriptedRetriever:
+    def __init__(self, passages: dict[str, list[Passage]]) -> None:
+        self.passages = passages
+
+    async def search(self, text: str, k: int) -> list[Passage]:
+        return self.passages.get(text, [])[:k]
+
+
+@dataclass
+class RecordingTools:
+    calls: list[tuple[str, str, dict[str, Any]]]
+
+    async def call(
+        self, adapter: str, operation: str, payload: dict[str, Any], idempotency_key: str | None
+    ) -> ToolResult:
+        self.calls.append((adapter, operation, payload))
+        if operation == "create_ticket":
+            return ToolResult(True, 201, {"ticket_id": "TCK-1"})
+        return ToolResult(True, 200, {"status": "shipped", "issue_id": "ISS-1"})
+
+
+def _u(intent: str, confidence: float = 0.98, **slots: str) -> Understanding:
+    return Understanding(intent, confidence, intent == "oos", slots, frozenset({"order_id"}))
+
+
+SCRIPT = {
+    "where is my order": _u("order_status"),
+    "ORD-10003": _u("talk_to_human", 0.87, order_id="ORD-10003"),
+    "ORD-10006": _u("talk_to_human", 0.87, order_id="ORD-10006"),
+    "cancel my order": _u("cancel_order"),
+    "cancel ORD-10001": _u("cancel_order", order_id="ORD-10001"),
+    "where is it": _u("order_status"),
+    "my payment failed": _u("payment_failed"),
+    "my item arrived damaged ORD-10007": _u("damaged_item", order_id="ORD-10007"),
+    "do you sell gift cards": _u("gift_cards"),
+    "gibberish": _u("oos", 0.95),
+    "gibberish, get me a human": _u("oos", 0.6),
+}
+PASSAGES = {
+    "my payment failed": [_passage("payments.md#1", 0.61), _passage("account.md#1", 0.32)],
+    "do you sell gift cards": [_passage("promotions.md#1", 0.34)],
+}
+
+
+def _orchestrator(**changes: Any) -> tuple[Orchestrator, RecordingTools]:
+    settings: dict[str, Any] = {
+        "policy": PolicyConfig(handoff_adapter="ticketing", handoff_confidence_threshold=0.5),
+        **changes,
+    }
+    config = AgentAppConfig(
+        agent="acme",
+        namespace="shop",
+        revision="r1",
+        nlu=NluConfig(model_path="/m", revision="n1"),
+        knowledge_base=KnowledgeBaseConfig(path="/kb", min_relevance=0.45),
+        tools=[
+            ToolConfig(
+                adapter="orders",
+                system="orders",
+                url="http://orders",
+                operations=[
+                    ToolOperationConfig(name="get_order"),
+                    ToolOperationConfig(name="cancel_order", mutating=True),
+                    ToolOperationConfig(name="report_item_issue", mutating=True),
+                ],
+            ),
+            ToolConfig(
+                adapter="ticketing",
+                system="ticketing",
+                url="http://ticketing",
+                operations=[ToolOperationConfig(name="create_ticket", mutating=True)],
+            ),
+        ],
+        intents=[
+            IntentPlanConfig(
+                intent="order_status",
+                required_slots=["order_id"],
+                slot_prompts={"order_id": "Your order number?"},
+                operation="orders.get_order",
+                answer_template="Order {slots[order_id]} is {result[status]}.",
+            ),
+            IntentPlanConfig(
+                intent="cancel_order",
+                required_slots=["order_id"],
+                slot_prompts={"order_id": "Which order?"},
+                operation="orders.cancel_order",
+                answer_template="Order {slots[order_id]} is cancelled.",
+            ),
+            IntentPlanConfig(
+                intent="damaged_item",
+                required_slots=["order_id"],
+                slot_prompts={"order_id": "Which order?"},
+                operation="orders.report_item_issue",
+                parameters={"kind": "damaged"},
+                answer_template="Case {result[issue_id]}.",
+            ),
+            IntentPlanConfig(intent="talk_to_human", handoff=True),
+        ],
+        **settings,
+    )
+    tools = RecordingTools([])
+    orchestrator = Orchestrator(
+        config,
+        understander=ScriptedUnderstander(SCRIPT),
+        tools=tools,
+        sessions=MemorySessionStore(3600),
+        tasks=AsyncioTaskRunner(tools),
+        retriever=ScriptedRetriever(PASSAGES),
+        audit=lambda record: None,
+    )
+    return orchestrator, tools
+
+
+def _talk(orchestrator: Orchestrator, *messages: str) -> list[dict[str, Any]]:
+    async def run() -> list[dict[str, Any]]:
+        return [
+            (await orchestrator.turn(ChatRequest(session_id="s1", message=m))).model_dump()
+            for m in messages
+        ]
+
+    return asyncio.run(run())
+
+
+# (name, agent config changes, messages, expectation of each turn)
+TURNS: list[tuple[str, dict[str, Any], list[str], list[dict[str, Any]]]] = [
+    (
+        "bare number after the question fills the slot",
+        {},
+        ["cancel my order", "ORD-10003"],
+        [
+            {"reply_kind": "slot_prompt"},
+            {"intent": "cancel_order", "action": "orders.cancel_order", "handoff": False},
+        ],
+    ),
+    (
+        "bare number alone asks what to do, the next request uses it",
+        {},
+        ["ORD-10006", "where is it"],
+        [
+            {"reply_kind": "clarify", "handoff": False, "action": "none"},
+            {"intent": "order_status", "action": "orders.get_order", "reply_contains": "10006"},
+        ],
+    ),
+    (
+        "a lookup repeats on a bare number, a change does not",
+        {},
+        ["cancel ORD-10001", "ORD-10006"],
+        [
+            {"action": "orders.cancel_order"},
+            {"reply_kind": "clarify", "action": "none"},
+        ],
+    ),
+    (
+        "fixed parameters join the slots",
+        {},
+        ["my item arrived damaged ORD-10007"],
+        [{"action": "orders.report_item_issue", "reply_contains": "ISS-1"}],
+    ),
+    (
+        "small talk is answered without the model or a ticket; thanks resolves",
+        {},
+        ["hi there", "thanks, that's all"],
+        [
+            {"reply_kind": "small_talk", "handoff": False, "resolved": False},
+            {"reply_kind": "small_talk", "handoff": False, "resolved": True},
+        ],
+    ),
+    (
+        "an unclear message is asked to rephrase once, then a person",
+        {},
+        ["gibberish", "gibberish"],
+        [{"reply_kind": "clarify", "handoff": False}, {"handoff": "low_confidence"}],
+    ),
+    (
+        "no rephrasing when the policy allows none",
+        {"policy": PolicyConfig(handoff_adapter="ticketing", rephrase_attempts=0)},
+        ["gibberish"],
+        [{"handoff": "low_confidence"}],
+    ),
+    (
+        "an unclear message asking for a person is handed off at once",
+        {},
+        ["gibberish, get me a human"],
+        [{"handoff": "requested"}],
+    ),
+    (
+        "a relevant passage answers, citing only what passed the gate",
+        {},
+        ["my payment failed"],
+        [{"reply_kind": "knowledge_base", "source": "payments.md", "handoff": False}],
+    ),
+    (
+        "nothing relevant: an honest no-answer, never the nearest passage",
+        {},
+        ["do you sell gift cards"],
+        [{"reply_kind": "no_answer", "handoff": False, "action": "none"}],
+    ),
+    (
+        "fallback reply for unplanned intents",
+        {"fallback": FallbackConfig(action="reply", reply="Please see our help centre.")},
+        ["do you sell gift cards"],
+        [{"reply_kind": "fallback", "reply_contains": "help centre"}],
+    ),
+    (
+        "fallback clarify asks once, then hands off",
+        {"fallback": FallbackConfig(action="clarify")},
+        ["do you sell gift cards", "do you sell gift cards"],
+        [{"reply_kind": "clarify"}, {"handoff": "no_plan"}],
+    ),
+    (
+        "fallback handoff",
+        {"fallback": FallbackConfig(action="handoff")},
+        ["do you sell gift cards"],
+        [{"handoff": "no_plan"}],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "changes", "messages", "expected"), TURNS, ids=[t[0] for t in TURNS]
+)
+def test_turns(
+    name: str, changes: dict[str, Any], messages: list[str], expected: list[dict[str, Any]]
+) -> None:
+    orchestrator, _ = _orchestrator(**changes)
+    responses = _talk(orchestrator, *messages)
+    for n, (response, expect) in enumerate(zip(responses, expected, strict=True)):
+        problems = check_turn(Expectation.model_validate(expect), response)
+        assert problems == [], f"turn {n + 1} ({messages[n]!r}): {problems}"
+
+
+def test_small_talk_never_reaches_the_model() -> None:
+    orchestrator, _ = _orchestrator()
+    _talk(orchestrator, "hi there", "thanks, bye")
+    understander = orchestrator.understander
+    assert isinstance(understander, ScriptedUnderstander) and understander.seen == []
+
+
+def test_the_item_issue_payload_carries_the_fixed_kind() -> None:
+    orchestrator, tools = _orchestrator()
+    _talk(orchestrator, "my item arrived damaged ORD-10007")
+    assert tools.calls == [
+        ("orders", "report_item_issue", {"order_id": "ORD-10007", "kind": "damaged"})
+    ]
+
+
+def test_audit_records_the_retrieval_score_and_threshold() -> None:
+    orchestrator, _ = _orchestrator()
+    records: list[dict[str, Any]] = []
+    orchestrator.audit = records.append
+    _talk(orchestrator, "do you sell gift cards", "my payment failed")
+    assert records[0]["retrieval"] == {"top_score": 0.34, "min_relevance": 0.45, "cited": []}
+    assert records[0]["reply_kind"] == "no_answer"
+    assert records[1]["retrieval"]["cited"] == ["payments.md#1"]
