@@ -162,6 +162,8 @@ def test_agent_ready_once_kuberay_and_gateways_report(cluster: Any, quickstart: 
         "RayServiceReady": "True",
         "RoutesReady": "True",
         "ToolsReady": "True",
+        # Advisory, outside Ready: the quickstart's model is in the Ray image, not here.
+        "IntentsCovered": "Unknown",
     }
     cluster.wait_for("Ready event", lambda: ("Normal", "Ready") in cluster.events(ns, "acme"))
 
@@ -381,6 +383,73 @@ def test_unknown_operation_is_conditioned(cluster: Any, quickstart: str) -> None
     )
     ready = cluster.wait_for_reason("SupportAgent", quickstart, "greedy", "UnknownOperation")
     assert "drop_tables" in ready["message"] and f"{quickstart}/orders" in ready["message"]
+
+
+def test_intent_coverage_is_reported_from_the_model_manifest(
+    cluster: Any, operator: dict[str, Any], tmp_path: Path
+) -> None:
+    """The operator reads the NLU manifest's labels (a file:// model it can reach: the
+    operator runs in this process) and reports plans for unknown intents, then intents without
+    a plan, as the IntentsCovered condition with a Warning Event; Ready is not affected."""
+    model = tmp_path / "nlu"
+    model.mkdir()
+    labels = ["order_status", "cancel_order", "payment_failed", "oos"]
+    (model / "manifest.json").write_text(
+        json.dumps({"format": "switchboard-nlu", "labels": labels})
+    )
+    ns = cluster.namespace("coverage")
+    plans = [
+        {"intent": "order_status", "answerTemplate": "Checking."},
+        {"intent": "gift_cards", "handoff": True},
+    ]
+    cluster.create(
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "SupportAgent",
+            "metadata": {"name": "partial"},
+            "spec": {"nlu": {"modelUri": f"file://{model}"}, "intents": plans},
+        },
+        ns,
+    )
+
+    def coverage(reason: str) -> dict[str, Any] | None:
+        found = cluster.condition("SupportAgent", ns, "partial", "IntentsCovered")
+        return found if found and found["reason"] == reason else None
+
+    unknown = cluster.wait_for("UnknownIntents", lambda: coverage("UnknownIntents"))
+    assert unknown["status"] == "False"
+    assert f"SupportAgent {ns}/partial" in unknown["message"] and "gift_cards" in unknown["message"]
+    cluster.wait_for(
+        "Warning UnknownIntents",
+        lambda: ("Warning", "UnknownIntents") in cluster.events(ns, "partial"),
+    )
+    cluster.patch(
+        f"{GROUP}/{VERSION}", "SupportAgent", ns, "partial", {"spec": {"intents": plans[:1]}}
+    )
+    uncovered = cluster.wait_for("UncoveredIntents", lambda: coverage("UncoveredIntents"))
+    # oos needs no plan; the fallback (no knowledge base: a handoff) is named.
+    assert "2 of 3 intents" in uncovered["message"]
+    assert "cancel_order, payment_failed" in uncovered["message"]
+    assert "(handoff)" in uncovered["message"]
+    cluster.wait_for(
+        "Warning UncoveredIntents",
+        lambda: ("Warning", "UncoveredIntents") in cluster.events(ns, "partial"),
+    )
+    full = [*plans[:1], *({"intent": i, "handoff": True} for i in labels[1:3])]
+    cluster.patch(f"{GROUP}/{VERSION}", "SupportAgent", ns, "partial", {"spec": {"intents": full}})
+    covered = cluster.wait_for("AllIntentsCovered", lambda: coverage("AllIntentsCovered"))
+    assert covered["status"] == "True"
+    assert cluster.condition("SupportAgent", ns, "partial")["reason"] != "UnknownIntents"
+
+
+def test_model_labels_out_of_reach_are_unknown_not_guessed(cluster: Any, quickstart: str) -> None:
+    # The quickstart's model lives in the Ray image (file:///models/...), not here.
+    found = cluster.wait_for(
+        "IntentsCovered",
+        lambda: cluster.condition("SupportAgent", quickstart, "acme", "IntentsCovered"),
+    )
+    assert (found["status"], found["reason"]) == ("Unknown", "ModelLabelsUnavailable")
+    assert "/models/nlu/acme-v1/manifest.json" in found["message"]
 
 
 def test_schema_rejects_invalid_agent(cluster: Any, invalid_ns: str) -> None:
