@@ -103,6 +103,8 @@ def test_missing_slot_is_asked_for_and_the_next_turn_completes(agent: Any) -> No
 
 
 def test_low_confidence_hands_off_with_a_ticket_holding_the_context(agent: Any) -> None:
+    first = agent.chat("lowconf-1", "the quantum flux capacitor in my garden hums at night")
+    assert first["reply_kind"] == "clarify" and first["handoff"] is None  # rephrase, once
     answer = agent.chat("lowconf-1", "the quantum flux capacitor in my garden hums at night")
     assert answer["handoff"]["reason"] == "low_confidence"
     ticket = agent.ticket(answer["handoff"]["ticket_id"])
@@ -287,6 +289,9 @@ def test_every_data_plane_metric_the_chart_queries_is_served(
     # Recording rules' own names carry colons (`namespace_agent:ray_...:ratio_rate5m`).
     queried = set(re.findall(r"(?<![\w:])((?:ray|tool)_[a-z_]+)\b", text))
     assert {"ray_agent_request_total", "tool_call_total"} <= queried
+    # Series that exist only once something happened: a knowledge lookup, a closing.
+    agent.chat("metrics-kb", "What shipping options do you have?")
+    agent.chat("metrics-kb", "thanks, bye")
     deadline = time.monotonic() + 30
     missing = queried
     while missing and time.monotonic() < deadline:
