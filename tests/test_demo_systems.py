@@ -92,6 +92,20 @@ def order_url(systems: DemoSystems, order_id: str, suffix: str = "") -> str:
     return f"{systems.orders_url}/orders/{order_id}{suffix}"
 
 
+def refused_in_states(
+    systems: Any, method: str, path: str, body: dict[str, Any] | None, states: tuple[str, ...]
+) -> dict[str, str]:
+    """The operation on the sample order in each of `states` answers 409 naming the order;
+    the error message by state."""
+    errors = {}
+    for status in states:
+        conflict = call(method, order_url(systems, SAMPLE_ORDERS[status], path), body, BEARER)
+        assert conflict.status == 409, status
+        assert SAMPLE_ORDERS[status] in conflict.body["error"]
+        errors[status] = conflict.body["error"]
+    return errors
+
+
 # --- orders ------------------------------------------------------------------------------
 
 
@@ -150,15 +164,10 @@ def test_update_shipping_address(systems: DemoSystems) -> None:
         new_address.strip()
     )
 
-    for status in ("shipped", "delivered", "cancelled"):
-        conflict = call(
-            "PATCH",
-            order_url(systems, SAMPLE_ORDERS[status], "/shipping-address"),
-            {"address": "1 Main Street, Springfield"},
-            headers=BEARER,
-        )
-        assert conflict.status == 409, status
-        assert SAMPLE_ORDERS[status] in conflict.body["error"]
+    refused_in_states(
+        systems, "PATCH", "/shipping-address", {"address": "1 Main Street, Springfield"},
+        ("shipped", "delivered", "cancelled"),
+    )  # fmt: skip
 
     too_short = call("PATCH", url, {"address": "x"}, headers=BEARER)
     assert too_short.status == 422 and too_short.body["error"].startswith("address")
@@ -347,16 +356,11 @@ def test_change_requests(systems: DemoSystems) -> None:
     # Recorded for a person to handle: the order itself is untouched.
     assert call("GET", order_url(systems, order_id), headers=BEARER).body == before
 
-    for status in ("shipped", "delivered", "cancelled"):
-        conflict = call(
-            "POST",
-            order_url(systems, SAMPLE_ORDERS[status], "/change-requests"),
-            {"request": "Add a second cable"},
-            headers=BEARER,
-        )
-        assert conflict.status == 409, status
-        assert SAMPLE_ORDERS[status] in conflict.body["error"]
-        assert "can no longer be changed" in conflict.body["error"]
+    errors = refused_in_states(
+        systems, "POST", "/change-requests", {"request": "Add a second cable"},
+        ("shipped", "delivered", "cancelled"),
+    )  # fmt: skip
+    assert all("can no longer be changed" in e for e in errors.values())
 
     for bad in (
         {"request": "ab"},
@@ -412,15 +416,9 @@ def test_item_issues(systems: DemoSystems) -> None:
     assert int(wrong.body["issue_id"][4:]) == int(issue["issue_id"][4:]) + 1
     assert call("GET", url, headers=BEARER).body["issues"] == [issue, wrong.body]
 
-    for status in ("processing", "shipped", "cancelled"):
-        conflict = call(
-            "POST",
-            order_url(systems, SAMPLE_ORDERS[status], "/issues"),
-            {"kind": "damaged"},
-            headers=BEARER,
-        )
-        assert conflict.status == 409, status
-        assert SAMPLE_ORDERS[status] in conflict.body["error"]
+    refused_in_states(
+        systems, "POST", "/issues", {"kind": "damaged"}, ("processing", "shipped", "cancelled")
+    )
     not_yet = call(
         "POST", order_url(systems, SAMPLE_ORDERS["shipped"], "/issues"), {"kind": "damaged"}, BEARER
     )

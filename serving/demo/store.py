@@ -565,11 +565,16 @@ class DemoStore:
             ).fetchone()
             return self._refund_json(created), False
 
-    def list_refunds(self, order_id: str) -> list[JSONObject]:
+    def _of_order(self, table: str, order_id: str) -> list[sqlite3.Row]:
+        """Rows of `table` (refunds, change_requests, issues) for one order, oldest first."""
         with self._read() as conn:
             oid = self._order_row(conn, order_id)["order_id"]
-            rows = conn.execute("SELECT * FROM refunds WHERE order_id = ? ORDER BY seq", (oid,))
-            return [self._refund_json(r) for r in rows]
+            # `table` is one of ours, never input.
+            query = f"SELECT * FROM {table} WHERE order_id = ? ORDER BY seq"
+            return list(conn.execute(query, (oid,)))
+
+    def list_refunds(self, order_id: str) -> list[JSONObject]:
+        return [self._refund_json(r) for r in self._of_order("refunds", order_id)]
 
     def get_refund(self, refund_id: str) -> JSONObject:
         row = self._by_public_id("refunds", _REFUND_ID, REFUND_ID_BASE, "refund", refund_id)
@@ -671,12 +676,7 @@ class DemoStore:
             return self._change_json(created), False
 
     def list_change_requests(self, order_id: str) -> list[JSONObject]:
-        with self._read() as conn:
-            oid = self._order_row(conn, order_id)["order_id"]
-            rows = conn.execute(
-                "SELECT * FROM change_requests WHERE order_id = ? ORDER BY seq", (oid,)
-            )
-            return [self._change_json(r) for r in rows]
+        return [self._change_json(r) for r in self._of_order("change_requests", order_id)]
 
     def get_change_request(self, change_id: str) -> JSONObject:
         row = self._by_public_id(
@@ -731,10 +731,7 @@ class DemoStore:
             return self._issue_json(created), False
 
     def list_issues(self, order_id: str) -> list[JSONObject]:
-        with self._read() as conn:
-            oid = self._order_row(conn, order_id)["order_id"]
-            rows = conn.execute("SELECT * FROM issues WHERE order_id = ? ORDER BY seq", (oid,))
-            return [self._issue_json(r) for r in rows]
+        return [self._issue_json(r) for r in self._of_order("issues", order_id)]
 
     def get_issue(self, issue_id: str) -> JSONObject:
         row = self._by_public_id("issues", _ISSUE_ID, ISSUE_ID_BASE, "issue", issue_id)
