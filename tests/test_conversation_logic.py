@@ -32,7 +32,12 @@ from switchboard.serving.workflow.grounding import (
     calibrate,
     relevant,
 )
-from switchboard.serving.workflow.orchestrator import Orchestrator, Passage, Understanding
+from switchboard.serving.workflow.orchestrator import (
+    NoMetrics,
+    Orchestrator,
+    Passage,
+    Understanding,
+)
 from switchboard.serving.workflow.sessions import MemorySessionStore
 from switchboard.serving.workflow.tools import AsyncioTaskRunner, ToolResult
 from switchboard.serving.workflow.types import ChatRequest
@@ -411,3 +416,24 @@ def test_audit_records_the_retrieval_score_and_threshold() -> None:
     assert records[0]["retrieval"] == {"top_score": 0.34, "min_relevance": 0.45, "cited": []}
     assert records[0]["reply_kind"] == "no_answer"
     assert records[1]["retrieval"]["cited"] == ["payments.md#1"]
+
+
+class CountingMetrics(NoMetrics):
+    def __init__(self) -> None:
+        self.resolutions = 0
+        self.retrievals: list[tuple[float, bool]] = []
+
+    def resolved(self) -> None:
+        self.resolutions += 1
+
+    def retrieval(self, top_score: float, grounded: bool) -> None:
+        self.retrievals.append((top_score, grounded))
+
+
+def test_metrics_count_each_closing_once_and_every_lookup() -> None:
+    orchestrator, _ = _orchestrator()
+    metrics = CountingMetrics()
+    orchestrator.metrics = metrics
+    _talk(orchestrator, "my payment failed", "thanks", "bye", "do you sell gift cards", "thanks")
+    assert metrics.resolutions == 2  # "thanks" + "bye" is one closing; the later thanks another
+    assert metrics.retrievals == [(0.61, True), (0.34, False)]

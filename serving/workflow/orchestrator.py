@@ -183,6 +183,7 @@ class Orchestrator:
             session_id=request.session_id, customer_id=request.customer_id
         )
         status = "ok"
+        was_resolved = session.resolved
         try:
             await self._collect_finished_tasks(session, turn)
             reply = await self._respond(session, request.message, turn)
@@ -201,7 +202,7 @@ class Orchestrator:
                 self.metrics.tool_call(call["outcome"])
             if turn.retrieval:
                 self.metrics.retrieval(turn.retrieval["top_score"], bool(turn.retrieval["cited"]))
-            if session.resolved and turn.reply_kind == "small_talk":
+            if session.resolved and not was_resolved:  # a second "bye" is the same closing
                 self.metrics.resolved()
             self.metrics.turn(status, intent, seconds)
         if turn.updates:
