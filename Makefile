@@ -25,7 +25,7 @@ LINT_PATHS := operator serving tests benchmarks
 MYPY_PATH := $(VENV)/mypy-path
 MYPY_LINKS := $(MYPY_PATH)/switchboard/operator $(MYPY_PATH)/switchboard/serving
 
-.PHONY: venv envtest helm redis lint test demo crds clean distclean
+.PHONY: venv envtest helm redis prometheus lint test demo crds clean distclean
 
 venv: $(STAMP) $(MYPY_LINKS)
 
@@ -63,7 +63,15 @@ redis:
 	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends redis-server; }
 	redis-server --version
 
-test: venv envtest helm redis lint
+# Rollout analyses and alert rules are tested against a real Prometheus and promtool (Debian's
+# `prometheus` package carries both; its service is not used: tests start their own servers).
+prometheus:
+	command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  sudo=; [[ $$EUID -eq 0 ]] || sudo="sudo -n"; \
+	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends prometheus; }
+	prometheus --version | head -1
+
+test: venv envtest helm redis prometheus lint
 	echo "==> pytest"; t=$$SECONDS
 	SWITCHBOARD_ENVTEST_BIN=$(ENVTEST_BIN) SWITCHBOARD_HELM=$(HELM_DIR)/helm \
 	  $(BIN)/python -P -m pytest -q

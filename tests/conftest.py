@@ -628,6 +628,124 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 # --------------------------------------------------------------------------------------------
+# A real Prometheus (Debian's `prometheus` 2.42; `make prometheus` installs it)
+
+
+class PrometheusServer:
+    """A real `prometheus` on a free loopback port with a temp TSDB, scraping `targets`
+    (host:port, `/metrics`) every second. `stop()`/`start()` play an outage; `set_targets`
+    rewrites the config and reloads it."""
+
+    def __init__(self, binary: str, home: Path, targets: list[str], interval: str = "1s") -> None:
+        self.binary = binary
+        self.home = home
+        self.interval = interval
+        self.port = _pick_ports()[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._write_config(targets)
+
+    def _write_config(self, targets: list[str]) -> None:
+        config = {
+            "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
+            "scrape_configs": [
+                {"job_name": "targets", "static_configs": [{"targets": targets}]},
+            ],
+        }
+        (self.home / "prometheus.yml").write_text(yaml.safe_dump(config))
+
+    def start(self) -> None:
+        log = (self.home / "prometheus.log").open("ab")
+        self.process = subprocess.Popen(
+            [self.binary, f"--config.file={self.home / 'prometheus.yml'}",
+             f"--storage.tsdb.path={self.home / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not self._ready():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"prometheus did not start:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def _ready(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+        self.process = None
+
+    def set_targets(self, targets: list[str]) -> None:
+        import urllib.request
+
+        self._write_config(targets)
+        request = urllib.request.Request(f"{self.url}/-/reload", method="POST")
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """The instant vector (or scalar as one sample) of `promql` now."""
+        import urllib.parse
+        import urllib.request
+
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = json.loads(response.read())
+        assert body["status"] == "success", body
+        data = body["data"]
+        if data["resultType"] == "scalar":
+            return [{"metric": {}, "value": data["result"]}]
+        result: list[dict[str, Any]] = data["result"]
+        return result
+
+    def log_tail(self, lines: int = 30) -> str:
+        path = self.home / "prometheus.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _binary(name: str, make_target: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: run `make {make_target}` (Debian: prometheus)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Debian's `promtool` (package `prometheus`); missing fails the tests, never skips them."""
+    return _binary("promtool", "prometheus")
+
+
+@pytest.fixture
+def start_prometheus(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[[list[str]], PrometheusServer]]:
+    """`start_prometheus(["127.0.0.1:PORT", ...])`: a started server, stopped after the test."""
+    binary = _binary("prometheus", "prometheus")
+    servers: list[PrometheusServer] = []
+
+    def start(targets: list[str]) -> PrometheusServer:
+        server = PrometheusServer(binary, tmp_path_factory.mktemp("prometheus"), targets)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+# --------------------------------------------------------------------------------------------
 # The demo NLU model (examples/nlu), trained once per session for the data-plane tests
 
 
