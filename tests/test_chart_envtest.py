@@ -219,8 +219,9 @@ def test_replicas_elect_one_operator_and_fail_over(
     assert {peers["operator-a"]["priority"], peers["operator-b"]["priority"]} == {200, 100}
 
     cluster.create(agent("first"), ns)
+    # The leader's first reconcile waits for kopf's peering handshake: generous on a busy box.
     cluster.wait_for(
-        "RayService first", lambda: cluster.get("ray.io/v1", "RayService", ns, "first")
+        "RayService first", lambda: cluster.get("ray.io/v1", "RayService", ns, "first"), 90
     )
     cluster.wait_for("the active replica's handler log", lambda: "[ha/first]" in active.output())
     # kopf starts a peered replica paused until the peering says it leads (so the standby may
