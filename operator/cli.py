@@ -157,7 +157,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             for session, message in SAMPLE_REQUESTS:
                 body = json.dumps({"session_id": session, "message": message})
                 print(f"  curl -s {url}/v1/chat -H 'content-type: application/json' -d '{body}'")
-            print(f"or chat: switchboard chat {url}\nCtrl-C stops everything.", flush=True)
+            print(f"or chat: switchboard chat {url}")
+            if demo is not None:
+                print(
+                    f"or run the demo conversation set: switchboard eval-conversations {url} "
+                    f"--suite tests/conversations --fault-url orders={demo.orders_url}"
+                )
+            print("Ctrl-C stops everything.", flush=True)
             stopped = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stopped.set())
             with contextlib.suppress(KeyboardInterrupt):
