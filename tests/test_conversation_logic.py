@@ -422,6 +422,10 @@ class CountingMetrics(NoMetrics):
     def __init__(self) -> None:
         self.resolutions = 0
         self.retrievals: list[tuple[float, bool]] = []
+        self.turns: list[str] = []
+
+    def turn(self, status: str, intent: str, seconds: float) -> None:
+        self.turns.append(status)
 
     def resolved(self) -> None:
         self.resolutions += 1
@@ -437,3 +441,19 @@ def test_metrics_count_each_closing_once_and_every_lookup() -> None:
     _talk(orchestrator, "my payment failed", "thanks", "bye", "do you sell gift cards", "thanks")
     assert metrics.resolutions == 2  # "thanks" + "bye" is one closing; the later thanks another
     assert metrics.retrievals == [(0.61, True), (0.34, False)]
+
+
+class BrokenStore(MemorySessionStore):
+    async def get(self, session_id: str) -> Any:
+        raise ConnectionError("redis is down")
+
+
+def test_a_failing_session_store_is_a_failed_turn_in_the_metrics() -> None:
+    """What the SwitchboardChatTurnsFailing alert counts (status="error")."""
+    orchestrator, _ = _orchestrator()
+    metrics = CountingMetrics()
+    orchestrator.metrics = metrics
+    orchestrator.sessions = BrokenStore(3600)
+    with pytest.raises(ConnectionError):
+        _talk(orchestrator, "where is my order")
+    assert metrics.turns == ["error"]

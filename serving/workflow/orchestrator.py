@@ -179,40 +179,32 @@ class Orchestrator:
     async def turn(self, request: ChatRequest) -> ChatResponse:
         started = time.perf_counter()
         turn = Turn(trace_id=uuid.uuid4().hex)
-        session = await self.sessions.get(request.session_id) or Session(
-            session_id=request.session_id, customer_id=request.customer_id
-        )
+        session: Session | None = None
         status = "ok"
-        was_resolved = session.resolved
+        was_resolved = False
         try:
+            # Inside the measured block: a session store that fails (Redis down) is a failed
+            # turn in the metrics, which is what SwitchboardChatTurnsFailing watches.
+            session = await self.sessions.get(request.session_id) or Session(
+                session_id=request.session_id, customer_id=request.customer_id
+            )
+            was_resolved = session.resolved
             await self._collect_finished_tasks(session, turn)
             reply = await self._respond(session, request.message, turn)
+            if turn.updates:
+                reply = " ".join([*turn.updates, reply])
+            session.transcript = [
+                *session.transcript,
+                {"role": "customer", "text": redact(request.message)},
+                {"role": "agent", "text": redact(reply)},
+            ][-TRANSCRIPT_TURNS:]
+            await self.sessions.put(session)
         except Exception:
             status = "error"
             raise
         finally:
             seconds = time.perf_counter() - started
-            intent = turn.understanding.intent if turn.understanding else "unknown"
-            if turn.handoff:
-                status = "handoff"
-                self.metrics.escalation(turn.handoff.reason)
-            if turn.understanding:
-                self.metrics.confidence(turn.understanding.confidence)
-            for call in turn.tool_calls:
-                self.metrics.tool_call(call["outcome"])
-            if turn.retrieval:
-                self.metrics.retrieval(turn.retrieval["top_score"], bool(turn.retrieval["cited"]))
-            if session.resolved and not was_resolved:  # a second "bye" is the same closing
-                self.metrics.resolved()
-            self.metrics.turn(status, intent, seconds)
-        if turn.updates:
-            reply = " ".join([*turn.updates, reply])
-        session.transcript = [
-            *session.transcript,
-            {"role": "customer", "text": redact(request.message)},
-            {"role": "agent", "text": redact(reply)},
-        ][-TRANSCRIPT_TURNS:]
-        await self.sessions.put(session)
+            self._count(turn, status, seconds, session, was_resolved)
         self._audit(request, turn, reply, seconds)
         u = turn.understanding
         return ChatResponse(
@@ -227,6 +219,25 @@ class Orchestrator:
             trace_id=turn.trace_id,
             revision=self.config.revision,
         )
+
+    def _count(
+        self, turn: Turn, status: str, seconds: float, session: Session | None, was_resolved: bool
+    ) -> None:
+        """The turn's metrics, failed or not."""
+        if turn.handoff and status == "ok":
+            status = "handoff"
+        if turn.handoff:
+            self.metrics.escalation(turn.handoff.reason)
+        if turn.understanding:
+            self.metrics.confidence(turn.understanding.confidence)
+        for call in turn.tool_calls:
+            self.metrics.tool_call(call["outcome"])
+        if turn.retrieval:
+            self.metrics.retrieval(turn.retrieval["top_score"], bool(turn.retrieval["cited"]))
+        if session is not None and session.resolved and not was_resolved:
+            self.metrics.resolved()  # a second "bye" is the same closing
+        intent = turn.understanding.intent if turn.understanding else "unknown"
+        self.metrics.turn(status, intent, seconds)
 
     async def _respond(self, session: Session, message: str, turn: Turn) -> str:
         talk = small_talk(message) if self.config.small_talk.enabled else None
