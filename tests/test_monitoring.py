@@ -55,6 +55,7 @@ ALERTS = {
     "SwitchboardAgentNotReady",
     "SwitchboardRolloutFailed",
     "SwitchboardEscalationRateSpike",
+    "SwitchboardChatTurnsFailing",
     "SwitchboardToolErrorRate",
     "SwitchboardToolCircuitOpen",
     "SwitchboardLatencySLOBurn",
