@@ -57,7 +57,7 @@ ROLLOUT_PHASE = Gauge(
     "1 for a ModelRollout's current phase, 0 for the others.",
     ["namespace", "rollout", "phase"],
 )
-ROLLOUT_PHASES = ("Initializing", "Progressing", "Paused", "Succeeded", "Failed")
+ROLLOUT_PHASES = ("Initializing", "Progressing", "Holding", "Paused", "Succeeded", "Failed")
 
 
 def set_rollout(namespace: str, name: str, agent: str, phase: str | None, weight: int) -> None:

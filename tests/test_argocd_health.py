@@ -709,32 +709,34 @@ PROMETHEUS = "http://prometheus.monitoring:9090"
 @dataclass(frozen=True)
 class Tick:
     """At `at` seconds: `change` the world (a user's edit), Prometheus answers `error_rate`
-    for the one analysis metric, and the operator reconciles the rollout."""
+    for the one analysis metric and `requests` for the candidate's traffic during the step,
+    and the operator reconciles the rollout."""
 
     at: float
     error_rate: float | None = None
     change: Callable[[InMemoryKube], None] | None = None
+    requests: float | None = 1000.0
 
 
 def drive_rollout(
     kube: InMemoryKube, name: str, ticks: list[Tick], prometheus_url: str | None = PROMETHEUS
 ) -> dict[str, Any]:
     """Reconcile the ModelRollout at each tick; the object afterwards."""
-    answer: dict[str, float | None] = {"value": None}
+    answer: dict[str, float | None] = {"value": None, "requests": None}
     clock = {"now": T0}
     context = modelrollout.RolloutContext(prometheus_url, clock=lambda: clock["now"])
     original = prometheus.query
 
     def query(base_url: str, promql: str, timeout: float = 10.0) -> float | None:
         assert base_url == prometheus_url
-        return answer["value"]
+        return answer["requests" if promql.startswith("sum(increase(") else "value"]
 
     prometheus.query = query  # the reconciler imports it at call time
     try:
         for tick in ticks:
             if tick.change is not None:
                 tick.change(kube)
-            answer["value"] = tick.error_rate
+            answer["value"], answer["requests"] = tick.error_rate, tick.requests
             clock["now"] = T0 + timedelta(seconds=tick.at)
             body = kube.get(API_VERSION, "ModelRollout", NAMESPACE, name)
             assert body is not None
@@ -793,7 +795,19 @@ class RolloutScenario:
 ROLLOUT_SCENARIOS = [
     RolloutScenario("first-step", [Tick(0)], "Progressing", "StepStarted: Step 1/4: 10%"),
     RolloutScenario("next-step", STEPS[:2], "Progressing", "StepStarted: Step 2/4: 25%"),
-    RolloutScenario("no-traffic-yet", [Tick(0), Tick(300)], "Progressing", "WaitingForData"),
+    RolloutScenario(
+        "no-traffic-yet",
+        [Tick(0), Tick(300, GOOD, requests=None)],
+        "Progressing",
+        "NotEnoughTraffic: Holding at 10%: the candidate served 0 request(s)",
+    ),
+    RolloutScenario(
+        "too-little-traffic",
+        [Tick(0), Tick(300, GOOD, requests=4)],
+        "Progressing",
+        "NotEnoughTraffic: Holding at 10%: the candidate served 4 request(s)",
+    ),
+    RolloutScenario("no-data", [Tick(0), Tick(300)], "Progressing", "WaitingForData"),
     RolloutScenario(
         "analysis-failed-within-limit", [Tick(0), Tick(300, BAD)], "Progressing", "AnalysisFailed"
     ),
@@ -839,7 +853,11 @@ ROLLOUT_SCENARIOS = [
         "Promoted: SupportAgent support/acme now runs revision",
     ),
     RolloutScenario(
-        "manual-split", [Tick(0)], "Suspended", "ManualWeight", {**MANUAL, "weight": 30}
+        "manual-split",
+        [Tick(0), Tick(3600)],
+        "Healthy",
+        "ManualWeight: Candidate receives 30% of traffic",
+        {**MANUAL, "weight": 30},
     ),
     RolloutScenario("manual-full", [Tick(0)], "Healthy", "ManualWeight", {**MANUAL, "weight": 100}),
     RolloutScenario(
@@ -907,6 +925,20 @@ def test_modelrollout_failed_on_references_rewrites_every_condition() -> None:
     assert health_of(rollout)["status"] == "Degraded"
 
 
+def test_a_manual_split_is_holding_not_progressing() -> None:
+    """A manual weight below 100 is where the spec wants the rollout to stay: phase Holding,
+    no condition claims progress, and Argo CD calls it Healthy (Progressing would spin the
+    Application forever, Suspended would keep `argocd app wait --health` waiting)."""
+    rollout = rollout_after(next(s for s in ROLLOUT_SCENARIOS if s.id == "manual-split"))
+    assert (rollout["status"]["phase"], rollout["status"]["currentWeight"]) == ("Holding", 30)
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in rollout["status"]["conditions"]}
+    assert conditions == {
+        "Ready": ("False", "ManualWeight"),
+        "Progressing": ("False", "ManualWeight"),
+        "Degraded": ("False", "ManualWeight"),
+    }
+
+
 def test_a_spec_edit_is_progressing_until_the_operator_sees_it() -> None:
     kube = rollout_world()
     drive_rollout(kube, "acme-nlu-v2", STEPS[:2])
@@ -950,6 +982,18 @@ ROLLOUT_CASES: list[tuple[str, dict[str, Any] | None, int, str, str]] = [
         1,
         "Healthy",
         "Y: m",
+    ),
+    (
+        # An operator from before the Holding phase wrote a manual split as Progressing.
+        "manual-split-of-an-older-operator",
+        {
+            "observedGeneration": 1,
+            "phase": "Progressing",
+            "conditions": [ready("False", "ManualWeight", "Candidate receives 30% of traffic")],
+        },
+        1,
+        "Healthy",
+        "ManualWeight: Candidate receives 30% of traffic",
     ),
     (
         "promoted-needs-no-hint",

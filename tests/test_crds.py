@@ -547,6 +547,11 @@ VALID_CASES: list[tuple[str, str, dict[str, Any]]] = [
         metric(name="e", builtin="errorRate", thresholdRange={"min": 0.5, "max": 0.5}),
     ),
     ("rollout-regex-tester", "ModelRollout", {"testers": [{"name": "user-agent", "regex": "^b"}]}),
+    (
+        "rollout-traffic-guard-off",
+        "ModelRollout",
+        {**PROGRESSIVE, "progressive": {"steps": [50], "analysis": {"minRequests": 0}}},
+    ),
 ]
 
 INVALID_CASES: list[tuple[str, str, dict[str, Any], str]] = [
@@ -867,6 +872,19 @@ def test_cel_rejects_invalid_objects(
     with pytest.raises(SpecError) as caught:
         validate_spec(SPEC_MODELS[kind], spec)
     assert str(caught.value) == expected
+
+
+@pytest.mark.parametrize("min_requests", [-1, 1_000_001])
+def test_min_requests_is_bounded(min_requests: int) -> None:
+    """`analysis.minRequests` is a count: the schema and the model hold it to 0..1,000,000."""
+    patch = {
+        **PROGRESSIVE,
+        "progressive": {"steps": [50], "analysis": {"minRequests": min_requests}},
+    }
+    spec = patched(ROLLOUT, patch)
+    assert list(OAS30Validator(spec_schema("ModelRollout")).iter_errors(spec))
+    with pytest.raises(SpecError):
+        validate_spec(ModelRolloutSpec, spec)
 
 
 def test_cel_rejects_external_endpoint_fields_on_in_cluster_backends() -> None:

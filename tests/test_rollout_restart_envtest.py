@@ -28,7 +28,7 @@ def test_operator_restart_resumes_at_the_same_step(cluster: Any, run_operator: A
     cluster.apply_dir(REPO / "examples" / "quickstart", ns)
     body = yaml.safe_load((REPO / "examples" / "rollout" / "10-modelrollout.yaml").read_text())
     body["spec"]["progressive"] = {"steps": [10, 40, 70, 100], "intervalSeconds": 6}
-    # An empty Prometheus answer would hold the rollout: this one has no analysis metrics.
+    # No analysis metrics: the steps go by time alone, with no Prometheus to ask.
     cluster.create(body, ns)
     name = body["metadata"]["name"]
     with run_operator():

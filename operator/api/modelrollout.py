@@ -57,7 +57,10 @@ class AnalysisMetric(ApiModel):
     ) = None
     """A metric the operator knows how to query for the candidate revision."""
     query: str | None = Field(default=None, max_length=4096)
-    """PromQL template; `{{agent}}`, `{{namespace}}` and `{{revision}}` are substituted."""
+    """PromQL template; `{{agent}}`, `{{namespace}}`, `{{revision}}`, `{{application}}` and
+    `{{window}}` are substituted. An empty result holds the step (no data); a counter of
+    failures has no series before the first failure, so write `(sum(rate(x[{{window}}])) or
+    vector(0))` for such a numerator."""
     threshold_range: ThresholdRange
     """Values inside the range pass; outside they count as a failure."""
 
@@ -71,6 +74,9 @@ class AnalysisSpec(ApiModel):
     """Checks evaluated before each step; all must pass to advance."""
     failure_limit: int = Field(default=2, ge=0, le=100)
     """Failed checks tolerated before the rollout is rolled back."""
+    min_requests: int = Field(default=20, ge=0, le=1_000_000)
+    """Requests the candidate must have served during a step before its metrics are judged;
+    fewer holds the step (reason NotEnoughTraffic) until the deadline. 0 turns the check off."""
     prometheus_url: str | None = Field(default=None, pattern=r"^https?://", max_length=2048)
     """Prometheus to query; unset uses the operator's `--prometheus-url`."""
 

@@ -8,6 +8,7 @@ status weight and renders the candidate application and the routes from it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -29,33 +30,51 @@ KIND = "ModelRollout"
 # Failures that a created or fixed object clears (unlike a rollback, which is final for the
 # generation): a rollout synced by Argo CD before its SupportAgent starts once the agent exists.
 REFERENCE_PROBLEMS = frozenset({"AgentNotFound", "AgentInvalid", "ComponentNotFound"})
-ACTIVE_PHASES = ("Progressing", "Paused", "Succeeded")
+# Phases in which the candidate serves traffic (the SupportAgent renders it).
+ACTIVE_PHASES = ("Progressing", "Holding", "Paused", "Succeeded")
 
 # PromQL of the built-in analyses, over the candidate revision's Serve application. Ray's
 # metrics agent prefixes application metrics with `ray_` and tags them with the application.
 _SELECTOR = 'namespace="{{namespace}}",application="{{application}}"'
+
+
+def _rate(series: str, matchers: str = "") -> str:
+    return f"sum(rate({series}{{{_SELECTOR}{matchers}}}[{{{{window}}}}]))"
+
+
+# Every built-in is a number for a candidate with traffic, and empty (no data) without:
+# - a counter of failures has no series until the first failure, so its numerator is
+#   `(... or vector(0))`: a healthy candidate's error rate is 0, not an empty vector;
+# - a denominator is filtered with `> 0`, so no series or no traffic in the window leaves the
+#   result empty, never 0 and never NaN from 0/0 (`evaluate` holds on NaN all the same).
+_REQUESTS = _rate("ray_agent_request_total")
+_ERROR, _FAILURE = ',status="error"', ',outcome="failure"'
 BUILTIN_QUERIES = {
-    "errorRate": (
-        f'sum(rate(ray_agent_request_total{{{_SELECTOR},status="error"}}[{{{{window}}}}]))'
-        f" / sum(rate(ray_agent_request_total{{{_SELECTOR}}}[{{{{window}}}}]))"
-    ),
+    "errorRate": f"({_rate('ray_agent_request_total', _ERROR)} or vector(0)) / ({_REQUESTS} > 0)",
+    # No traffic: every bucket's rate is 0 and the quantile NaN, which is no data.
     "latencyP95": (
         "histogram_quantile(0.95, sum by (le) "
         f"(rate(ray_agent_response_latency_seconds_bucket{{{_SELECTOR}}}[{{{{window}}}}])))"
     ),
     "escalationRate": (
-        f"sum(rate(ray_escalation_to_human_total{{{_SELECTOR}}}[{{{{window}}}}]))"
-        f" / sum(rate(ray_agent_request_total{{{_SELECTOR}}}[{{{{window}}}}]))"
+        f"({_rate('ray_escalation_to_human_total')} or vector(0)) / ({_REQUESTS} > 0)"
     ),
     "nluConfidence": (
-        f"sum(rate(ray_agent_nlu_confidence_sum{{{_SELECTOR}}}[{{{{window}}}}]))"
-        f" / sum(rate(ray_agent_nlu_confidence_count{{{_SELECTOR}}}[{{{{window}}}}]))"
+        f"{_rate('ray_agent_nlu_confidence_sum')} / ({_rate('ray_agent_nlu_confidence_count')} > 0)"
     ),
+    # A candidate that served requests without calling a tool had no tool call fail: 0.
     "toolErrorRate": (
-        f'sum(rate(ray_agent_tool_calls_total{{{_SELECTOR},outcome="failure"}}[{{{{window}}}}]))'
-        f" / sum(rate(ray_agent_tool_calls_total{{{_SELECTOR}}}[{{{{window}}}}]))"
+        f"({_rate('ray_agent_tool_calls_total', _FAILURE)} or vector(0))"
+        f" / ({_rate('ray_agent_tool_calls_total')} > 0)"
+        f" or ({_REQUESTS} > 0) * 0"
     ),
 }
+# The traffic guard: requests the candidate served during the step (`analysis.minRequests`).
+REQUESTS_QUERY = f"sum(increase(ray_agent_request_total{{{_SELECTOR}}}[{{{{window}}}}]))"
+TRAFFIC = AnalysisMetric.model_validate(
+    {"name": "requests", "query": REQUESTS_QUERY, "thresholdRange": {"min": 0}}
+)
+"""Asked of the injected analysis like any metric, so `advance` stays pure."""
 
 
 def metric_query(metric: AnalysisMetric, variables: dict[str, str]) -> str:
@@ -108,10 +127,15 @@ class RolloutState:
 Analysis = Callable[[AnalysisMetric], float | None]
 
 
+def _finite(value: float | None) -> float | None:
+    """None for no data, NaN (0/0 in a custom query) and infinities: none of them may pass."""
+    return value if value is not None and math.isfinite(value) else None
+
+
 def evaluate(metrics: list[AnalysisMetric], analysis: Analysis) -> list[dict[str, Any]]:
     results = []
     for metric in metrics:
-        value = analysis(metric)
+        value = _finite(analysis(metric))
         bounds = metric.threshold_range
         if value is None:
             verdict = "NoData"
@@ -131,7 +155,8 @@ def advance(
     """The next state of a progressive or manual rollout. Pure: the caller supplies the clock
     and the metric lookups."""
     if spec.weight is not None:  # manual mode: the platform team sets the weight
-        phase = "Paused" if spec.paused else ("Succeeded" if spec.weight == 100 else "Progressing")
+        # A split below 100% is a resting state, not progress: it holds until the spec changes.
+        phase = "Paused" if spec.paused else ("Succeeded" if spec.weight == 100 else "Holding")
         events: tuple[tuple[str, str, str], ...] = ()
         if spec.weight != state.weight:
             events = (("Normal", "WeightSet", f"Candidate weight set to {spec.weight}%"),)
@@ -173,7 +198,22 @@ def advance(
         )  # fmt: skip
     if (now - step_started).total_seconds() < progressive.interval_seconds:
         return replace(state, phase="Progressing")
-    results = evaluate(list(progressive.analysis.metrics), analysis)
+    metrics = list(progressive.analysis.metrics)
+    quiet = _too_quiet(progressive.analysis.min_requests, metrics, analysis)
+    if quiet is not None:  # too little traffic to judge: neither a pass nor a failure
+        # increase() extrapolates: 19.6 is reported as 19, not as the 20 it falls short of.
+        served = f"{int(quiet)} request(s) in the last {progressive.interval_seconds}s"
+        minimum = progressive.analysis.min_requests
+        return replace(
+            state, step_started_at=_format_time(now), reason="NotEnoughTraffic",
+            metrics=tuple({"name": m.name, "value": None, "verdict": "NoData"} for m in metrics),
+            message=f"Holding at {state.weight}%: the candidate served {served}, "
+            f"fewer than minRequests ({minimum})",
+            events=(("Warning", "NotEnoughTraffic", f"Analysis on hold: the candidate served "
+                     f"{served}, fewer than minRequests ({minimum})"),)
+            if state.reason != "NotEnoughTraffic" else (),
+        )  # fmt: skip
+    results = evaluate(metrics, analysis)
     failed = [r for r in results if r["verdict"] == "Fail"]
     waiting = [r for r in results if r["verdict"] == "NoData"]
     state = replace(state, metrics=tuple(results))
@@ -192,11 +232,13 @@ def advance(
             f"({failures}/{progressive.analysis.failure_limit} failures allowed)",
             events=(("Warning", "AnalysisFailed", f"Analysis failed: {names}"),),
         )  # fmt: skip
-    if waiting:  # no traffic yet: neither a pass nor a failure; the deadline bounds the wait
+    if waiting:  # enough traffic, yet a query came back empty: hold; the deadline bounds it
         names = ", ".join(r["name"] for r in waiting)
         return replace(
             state, step_started_at=_format_time(now), reason="WaitingForData",
-            message=f"Holding at {state.weight}%: no data yet for {names}",
+            message=f"Holding at {state.weight}%: no data for {names}",
+            events=(("Warning", "WaitingForData", f"Analysis on hold: no data for {names}"),)
+            if state.reason != "WaitingForData" else (),
         )  # fmt: skip
     index = (state.step_index or 0) + 1
     if index >= len(steps):
@@ -212,6 +254,15 @@ def advance(
         message=f"Step {index + 1}/{len(steps)}: {weight}%",
         events=(("Normal", "StepStarted", f"Step {index + 1}/{len(steps)}: {weight}%"),),
     )  # fmt: skip
+
+
+def _too_quiet(minimum: int, metrics: list[AnalysisMetric], analysis: Analysis) -> float | None:
+    """The requests the candidate served during the step when fewer than `minimum`; None when
+    enough, or when there is nothing to judge (no metrics: the steps go by time alone)."""
+    if minimum <= 0 or not metrics:
+        return None
+    served = _finite(analysis(TRAFFIC)) or 0.0  # no series at all: the candidate served none
+    return served if served < minimum else None
 
 
 def _rolled_back(state: RolloutState, reason: str, message: str) -> RolloutState:

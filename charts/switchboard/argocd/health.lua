@@ -19,11 +19,16 @@
 -- docs/rollouts.md). Ready is True only once the candidate is promoted, so Ready=False alone
 -- means nothing here:
 --   Succeeded                -> Healthy      every step passed, manual weight 100, or Promoted
+--   Holding                  -> Healthy      a manual weight below 100 (reason ManualWeight):
+--                                            the split the spec asks for is in place, and it
+--                                            stays until someone changes spec.weight; nothing
+--                                            is pending (Suspended would hold the Application
+--                                            and `argocd app wait --health` forever)
 --   Paused                   -> Suspended    spec.paused: the weight holds until resumed
---   Progressing/Initializing -> Progressing  StepStarted, Resumed, WaitingForData, and
---                                            AnalysisFailed below failureLimit (step restarts)
---       reason ManualWeight  -> Suspended    a manual split is a resting state, not progress:
---                                            it holds until someone changes spec.weight
+--   Progressing/Initializing -> Progressing  StepStarted, Resumed, NotEnoughTraffic,
+--                                            WaitingForData, and AnalysisFailed below
+--                                            failureLimit (step restarts)
+--       reason ManualWeight  -> Healthy      as Holding (written by operators before Holding)
 --       reason PrometheusUnavailable -> Degraded  no Prometheus, or it does not answer: the
 --                                            weight holds until a human fixes it
 --   Failed                   -> Degraded     rolled back (AnalysisFailed over failureLimit,
@@ -78,6 +83,8 @@ local function rolloutHealth(status, ready)
       hs.message = hs.message .. "; to finish, commit the candidate model into the SupportAgent,"
         .. " then delete this ModelRollout"
     end
+  elseif phase == "Holding" then
+    hs.status = "Healthy"
   elseif phase == "Paused" then
     hs.status = "Suspended"
   elseif phase == "Failed" then
@@ -86,7 +93,7 @@ local function rolloutHealth(status, ready)
     if reason == "PrometheusUnavailable" then
       hs.status = "Degraded"
     elseif reason == "ManualWeight" then
-      hs.status = "Suspended"
+      hs.status = "Healthy"
     else
       hs.status = "Progressing"
     end
