@@ -140,6 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides = LocalOverrides(
             nlu_model=args.nlu_model,
             llm_model=args.llm_model,
+            candidate_model=args.candidate_model,
             knowledge_dir=str(state / "knowledge"),
             tool_urls=dict(pair.split("=", 1) for pair in args.tool_url),
             system_urls=system_urls,
@@ -294,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("-n", "--namespace", default="default")
     serve.add_argument("--nlu-model", help="local NLU artifact directory (switchboard nlu train)")
     serve.add_argument("--llm-model", help="local LLM directory for agents with an LLM")
+    serve.add_argument(
+        "--candidate-model", help="local model directory for a ModelRollout's candidate"
+    )
     serve.add_argument(
         "--tool-url", action="append", default=[], metavar="ADAPTER=URL",
         help="local base URL of a ToolAdapter's business system",

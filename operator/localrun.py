@@ -8,23 +8,27 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from switchboard.serving import config as contract
 
 from .api.base import API_VERSION
+from .api.modelrollout import ModelRolloutSpec
 from .api.supportagent import SupportAgentSpec
 from .api.tooladapter import ToolAdapterSpec
 from .api.validation import SpecError, validate_spec
-from .render import Parent, RenderError, UnresolvedReference
+from .render import Canary, Parent, RenderError, UnresolvedReference
 from .render.gateway import gateway_config
 from .render.names import revision_app_name
+from .render.rollout import canary_of, initial_weight
 from .render.serve_config import (
     LLM_API_KEY_ENV,
     REDIS_URL_ENV,
     agent_app_config,
+    candidate_spec,
+    model_path,
     serve_config,
 )
 
@@ -41,6 +45,9 @@ class LocalOverrides:
     """ToolAdapter name → the business system's local base URL."""
     system_urls: Mapping[str, str] = field(default_factory=dict)
     """ToolAdapter `system` (orders, ticketing, ...) → local base URL, for the demo systems."""
+    candidate_model: str | None = None
+    """Local directory of a ModelRollout's candidate model (NLU or LLM, per its `component`);
+    unset, the candidate's `file://` path is used when it is a local directory."""
 
 
 def _secrets(documents: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
@@ -65,11 +72,33 @@ def _ours(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in documents if d.get("apiVersion") == API_VERSION and d.get("kind") == kind]
 
 
+@dataclass(frozen=True)
+class _Rollout:
+    name: str
+    canary: Canary
+
+
+def _rollouts(documents: list[dict[str, Any]]) -> dict[str, _Rollout]:
+    """Agent name → the canary of the ModelRollout that names it (the first, as the renderer
+    takes it), at its status weight if the manifest has one, else its manual weight or first
+    step. No Istio runs locally: the agent's router splits, whatever `trafficProvider` says."""
+    found: dict[str, _Rollout] = {}
+    for doc in _ours(documents, "ModelRollout"):
+        spec: ModelRolloutSpec = _validated(ModelRolloutSpec, doc)
+        status_weight = (doc.get("status") or {}).get("currentWeight")
+        weight = initial_weight(spec) if status_weight is None else int(status_weight)
+        canary = replace(canary_of(spec, weight), traffic_provider="none")
+        found.setdefault(spec.agent_ref, _Rollout(doc["metadata"]["name"], canary))
+    return found
+
+
 def local_plan(
     documents: list[dict[str, Any]], overrides: LocalOverrides, namespace: str = "default"
 ) -> contract.LocalPlan:
-    """Every agent and adapter in `documents`, ready for `switchboard.serving.local`."""
+    """Every agent and adapter in `documents`, ready for `switchboard.serving.local`; an agent
+    named by a ModelRollout serves its stable and candidate revisions behind its router."""
     secrets, config_maps = _secrets(documents), _config_maps(documents)
+    rollouts = _rollouts(documents)
     adapters: dict[str, ToolAdapterSpec] = {}
     gateways = []
     for doc in _ours(documents, "ToolAdapter"):
@@ -103,21 +132,53 @@ def local_plan(
         name = doc["metadata"]["name"]
         spec = _validated(SupportAgentSpec, doc)
         parent = Parent("SupportAgent", name, namespace)
+        rollout = rollouts.get(name)
+        canary = rollout.canary if rollout else None
         try:
             app = agent_app_config(parent, spec, adapters)
-            rendered = serve_config(parent, spec, adapters)
+            rendered = serve_config(parent, spec, adapters, canary)
+            candidate_of = candidate_spec(spec, canary) if canary else None
+            candidate = agent_app_config(parent, candidate_of, adapters) if candidate_of else None
         except UnresolvedReference as exc:
-            raise RenderError(f"SupportAgent {name}: {exc.message}") from None
+            where = f"ModelRollout {rollout.name}" if rollout else f"SupportAgent {name}"
+            raise RenderError(f"{where}: {exc.message}") from None
         app = _localize(name, spec, app, overrides, config_maps)
+        if rollout and candidate_of and candidate and candidate.revision != app.revision:
+            candidate = _localize(
+                name,
+                candidate_of,
+                candidate,
+                _candidate_overrides(rollout, overrides),
+                config_maps,
+            )
+        else:
+            candidate = None  # no rollout, or its candidate is the stable model: no canary
         env.update(_secret_env(name, spec, secrets))
         for application in rendered["applications"]:
-            if application["name"] == revision_app_name(name, app.revision):
-                application["args"] = app.model_dump(mode="json", exclude_none=True)
+            for localized in (app, candidate):
+                if localized and application["name"] == revision_app_name(name, localized.revision):
+                    application["args"] = localized.model_dump(mode="json", exclude_none=True)
         router = contract.RouterConfig.model_validate(rendered["applications"][0]["args"])
-        agents.append(contract.LocalAgent(app=app, router=router, serve_config=rendered))
+        agents.append(
+            contract.LocalAgent(app=app, candidate=candidate, router=router, serve_config=rendered)
+        )
     if not agents:
         raise RenderError("no SupportAgent among the manifests")
     return contract.LocalPlan(agents=agents, gateways=gateways, env=env)
+
+
+def _candidate_overrides(rollout: _Rollout, overrides: LocalOverrides) -> LocalOverrides:
+    """`overrides` with the rollout's component pointing at the candidate's local model."""
+    uri = rollout.canary.model_uri
+    path = overrides.candidate_model or (model_path(uri) if uri.startswith("file://") else None)
+    if path is None or not Path(path).is_dir():
+        raise RenderError(
+            f"ModelRollout {rollout.name}: candidate model {path or uri} is not a local "
+            "directory (point candidate.modelUri at one with file://)"
+        )
+    if rollout.canary.component == "nlu":
+        return replace(overrides, nlu_model=path)
+    return replace(overrides, llm_model=path)
 
 
 def _secret_env(

@@ -1,4 +1,8 @@
-"""`switchboard chat URL`: a terminal chat with a running agent."""
+"""`switchboard chat URL`: a terminal chat with a running agent.
+
+Every reply names the model revision that answered it (`revision`); later turns send it back
+in the revision header, so the conversation stays on that revision during a canary (see
+docs/rollouts.md, "Conversations stick to one revision")."""
 
 from __future__ import annotations
 
@@ -9,14 +13,24 @@ import urllib.request
 import uuid
 from typing import Any, TextIO
 
+from .config import REVISION_HEADER
 
-def send(url: str, session_id: str, message: str, timeout: float = 60) -> dict[str, Any]:
+
+def send(
+    url: str,
+    session_id: str,
+    message: str,
+    timeout: float = 60,
+    revision: str | None = None,
+) -> dict[str, Any]:
+    """One turn; `revision` (the previous reply's) pins the turn to the revision that served
+    the conversation so far."""
     body = json.dumps({"session_id": session_id, "message": message, "channel": "terminal"})
+    headers = {"Content-Type": "application/json"}
+    if revision:
+        headers[REVISION_HEADER] = revision
     request = urllib.request.Request(
-        url.rstrip("/") + "/v1/chat",
-        data=body.encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
+        url.rstrip("/") + "/v1/chat", data=body.encode(), headers=headers, method="POST"
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -37,12 +51,15 @@ def describe(answer: dict[str, Any]) -> str:
         meta += f" handoff={handoff['reason']} ticket={handoff.get('ticket_id')}"
     if answer.get("sources"):
         meta += " sources=" + ",".join(s["id"] for s in answer["sources"])
+    if answer.get("revision"):
+        meta += f" revision={answer['revision']}"
     lines.append(f"       [{meta} trace={answer['trace_id'][:12]}]")
     return "\n".join(lines)
 
 
 def chat(url: str, session_id: str | None = None, stdin: TextIO = sys.stdin) -> int:
     session = session_id or f"terminal-{uuid.uuid4().hex[:8]}"
+    revision: str | None = None  # the revision that answered the first turn, once known
     print(f"Chatting with {url} (session {session}); Ctrl-D or 'quit' to leave.")
     while True:
         try:
@@ -55,6 +72,8 @@ def chat(url: str, session_id: str | None = None, stdin: TextIO = sys.stdin) -> 
         if not line.strip():
             continue
         try:
-            print(describe(send(url, session, line.strip())))
+            answer = send(url, session, line.strip(), revision=revision)
+            revision = answer.get("revision") or revision
+            print(describe(answer))
         except (RuntimeError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)

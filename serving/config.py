@@ -190,8 +190,10 @@ class TesterMatch(Contract):
 
 class RouterConfig(Contract):
     """`args` of the agent's router application: the HTTP entry at `/` that sends each request
-    to a revision — the one named in the revision header if present, else the candidate for
-    tester requests, else one drawn by weight."""
+    to a revision — the one named in the revision header if it is served, else the candidate
+    for tester requests, else the one the session id hashes to under the weights (so every
+    turn of a conversation lands on one revision, and a rising weight only moves
+    conversations from stable to candidate)."""
 
     agent: str
     header: str = REVISION_HEADER
@@ -269,6 +271,9 @@ class LocalGateway(Contract):
 
 class LocalAgent(Contract):
     app: AgentAppConfig
+    """The stable revision."""
+    candidate: AgentAppConfig | None = None
+    """A ModelRollout's candidate revision, served beside `app` behind the same router."""
     router: RouterConfig
     serve_config: dict[str, Any]
     """The rendered `serveConfigV2`; local runs take the deployment options from it."""

@@ -115,20 +115,27 @@ def _options(serve_config: dict[str, Any], app_name: str) -> dict[str, dict[str,
     return {}
 
 
+def revision_apps(agent: LocalAgent) -> list[AgentAppConfig]:
+    """The revisions the agent serves: the stable one, then a ModelRollout's candidate."""
+    return [agent.app] + ([agent.candidate] if agent.candidate is not None else [])
+
+
 def deploy_agent(agent: LocalAgent, route_prefix: str = "/", cpus: float | None = None) -> None:
-    """The router and every revision application, with the rendered deployment options."""
+    """Every revision application, then the router in front of them, with the rendered
+    deployment options."""
     from ray import serve
 
     from . import app as agent_app
     from . import router
 
     config = fit_to_cpus(agent.serve_config, cpus) if cpus else agent.serve_config
-    revision_app = f"{agent.app.agent}-{agent.app.revision}"
-    serve.run(
-        agent_app.build_app(agent.app.model_dump(), _options(config, revision_app)),
-        name=revision_app,
-        route_prefix=None,
-    )
+    for revision in revision_apps(agent):
+        revision_app = f"{revision.agent}-{revision.revision}"
+        serve.run(
+            agent_app.build_app(revision.model_dump(), _options(config, revision_app)),
+            name=revision_app,
+            route_prefix=None,
+        )
     serve.run(
         router.build_app(agent.router.model_dump(), _options(config, agent.app.agent)),
         name=agent.app.agent,
@@ -254,7 +261,14 @@ def serve_plan(
         start_ray(cpus, temp_dir, http_port=port, host=host, metrics_port=metrics_port)
         single = len(plan.agents) == 1
         for agent in plan.agents:
-            local = agent.model_copy(update={"app": with_tool_urls(agent.app, gateways.urls)})
+            local = agent.model_copy(
+                update={
+                    "app": with_tool_urls(agent.app, gateways.urls),
+                    "candidate": with_tool_urls(agent.candidate, gateways.urls)
+                    if agent.candidate
+                    else None,
+                }
+            )
             deploy_agent(local, "/" if single else f"/{agent.app.agent}", cpus=cpus)
     except BaseException:
         gateways.stop()

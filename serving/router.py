@@ -1,9 +1,12 @@
 """The agent's HTTP entry at `/`: picks a model revision per request and forwards it to that
 revision's Serve application.
 
-Istio sets the revision header per weighted destination, so with Istio the choice is already
-made; without it (`trafficProvider: none`) the router applies the weights itself."""
+Istio sets the revision header per weighted destination (or keeps the one a client echoes), so
+with Istio the choice is already made; without it (`trafficProvider: none`) the router applies
+the weights itself, by a stable hash of the session id so that a conversation stays on one
+revision (docs/rollouts.md, "Conversations stick to one revision")."""
 
+import hashlib
 import random
 import re
 from collections.abc import Mapping
@@ -34,19 +37,54 @@ def is_tester(config: RouterConfig, headers: Mapping[str, str]) -> bool:
     return False
 
 
+# A session's place on the 0..99 scale the weights split (`session_bucket`).
+BUCKETS = 100
+
+
+def session_bucket(session_id: str) -> int:
+    """A stable number in 0..99 for a session: the same in every replica, process and release
+    (sha256, not Python's salted `hash`)."""
+    digest = hashlib.sha256(session_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKETS
+
+
+def by_bucket(routes: list[RevisionRoute], bucket: int) -> RevisionRoute:
+    """The revision whose share of the scale holds `bucket`. Shares are laid out from the last
+    revision (the candidate) at 0 upwards, so raising the candidate's weight only moves
+    sessions from stable to candidate, never back."""
+    total = sum(r.weight for r in routes)
+    if total == 0:
+        return routes[0]
+    covered = 0
+    for route in reversed(routes):
+        covered += route.weight
+        if bucket * total < covered * BUCKETS:  # weights that do not add up to 100 scale
+            return route
+    return routes[0]  # unreachable: the last share ends at the top of the scale
+
+
 def pick_revision(
-    config: RouterConfig, headers: Mapping[str, str], rng: random.Random
+    config: RouterConfig,
+    headers: Mapping[str, str],
+    rng: random.Random,
+    session_id: str | None = None,
 ) -> RevisionRoute:
-    """The revision named in the revision header if it is served; the tester revision for
-    requests matching a tester header; else one drawn by weight (the first when every weight
-    is 0, which a rollout never leaves for long)."""
+    """The revision named in the revision header if it is served (Istio's choice, or the
+    revision a client echoes to keep its conversation where it started); the tester revision
+    for requests matching a tester header; else by weight: by the session id's stable bucket
+    when there is one, so every turn of a conversation lands on the same revision, drawn from
+    `rng` otherwise. The first revision when every weight is 0 (a rollout never leaves that for
+    long)."""
     routes = config.revisions
+    served = {route.revision: route for route in routes}
     requested = headers.get(config.header)
-    wanted = requested or (config.tester_revision if is_tester(config, headers) else None)
-    if wanted:
-        for route in routes:
-            if route.revision == wanted:
-                return route
+    if requested is not None and requested in served:
+        return served[requested]
+    tester = config.tester_revision
+    if tester is not None and tester in served and is_tester(config, headers):
+        return served[tester]
+    if session_id is not None:
+        return by_bucket(routes, session_bucket(session_id))
     weighted = [r for r in routes if r.weight > 0]
     if not weighted:
         return routes[0]
@@ -66,7 +104,7 @@ class Router:
         return self._handles[app_name]
 
     async def _dispatch(self, request: ChatRequest, headers: Mapping[str, str]) -> dict[str, Any]:
-        route = pick_revision(self.config, headers, self._rng)
+        route = pick_revision(self.config, headers, self._rng, session_id=request.session_id)
         response: dict[str, Any] = await self._handle(route.app_name).chat.remote(
             request.model_dump()
         )

@@ -729,6 +729,86 @@ def test_virtualservice(ingress: dict[str, Any] | None, gateways: list[str] | No
     assert route["headers"]["request"]["set"] == {contract.REVISION_HEADER: agent_revision(spec)}
 
 
+def canary_virtualservice(**canary: Any) -> tuple[dict[str, Any], str, str]:
+    """The VirtualService of an agent with ingress during a canary, its stable and candidate
+    revisions."""
+    from switchboard.operator.render import Canary
+    from switchboard.operator.render.serve_config import candidate_spec
+
+    spec = agent({"ingress": {"hosts": ["help.example.com"]}})
+    options: dict[str, Any] = {
+        "component": "nlu",
+        "model_uri": "file:///models/nlu/v2",
+        "quantization": None,
+        "weight": 30,
+    }
+    rollout = Canary(**(options | canary))
+    _, vs = render_agent(Parent("SupportAgent", "acme", NAMESPACE), spec, adapters(), rollout)
+    return vs, agent_revision(spec), agent_revision(candidate_spec(spec, rollout))
+
+
+def revision_set(route: dict[str, Any]) -> list[tuple[str, int]]:
+    return [
+        (d["headers"]["request"]["set"][contract.REVISION_HEADER], d["weight"])
+        for d in route["route"]
+    ]
+
+
+def test_canary_pins_each_served_revision_before_the_weighted_split(schemas: Any) -> None:
+    """Testers first, then one route per served revision matching the revision header a client
+    echoes (it keeps that header), then Istio's weighted split: a conversation stays on the
+    revision of its first reply while that revision serves."""
+    from switchboard.operator.api.modelrollout import HeaderMatch
+
+    tester = HeaderMatch.model_validate({"name": "x-canary", "exact": "true"})
+    vs, stable, candidate = canary_virtualservice(testers=(tester,))
+    http = vs["spec"]["http"]
+    assert [r["name"] for r in http] == [
+        "testers",
+        f"revision-{stable}",
+        f"revision-{candidate}",
+        "canary",
+    ]
+    assert revision_set(http[0]) == [(candidate, 100)]
+    for route, pinned in zip(http[1:3], (stable, candidate), strict=True):
+        assert route["match"] == [{"headers": {contract.REVISION_HEADER: {"exact": pinned}}}]
+        assert revision_set(route) == [(pinned, 100)]
+        assert route["route"][0]["destination"] == http[-1]["route"][0]["destination"]
+        assert route["retries"] == http[-1]["retries"] and route["timeout"] == http[-1]["timeout"]
+    assert "match" not in http[-1]
+    assert revision_set(http[-1]) == [(stable, 70), (candidate, 30)]
+    assert schemas.crd_errors(vs) == []
+
+
+@pytest.mark.parametrize("weight", [0, 100])
+def test_a_revision_at_weight_zero_still_serves_its_conversations(weight: int) -> None:
+    """At 0% or 100% both applications run: conversations begun on either keep their pin."""
+    vs, stable, candidate = canary_virtualservice(weight=weight)
+    http = vs["spec"]["http"]
+    assert [r["name"] for r in http] == [f"revision-{stable}", f"revision-{candidate}", "canary"]
+    assert revision_set(http[-1]) == [(stable, 100 - weight), (candidate, weight)]
+
+
+@pytest.mark.parametrize(
+    "canary",
+    [
+        pytest.param(None, id="no-rollout"),
+        pytest.param({"traffic_provider": "none"}, id="router-splits"),
+        pytest.param({"model_uri": "file:///models/nlu/v1"}, id="candidate-is-stable"),
+    ],
+)
+def test_no_pin_routes_without_an_istio_canary(canary: dict[str, Any] | None) -> None:
+    """One revision needs no pin (an echoed revision no longer served falls into the split);
+    with `trafficProvider: none` the router honours the echoed header itself."""
+    if canary is None:
+        spec = agent({"ingress": {"hosts": ["help.example.com"]}})
+        _, vs = render_agent(Parent("SupportAgent", "acme", NAMESPACE), spec, adapters())
+    else:
+        vs, _, _ = canary_virtualservice(**canary)
+    [route] = vs["spec"]["http"]
+    assert "match" not in route
+
+
 # --------------------------------------------------------------------------------------------
 # Builders: tool gateway
 

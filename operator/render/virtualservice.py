@@ -1,7 +1,8 @@
 """SupportAgent → Istio `VirtualService` in front of the RayService's Serve service.
 
 Each destination sets the revision header, so the agent's router serves exactly the revision
-Istio chose; a canary adds a weighted destination and header-matched tester routes here.
+Istio chose; a canary adds a weighted destination, header-matched tester routes, and one pin
+route per served revision that keeps a conversation on the revision a client echoes back.
 """
 
 from __future__ import annotations
@@ -46,8 +47,13 @@ def render_virtualservice(
     canary: Canary | None = None,
 ) -> dict[str, Any]:
     """Routes for `revisions` [(revision, percent)]: stable first, then a candidate. Testers'
-    header matches come first so they always reach the candidate. With `trafficProvider: none`
-    Istio sends everything to the router, which applies the same weights and matches itself."""
+    header matches come first so they always reach the candidate. During a canary, a request
+    that already names a served revision in the revision header (a client echoing the
+    `revision` of its conversation's first reply) is pinned to it by a route of its own, placed
+    before the weighted split, so a conversation never changes revision while its revision
+    serves; a revision no longer served has no pin route, and its conversations fall into the
+    split. With `trafficProvider: none` Istio sends everything to the router, which applies the
+    same weights, matches and pins itself."""
     spec: dict[str, Any] = {"hosts": list(ingress.hosts)}
     if ingress.gateways:
         # Listing gateways replaces the implicit `mesh`; keep in-mesh callers on the same routes.
@@ -67,6 +73,16 @@ def render_virtualservice(
                 **resilience,
             }
         )
+    if by_istio and len(revisions) > 1:
+        routes += [
+            {
+                "name": f"revision-{rev}",
+                "match": [{"headers": {REVISION_HEADER: {"exact": rev}}}],
+                "route": [destination(parent, rev, 100)],
+                **resilience,
+            }
+            for rev, _ in revisions
+        ]
     if by_istio:
         main = [destination(parent, rev, percent) for rev, percent in revisions]
     else:
