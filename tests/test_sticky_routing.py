@@ -159,6 +159,10 @@ def test_weights_that_do_not_add_up_to_100_still_split_in_proportion() -> None:
 
 
 class _Agent(http.server.BaseHTTPRequestHandler):
+    """A stub agent on 127.0.0.1 that records the header each turn brings: this checks the
+    terminal loop's bookkeeping only; `chat.send` against the real agent on Ray Serve is in
+    tests/test_rollout_serving.py."""
+
     seen: list[dict[str, Any]] = []
 
     def do_POST(self) -> None:
