@@ -645,12 +645,13 @@ class PrometheusServer:
         self.process: subprocess.Popen[bytes] | None = None
         self._write_config(targets)
 
-    def _write_config(self, targets: list[str]) -> None:
+    def _write_config(self, targets: list[str], labels: dict[str, str] | None = None) -> None:
+        static: dict[str, Any] = {"targets": targets}
+        if labels:
+            static["labels"] = labels
         config = {
             "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
-            "scrape_configs": [
-                {"job_name": "targets", "static_configs": [{"targets": targets}]},
-            ],
+            "scrape_configs": [{"job_name": "targets", "static_configs": [static]}],
         }
         (self.home / "prometheus.yml").write_text(yaml.safe_dump(config))
 
@@ -684,10 +685,12 @@ class PrometheusServer:
             self.process.wait(timeout=20)
         self.process = None
 
-    def set_targets(self, targets: list[str]) -> None:
+    def set_targets(self, targets: list[str], labels: dict[str, str] | None = None) -> None:
+        """Scrape `targets` from now on, each series with `labels` added (as a cluster's
+        service discovery adds `namespace`)."""
         import urllib.request
 
-        self._write_config(targets)
+        self._write_config(targets, labels)
         request = urllib.request.Request(f"{self.url}/-/reload", method="POST")
         with urllib.request.urlopen(request, timeout=10):
             pass
@@ -878,6 +881,12 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) ->
             return last
         time.sleep(0.2)
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+@pytest.fixture(scope="session")
+def poll() -> Callable[..., Any]:
+    """`wait_for` for tests that have no `cluster`: poll(what, probe, timeout)."""
+    return wait_for
 
 
 def free_port() -> int:

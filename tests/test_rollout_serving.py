@@ -19,7 +19,6 @@ import json
 import random
 import shutil
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from switchboard.operator.api.base import API_VERSION
 from switchboard.operator.api.modelrollout import AnalysisMetric
@@ -194,35 +192,17 @@ def converse(url: str, session: str, echo: bool) -> list[str]:
     return answered
 
 
-def prometheus_for(start_prometheus: Callable[[list[str]], Any], agent: Any) -> Any:
+def prometheus_for(start_prometheus: Callable[[list[str]], Any], agent: Any, poll: Any) -> Any:
     """A real Prometheus scraping Ray's metrics endpoint; as on a cluster, the scrape adds the
     target's `namespace` (local runs: `default`), which the built-in analyses select on."""
     server = start_prometheus([f"127.0.0.1:{agent.metrics_port}"])
-    path = server.home / "prometheus.yml"
-    config = yaml.safe_load(path.read_text())
-    for scrape in config["scrape_configs"]:
-        for static in scrape["static_configs"]:
-            static["labels"] = {"namespace": NAMESPACE}
-    path.write_text(yaml.safe_dump(config))
-    request = urllib.request.Request(f"{server.url}/-/reload", method="POST")
-    with urllib.request.urlopen(request, timeout=10):
-        pass
-    wait(
+    server.set_targets([f"127.0.0.1:{agent.metrics_port}"], labels={"namespace": NAMESPACE})
+    poll(
         "Prometheus scraping Ray with the namespace label",
         lambda: server.query(f'up{{namespace="{NAMESPACE}"}} == 1'),
+        60,
     )
     return server
-
-
-def wait(what: str, probe: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
 def requests_by_app(prometheus: Any) -> dict[str, int]:
@@ -234,11 +214,11 @@ def requests_by_app(prometheus: Any) -> dict[str, int]:
 
 
 def test_conversations_stick_to_one_revision(
-    canary: Any, start_prometheus: Callable[[list[str]], Any]
+    canary: Any, start_prometheus: Callable[[list[str]], Any], poll: Any
 ) -> None:
     stable, candidate = revisions(canary)
     apps = {rev: revision_app_name(AGENT, rev) for rev in (stable, candidate)}
-    prometheus = prometheus_for(start_prometheus, canary)
+    prometheus = prometheus_for(start_prometheus, canary, poll)
     time.sleep(3)  # earlier turns (none in file order) reported and scraped
     before = requests_by_app(prometheus)
 
@@ -279,7 +259,7 @@ def test_conversations_stick_to_one_revision(
     # turns of the conversations that went to it.
     routed = per_revision["echo"] + per_revision["hash"]
     wanted = {apps[rev]: before.get(apps[rev], 0) + len(TURNS) * routed[rev] for rev in apps}
-    wait(
+    poll(
         f"ray_agent_request_total per application = {wanted}",
         lambda: {a: n for a, n in requests_by_app(prometheus).items() if a in wanted} == wanted,
         timeout=30,
@@ -299,7 +279,7 @@ def test_conversations_stick_to_one_revision(
         seen = audited()
         return seen if sum(map(len, seen.values())) == len(TURNS) * len(answered) else None
 
-    by_session = wait("an audit line for every turn", all_audited, timeout=30)
+    by_session = poll("an audit line for every turn", all_audited, timeout=30)
     assert {s: set(revs) for s, revs in by_session.items()} == {
         s: {revs[0]} for s, revs in answered.items()
     }
@@ -316,13 +296,13 @@ def pinned_turn(agent: Any, revision: str, session: str, message: str) -> dict[s
 
 
 def test_every_builtin_analysis_per_revision_from_ray_metrics(
-    canary: Any, start_prometheus: Callable[[list[str]], Any]
+    canary: Any, start_prometheus: Callable[[list[str]], Any], poll: Any
 ) -> None:
     """Stable healthy, candidate with injected tool failures (the demo orders system answers
     503): each built-in analysis, rendered exactly as the operator renders it, returns a number
     for each revision, and the numbers tell the two apart."""
     stable, candidate = revisions(canary)
-    prometheus = prometheus_for(start_prometheus, canary)
+    prometheus = prometheus_for(start_prometheus, canary, poll)
     faults = canary.demo.orders_faults
 
     # Two rounds, a few scrapes apart, so every series grows inside the window (rate() needs
@@ -369,7 +349,7 @@ def test_every_builtin_analysis_per_revision_from_ray_metrics(
         return values if ready and (values["candidate"]["toolErrorRate"] or 0) > 0 else None
 
     try:
-        values = wait("every built-in analysis to return a number", complete, timeout=30)
+        values = poll("every built-in analysis to return a number", complete, timeout=30)
     except pytest.fail.Exception:
         values = {"stable": evaluate(stable), "candidate": evaluate(candidate)}
         print(f"\nbuilt-in analyses (incomplete): {json.dumps(values, indent=2)}")
