@@ -143,7 +143,10 @@ class _ServeMetrics:
         self.confidences = serve.metrics.Histogram(
             "agent_nlu_confidence",
             description="Calibrated NLU confidence of each turn.",
-            boundaries=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99],
+            # Ending at 1.0 (a confidence never exceeds it) keeps the +Inf bucket empty: Ray 2.60
+            # exports a histogram's _sum from bucket midpoints, +Inf counting as twice the last
+            # bound, so a 0.99 last bound turned confident turns into 1.98 in the mean.
+            boundaries=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0],
         )
         self.tool_calls = serve.metrics.Counter(
             "agent_tool_calls_total",
@@ -153,7 +156,7 @@ class _ServeMetrics:
         self.retrieval_scores = serve.metrics.Histogram(
             "agent_retrieval_top_score",
             description="Relevance of the best knowledge-base passage per lookup.",
-            boundaries=[0.1, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9],
+            boundaries=[0.1, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 1.0],
         )
         self.knowledge_answers = serve.metrics.Counter(
             "agent_knowledge_answers_total",
