@@ -1,6 +1,8 @@
 """The Helm chart, offline: `helm lint` and `helm template` (a real helm 3.6.2, `make helm`) with
 default and variant values, every rendered object valid against its schema, the values schema
 refusing bad input with a message, and the chart's CRDs identical to the top-level `crds/`.
+`helm template --kube-version` for 1.20, 1.25, 1.30 and the newest Kubernetes kubernetes-validate
+knows renders only APIs that version serves, each object valid for it.
 
 The chart's RBAC and Deployment arguments are proven against the real API server in
 tests/test_operator_envtest.py (cluster-wide) and tests/test_chart_envtest.py (namespaced,
@@ -12,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
+import kubernetes_validate.utils
 import pytest
 import yaml
 
@@ -137,6 +141,103 @@ def test_disruption_budget_follows_the_cluster(helm_template: Any) -> None:
     old = one(helm_template(api_versions=()), "PodDisruptionBudget")
     assert (current["apiVersion"], old["apiVersion"]) == ("policy/v1", "policy/v1beta1")
     assert current["spec"]["minAvailable"] == 1
+
+
+# --------------------------------------------------------------------------------------------
+# `helm template --kube-version`: what README's "Without Helm" path applies to a cluster
+
+# Under `helm template` the chart sees helm's compiled-in API list, not the cluster's (helm
+# 3.6.2's has no policy/v1), so only `--kube-version` tells it the target. 1.20 is the envtest
+# server's (tests/test_chart_envtest.py installs the chart there: its strict check), 1.25 the
+# first without policy/v1beta1, and the newest that kubernetes-validate bundles.
+KUBE_VERSIONS = tuple(
+    dict.fromkeys(("1.20.0", "1.25.0", "1.30.0", kubernetes_validate.latest_version()))
+)
+# Built-in API versions the chart may render: (first Kubernetes serving it, first not serving
+# it). A new one fails the test below until it is listed here.
+BUILTIN_APIS: dict[str, tuple[str, str | None]] = {
+    "v1": ("1.0.0", None),
+    "apps/v1": ("1.9.0", None),
+    "rbac.authorization.k8s.io/v1": ("1.8.0", None),
+    "apiextensions.k8s.io/v1": ("1.16.0", None),
+    "policy/v1": ("1.21.0", None),
+    "policy/v1beta1": ("1.5.0", "1.25.0"),
+    "autoscaling/v2": ("1.23.0", None),
+    "autoscaling/v2beta2": ("1.12.0", "1.26.0"),
+}
+# Groups of custom resources: validated against their CRDs, served by whatever installs them.
+CUSTOM_GROUPS = {"monitoring.coreos.com", "argoproj.io", "kopf.dev", "switchboard.dev"}
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.lstrip("v").split("-")[0].split("."))
+
+
+def served(api_version: str, kube_version: str) -> bool:
+    since, removed = BUILTIN_APIS[api_version]
+    at = version_tuple(kube_version)
+    return version_tuple(since) <= at and (removed is None or at < version_tuple(removed))
+
+
+def template_for(
+    run_helm: Any, tmp_path: Path, kube_version: str, values: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """README's `helm template ... --include-crds`, for a cluster of ``kube_version``."""
+    file = tmp_path / "values.yaml"
+    file.write_text(yaml.safe_dump(values))
+    args = ["template", "switchboard-operator", str(CHART), "--namespace", NS]
+    args += ["--include-crds", "--kube-version", kube_version, "--values", str(file)]
+    done = run_helm(*args)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def test_kube_versions_include_the_newest_validator_schemas() -> None:
+    assert "1.30.0" in KUBE_VERSIONS and len(KUBE_VERSIONS) >= 3
+    assert version_tuple(KUBE_VERSIONS[-1]) >= version_tuple("1.30.0")
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_renders_only_apis_the_cluster_serves(
+    run_helm: Any, schemas: Any, tmp_path: Path, kube_version: str, variant: str
+) -> None:
+    objects = template_for(run_helm, tmp_path, kube_version, VARIANTS[variant])
+    builtin = [o for o in objects if o["apiVersion"].split("/")[0] not in CUSTOM_GROUPS]
+    unknown = {o["apiVersion"] for o in builtin} - set(BUILTIN_APIS)
+    assert unknown == set(), f"add {unknown} to BUILTIN_APIS"
+    unserved = [
+        f"{o['apiVersion']} {o['kind']}"
+        for o in builtin
+        if not served(o["apiVersion"], kube_version)
+    ]
+    assert unserved == []
+    if kube_version not in kubernetes_validate.utils.all_versions():
+        return  # older than the validator's schemas: the envtest install checks 1.20
+    errors = {
+        f"{o['kind']}/{o['metadata']['name']}": schemas.errors(o, kube_version) for o in objects
+    }
+    assert {name: e for name, e in errors.items() if e} == {}
+
+
+@pytest.mark.parametrize(
+    ("kube_version", "api_version"),
+    [
+        ("1.20.0", "policy/v1beta1"),
+        ("v1.20.15-gke.100", "policy/v1beta1"),
+        ("1.21.0", "policy/v1"),
+        ("1.25.0", "policy/v1"),
+        ("1.30.0", "policy/v1"),
+        ("v1.30.0-eks-a1b2c3", "policy/v1"),  # vendor suffixes compare as their release
+        (kubernetes_validate.latest_version(), "policy/v1"),
+    ],
+)
+def test_disruption_budget_follows_the_kube_version(
+    run_helm: Any, tmp_path: Path, kube_version: str, api_version: str
+) -> None:
+    pdb = one(template_for(run_helm, tmp_path, kube_version, {}), "PodDisruptionBudget")
+    assert pdb["apiVersion"] == api_version
+    assert pdb["spec"]["minAvailable"] == 1
 
 
 def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:

@@ -48,3 +48,19 @@ app.kubernetes.io/component: operator
 true
 {{- end -}}
 {{- end -}}
+
+{{/*
+The PodDisruptionBudget's API: policy/v1 from Kubernetes 1.21 (policy/v1beta1 is gone in 1.25),
+policy/v1beta1 before. Chosen by the Kubernetes version first: under `helm template` the
+APIVersions list is the helm binary's compiled-in one, not the cluster's (helm 3.6's lacks
+policy/v1), so `helm template --kube-version 1.30.0` must not depend on it. `-0` lets
+pre-release and vendor versions (v1.30.0-eks-…) compare as their release. An explicit
+`--api-versions policy/v1/PodDisruptionBudget` (or a cluster that serves it) also picks v1.
+*/}}
+{{- define "switchboard.pdb.apiVersion" -}}
+{{- if or (semverCompare ">=1.21-0" .Capabilities.KubeVersion.Version) (.Capabilities.APIVersions.Has "policy/v1/PodDisruptionBudget") -}}
+policy/v1
+{{- else -}}
+policy/v1beta1
+{{- end -}}
+{{- end -}}
