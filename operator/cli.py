@@ -113,8 +113,93 @@ SAMPLE_REQUESTS = (
 )
 
 
+class _Stop(BaseException):
+    """SIGTERM (or Ctrl-C) while `switchboard serve` starts or runs: unwinds it through its
+    cleanup. A BaseException, so no `except Exception` on the way swallows it."""
+
+
+class _Signals:
+    """The SIGTERM/SIGINT handler of `switchboard serve`: raises `_Stop` in the main thread,
+    except while `ray.init` starts Ray's processes, where an exception would leave some of them
+    running; a signal then is held until `ray.init` returns."""
+
+    def __init__(self) -> None:
+        self.held: int | None = None
+        self.holding = False
+
+    def __call__(self, signum: int, _frame: Any) -> None:
+        if self.holding:
+            self.held = signum
+            return
+        raise _Stop(signum)
+
+    @contextlib.contextmanager
+    def around_ray_init(self) -> Iterator[None]:
+        """Within: `ray.init` keeps this handler instead of installing Ray's own (which calls
+        sys.exit(SIGTERM) from wherever the driver is) and holds signals while it runs."""
+        import signal
+
+        import ray
+        from ray._private import utils as ray_utils
+
+        real_init, real_set = ray.init, ray_utils.set_sigterm_handler
+
+        def init(*args: Any, **kwargs: Any) -> Any:
+            self.holding = True
+            try:
+                return real_init(*args, **kwargs)
+            finally:
+                self.holding = False
+                signal.signal(signal.SIGTERM, self)
+                if self.held is not None:
+                    raise _Stop(self.held)
+
+        ray.init = init
+        ray_utils.set_sigterm_handler = lambda _handler: None
+        try:
+            yield
+        finally:
+            ray.init, ray_utils.set_sigterm_handler = real_init, real_set
+
+
+def _import_ray_without_failure_handler() -> None:
+    """Import Ray with its C++ failure-signal handler off in this process only. In the driver
+    that handler catches SIGTERM first and prints a "*** SIGTERM received ... ***" stack dump;
+    the variable is read once, on import, and removed again so that Ray's own processes,
+    started later with this environment, keep their crash reports."""
+    import os
+
+    name = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"
+    previous = os.environ.get(name)
+    os.environ[name] = "1"
+    try:
+        import ray  # noqa: F401
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    """The agents in the manifests on an embedded Ray Serve, with local tool gateways."""
+    """The agents in the manifests on an embedded Ray Serve, with local tool gateways.
+
+    SIGTERM (what a container gets) and Ctrl-C stop it the same way, at any point: Serve, Ray,
+    the gateways, then the demo systems, and exit status 0."""
+    import signal
+
+    handler = _Signals()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    try:
+        return _serve(args, handler)
+    finally:
+        for sig, before in previous.items():
+            signal.signal(sig, before)
+
+
+def _serve(args: argparse.Namespace, handler: _Signals) -> int:
     import signal
     import threading
 
@@ -126,17 +211,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"switchboard serve needs the serving extra ({exc})", file=sys.stderr)
         return 2
-    state = Path(args.state_dir)
-    state.mkdir(parents=True, exist_ok=True)
     demo = None
-    system_urls: dict[str, str] = {}
-    if args.demo_systems:
-        from switchboard.serving.demo import start_demo_systems
-
-        demo = start_demo_systems(state / "demo-systems.sqlite", orders_port=0, ticketing_port=0)
-        system_urls = {"orders": demo.orders_url, "ticketing": demo.ticketing_url}
-        print(f"demo systems: orders {demo.orders_url}, ticketing {demo.ticketing_url}")
+    run = None
     try:
+        _import_ray_without_failure_handler()
+        state = Path(args.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        system_urls: dict[str, str] = {}
+        if args.demo_systems:
+            from switchboard.serving.demo import start_demo_systems
+
+            demo = start_demo_systems(
+                state / "demo-systems.sqlite", orders_port=0, ticketing_port=0
+            )
+            system_urls = {"orders": demo.orders_url, "ticketing": demo.ticketing_url}
+            print(f"demo systems: orders {demo.orders_url}, ticketing {demo.ticketing_url}")
         overrides = LocalOverrides(
             nlu_model=args.nlu_model,
             llm_model=args.llm_model,
@@ -151,32 +240,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"switchboard: {exc}", file=sys.stderr)
             return 1
         print("starting Ray Serve and the agents (about a minute)...", flush=True)
-        run = local.serve_plan(plan, host=args.host, port=args.port, cpus=args.cpus)
+        with handler.around_ray_init():
+            # A `_Stop` in here unwinds through serve_plan, which shuts Ray and the gateways down.
+            run = local.serve_plan(plan, host=args.host, port=args.port, cpus=args.cpus)
         url = run.url
-        try:
-            print(f"\nagent ready at {url}  (OpenAPI: {url}/docs)\nTry:")
-            for session, message in SAMPLE_REQUESTS:
-                body = json.dumps({"session_id": session, "message": message})
-                print(f"  curl -s {url}/v1/chat -H 'content-type: application/json' -d '{body}'")
-            print(f"or chat: switchboard chat {url}")
-            if demo is not None:
-                print(
-                    f"or run the demo conversation set: switchboard eval-conversations {url} "
-                    f"--suite tests/conversations --fault-url orders={demo.orders_url}"
-                )
-            print("Ctrl-C stops everything.", flush=True)
-            stopped = threading.Event()
-            signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-            with contextlib.suppress(KeyboardInterrupt):
-                stopped.wait()
-        finally:
-            # A second Ctrl-C must not interrupt the shutdown and leave Ray processes behind.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            print("stopping...", flush=True)
-            run.stop()
-    finally:
+        print(f"\nagent ready at {url}  (OpenAPI: {url}/docs)\nTry:")
+        for session, message in SAMPLE_REQUESTS:
+            body = json.dumps({"session_id": session, "message": message})
+            print(f"  curl -s {url}/v1/chat -H 'content-type: application/json' -d '{body}'")
+        print(f"or chat: switchboard chat {url}")
         if demo is not None:
-            demo.stop()
+            print(
+                f"or run the demo conversation set: switchboard eval-conversations {url} "
+                f"--suite tests/conversations --fault-url orders={demo.orders_url}"
+            )
+        print("Ctrl-C stops everything.", flush=True)
+        threading.Event().wait()  # until the signal handler raises
+    except _Stop:
+        pass
+    finally:
+        # A second signal must not interrupt the shutdown and leave Ray processes behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if run is not None or demo is not None:
+            print("stopping...", flush=True)
+        try:
+            if run is not None:
+                run.stop()  # Serve, Ray, then the gateways
+        finally:
+            if demo is not None:
+                demo.stop()
+    print("stopped", flush=True)
     return 0
 
 

@@ -1177,8 +1177,8 @@ def test_python_m_entry_point_serves_and_stops_on_sigterm(
     finally:
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=15)
-    # uvicorn shuts down gracefully, then re-raises the signal it caught: killed by SIGTERM.
-    assert process.returncode in {0, -signal.SIGTERM}, stderr
+    # uvicorn shuts down gracefully; the entrypoint then exits 0 (tests/test_signals.py).
+    assert process.returncode == 0, stderr
     entries = [json.loads(line) for line in stdout.splitlines() if line.strip()]
     assert entries[-1]["message"].startswith("Finished server process"), stdout
     assert all(e["level"] in {"info", "warning"} for e in entries), stdout

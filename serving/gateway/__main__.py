@@ -1,11 +1,15 @@
 """`python -m switchboard.serving.gateway [--host H] [--port P]`: the tool-gateway container's
-command. A missing or invalid configuration ends it with one line on stderr and exit status 2."""
+command. A missing or invalid configuration ends it with one line on stderr and exit status 2.
+SIGTERM (or Ctrl-C) stops it gracefully: no new connections, calls in flight finish (for up to
+GRACEFUL_SHUTDOWN_SECONDS), exit status 0."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+from types import FrameType
 
 from ..config import GATEWAY_HTTP_PORT
 from .app import (
@@ -53,15 +57,29 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here: a configuration error is reported without loading the server.
     import uvicorn
 
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_config=log_config(args.log_level),
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_config=log_config(args.log_level),
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        )
     )
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        # uvicorn takes SIGTERM/SIGINT while it serves, drains, then restores these handlers and
+        # raises the signal again: Python's defaults would end the process with status -15 (or
+        # a KeyboardInterrupt). Here that is a no-op; a signal that comes before uvicorn's
+        # handlers are in place makes it shut down as soon as it has started.
+        if not server.should_exit:
+            server.handle_exit(signum, frame)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    server.run()
     return 0
 
 
