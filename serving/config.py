@@ -47,9 +47,27 @@ class Contract(BaseModel):
 # --- agent application -----------------------------------------------------------------
 
 
+class ModelStorageConfig(Contract):
+    """Where `s3://` model URIs are read from (`switchboard.serving.model_store`): an
+    S3-compatible endpoint and the environment variables holding its credentials (the operator
+    fills them from the Secret in `spec.modelStorage`). Without the variable names the standard
+    AWS credential chain (AWS_* variables, web identity, instance profile) is used."""
+
+    endpoint: str | None = None
+    """Endpoint URL of an S3-compatible server (MinIO, Ceph); None is AWS S3 itself."""
+    region: str | None = None
+    access_key_id_env: str | None = None
+    """Environment variable holding the access key id."""
+    secret_access_key_env: str | None = None
+    """Environment variable holding the secret access key."""
+
+
 class NluConfig(Contract):
     model_path: str
-    """Local path of the NLU artifact directory inside the Ray pods."""
+    """Local path of the NLU artifact directory inside the Ray pods, or an `s3://bucket/prefix`
+    URI that each replica downloads into its local cache and verifies at start."""
+    storage: ModelStorageConfig | None = None
+    """How to reach an `s3://` model_path."""
     quantization: Literal["int8", "none"] = "int8"
     revision: str
     """Short hash of the NLU model spec, reported with every prediction."""
@@ -58,7 +76,10 @@ class NluConfig(Contract):
 class LlmConfig(Contract):
     backend: Literal["transformers", "vllm", "openai"]
     model_path: str | None = None
-    """Local model directory (transformers, vllm)."""
+    """Local model directory (transformers, vllm), or an `s3://bucket/prefix` URI downloaded
+    into the replica's local cache at start."""
+    storage: ModelStorageConfig | None = None
+    """How to reach an `s3://` model_path."""
     endpoint: str | None = None
     """Base URL of an OpenAI-compatible endpoint (openai)."""
     model_name: str | None = None

@@ -106,7 +106,15 @@ def _model_dir(config: LlmConfig) -> Path:
     model fails here with its path rather than deep inside transformers."""
     if not config.model_path:
         raise LlmError(f"backend {config.backend} needs llm.model_path (a local model directory)")
-    path = Path(config.model_path)
+    if config.model_path.startswith("s3://"):
+        from .model_store import ModelStoreError, resolve
+
+        try:  # a Hugging Face directory has no manifest: checksums only when it carries one
+            path = Path(resolve(config.model_path, config.storage, require_manifest=False))
+        except ModelStoreError as exc:
+            raise LlmError(f"LLM model: {exc}") from None
+    else:
+        path = Path(config.model_path)
     if not path.is_dir():
         raise LlmError(f"LLM model directory {path} does not exist (or is not a directory)")
     missing = []

@@ -12,11 +12,15 @@ from .workflow.orchestrator import Understanding
 
 class NluService:
     def __init__(self, config: NluConfig, num_threads: int = 1) -> None:
+        from .model_store import resolve
         from .nlu.runtime import IntentClassifier
 
         self.config = config
+        # An s3:// model is downloaded and verified here: a missing or corrupt one raises, which
+        # fails the replica (and the Serve application) with the URI and the file in the message.
+        path = resolve(config.model_path, config.storage)
         self.model = IntentClassifier.load(
-            config.model_path, quantization=config.quantization, num_threads=num_threads
+            path, quantization=config.quantization, num_threads=num_threads
         )
         self.extractable = sorted(p.name for p in self.model.slots.patterns)
 

@@ -516,6 +516,23 @@ VALID_CASES: list[tuple[str, str, dict[str, Any]]] = [
         "SupportAgent",
         {"sessions": {"store": "redis", "redis": {"urlSecretRef": {"name": "r", "key": "url"}}}},
     ),
+    (
+        "agent-s3-models",
+        "SupportAgent",
+        {
+            "nlu": {"modelUri": "s3://models/nlu/v1"},
+            "llm": {"modelUri": "s3://models/llm"},
+            "modelStorage": {
+                "endpoint": "http://minio:9000",
+                "credentialsSecretRef": {"name": "s3"},
+            },
+        },
+    ),
+    (
+        "agent-s3-ambient-credentials",
+        "SupportAgent",
+        {"nlu": {"modelUri": "s3://models/nlu/v1"}, "modelStorage": {"region": "eu-west-1"}},
+    ),
     ("adapter-base", "ToolAdapter", {}),
     ("adapter-no-auth", "ToolAdapter", {"credentials": {"type": "none", "secretRef": DELETE}}),
     (
@@ -703,6 +720,18 @@ INVALID_CASES: list[tuple[str, str, dict[str, Any], str]] = [
         "SupportAgent",
         {"sessions": {"redis": {"urlSecretRef": {"name": "r", "key": "url"}}}},
         "spec.sessions: store redis needs the redis section, and only it",
+    ),
+    (
+        "nlu-s3-without-model-storage",
+        "SupportAgent",
+        {"nlu": {"modelUri": "s3://models/nlu/v1"}},
+        "spec: s3:// model URIs need spec.modelStorage",
+    ),
+    (
+        "llm-s3-without-model-storage",
+        "SupportAgent",
+        {"llm": {"modelUri": "s3://models/llm"}},
+        "spec: s3:// model URIs need spec.modelStorage",
     ),
     # ToolAdapter
     (

@@ -14,7 +14,8 @@ class CandidateModel(ApiModel):
     """The new model version to canary."""
 
     model_uri: str = Field(pattern=MODEL_URI_PATTERN, max_length=1024)
-    """Model or artifact directory: `file:///path` or `pvc://claim/path`."""
+    """Model or artifact directory: `file:///path`, `pvc://claim/path` or `s3://bucket/prefix`
+    (read with the agent's `spec.modelStorage`)."""
     quantization: Literal["int8", "bf16", "none"] | None = None
     """Precision of the candidate; unset keeps the agent's current setting."""
 

@@ -23,8 +23,9 @@ from .base import (
 DEFAULT_RAY_IMAGE = "ghcr.io/switchboard-dev/agent-runtime:0.1.0"
 DEFAULT_RAY_VERSION = "2.60.0"
 
-# `file:///path` is a path inside the Ray image; `pvc://claim/path` mounts that claim read-only.
-MODEL_URI_PATTERN = r"^(file:///|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/).*$"
+# `file:///path` is a path inside the Ray image; `pvc://claim/path` mounts that claim read-only;
+# `s3://bucket/prefix` is downloaded by each replica at start (needs `spec.modelStorage`).
+MODEL_URI_PATTERN = r"^(file:///|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/|$)).*$"
 
 
 def _resources(cpu: str, memory: str) -> ResourceRequirements:
@@ -95,11 +96,36 @@ class WorkerPools(ApiModel):
     """Optional GPU pool: LLM replicas that ask for GPUs run here."""
 
 
+class S3CredentialsRef(ApiModel):
+    """A Secret in the agent's namespace holding S3 credentials."""
+
+    name: ObjectName
+    """Name of the Secret."""
+    access_key_id_key: str = Field(default="accessKeyId", min_length=1, max_length=253)
+    """Key of the access key id in the Secret."""
+    secret_access_key_key: str = Field(default="secretAccessKey", min_length=1, max_length=253)
+    """Key of the secret access key in the Secret."""
+
+
+class ModelStorageSpec(ApiModel):
+    """S3-compatible object storage that `s3://` model URIs (NLU, LLM, rollout candidates) are
+    downloaded from; each replica verifies the artifact's checksums before it serves."""
+
+    endpoint: str | None = Field(default=None, pattern=r"^https?://", max_length=1024)
+    """Endpoint URL of an S3-compatible server (MinIO, Ceph, ...); unset is AWS S3."""
+    region: str | None = Field(default=None, pattern=r"^[a-z0-9-]+$", max_length=64)
+    """Region of the bucket (default `us-east-1`)."""
+    credentials_secret_ref: S3CredentialsRef | None = None
+    """Secret with the access key; unset uses the pods' ambient AWS credentials (IRSA, instance
+    profile)."""
+
+
 class NluSpec(ApiModel):
     """The intent classifier every conversation turn starts with."""
 
     model_uri: str = Field(pattern=MODEL_URI_PATTERN, max_length=1024)
-    """Artifact directory from `switchboard nlu train`: `file:///path` or `pvc://claim/path`."""
+    """Artifact directory from `switchboard nlu train`: `file:///path`, `pvc://claim/path` or
+    `s3://bucket/prefix` (uploaded with `switchboard nlu push`; needs `modelStorage`)."""
     quantization: Literal["int8", "none"] = "int8"
     """`int8` runs the encoder with int8 weights on CPU; `none` keeps fp32."""
     autoscaling: ReplicaAutoscaling = Field(default_factory=ReplicaAutoscaling)
@@ -129,7 +155,8 @@ class LlmSpec(ApiModel):
     """`transformers` and `vllm` serve a model in the cluster; `openai` calls an external
     OpenAI-compatible endpoint."""
     model_uri: str | None = Field(default=None, pattern=MODEL_URI_PATTERN, max_length=1024)
-    """Model directory for in-cluster backends: `file:///path` or `pvc://claim/path`."""
+    """Model directory for in-cluster backends: `file:///path`, `pvc://claim/path` or
+    `s3://bucket/prefix` (needs `modelStorage`)."""
     endpoint: str | None = Field(default=None, pattern=r"^https?://", max_length=1024)
     """Base URL of the external endpoint (backend `openai`)."""
     model_name: str | None = Field(default=None, max_length=253)
@@ -359,6 +386,11 @@ class SupportAgentSpec(ApiModel):
             message="fallback.action knowledgeBase needs spec.knowledgeBase",
         ),
         CelRule(
+            rule="has(self.modelStorage) || !(self.nlu.modelUri.startsWith('s3://') ||"
+            " (has(self.llm) && has(self.llm.modelUri) && self.llm.modelUri.startsWith('s3://')))",
+            message="s3:// model URIs need spec.modelStorage",
+        ),
+        CelRule(
             rule="!has(self.policy.handoffAdapter) || "
             "self.tools.exists(t, t.adapter == self.policy.handoffAdapter)",
             message="policy.handoffAdapter must be one of the adapters listed in tools",
@@ -373,6 +405,8 @@ class SupportAgentSpec(ApiModel):
     """The intent classifier."""
     llm: LlmSpec | None = None
     """Optional language model for answers; templates are used without one."""
+    model_storage: ModelStorageSpec | None = None
+    """Object storage for `s3://` model URIs (this agent's and its rollouts' candidates)."""
     orchestrator: OrchestratorSpec = Field(default_factory=OrchestratorSpec)
     """The agentic workflow deployment."""
     knowledge_base: KnowledgeBaseSpec | None = None

@@ -25,6 +25,9 @@ MODELS_ROOT = "/mnt/models"
 KNOWLEDGE_BASE_DIR = "/var/lib/switchboard/knowledge-base"
 REDIS_URL_ENV = "SWITCHBOARD_REDIS_URL"
 LLM_API_KEY_ENV = "SWITCHBOARD_LLM_API_KEY"
+# S3 credentials of `spec.modelStorage`, filled from its Secret in every Ray container.
+MODEL_STORAGE_ACCESS_KEY_ENV = "SWITCHBOARD_MODEL_STORAGE_ACCESS_KEY_ID"
+MODEL_STORAGE_SECRET_KEY_ENV = "SWITCHBOARD_MODEL_STORAGE_SECRET_ACCESS_KEY"
 
 # CPU share of one replica of each deployment. The head runs no replicas (num-cpus 0), so
 # these decide how many replicas fit a worker and when Ray's autoscaler adds one.
@@ -57,7 +60,10 @@ class PodRuntime:
 
 
 def model_path(uri: str) -> str:
-    """Where a model URI is found inside the Ray pods."""
+    """Where a model URI is found inside the Ray pods (`s3://` URIs are passed on as they are:
+    each replica downloads them into its local cache)."""
+    if uri.startswith("s3://"):
+        return uri
     if uri.startswith("file://"):
         return uri.removeprefix("file://")
     claim, _, rest = uri.removeprefix("pvc://").partition("/")
@@ -105,7 +111,32 @@ def pod_runtime(spec: SupportAgentSpec, extra_model_uris: Sequence[str] = ()) ->
     if spec.llm and spec.llm.api_key_secret_ref:
         ref = spec.llm.api_key_secret_ref
         env.append(_secret_env(LLM_API_KEY_ENV, ref.name, ref.key))
+    creds = spec.model_storage.credentials_secret_ref if spec.model_storage else None
+    if creds:
+        env.append(_secret_env(MODEL_STORAGE_ACCESS_KEY_ENV, creds.name, creds.access_key_id_key))
+        env.append(
+            _secret_env(MODEL_STORAGE_SECRET_KEY_ENV, creds.name, creds.secret_access_key_key)
+        )
     return PodRuntime(volumes, mounts, env)
+
+
+def model_storage(spec: SupportAgentSpec, uri: str | None) -> contract.ModelStorageConfig | None:
+    """How the data plane reaches `uri`: only `s3://` URIs need (and get) storage settings."""
+    if not uri or not uri.startswith("s3://"):
+        return None
+    storage = spec.model_storage
+    if storage is None:  # a rollout's candidate on s3 for an agent without modelStorage
+        raise UnresolvedReference(
+            "ModelStorageMissing",
+            f"model {uri} is in object storage, but the SupportAgent has no spec.modelStorage",
+        )
+    creds = storage.credentials_secret_ref
+    return contract.ModelStorageConfig(
+        endpoint=storage.endpoint,
+        region=storage.region,
+        access_key_id_env=MODEL_STORAGE_ACCESS_KEY_ENV if creds else None,
+        secret_access_key_env=MODEL_STORAGE_SECRET_KEY_ENV if creds else None,
+    )
 
 
 def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
@@ -192,6 +223,7 @@ def agent_app_config(
         llm = contract.LlmConfig(
             backend=spec.llm.backend,
             model_path=model_path(spec.llm.model_uri) if spec.llm.model_uri else None,
+            storage=model_storage(spec, spec.llm.model_uri),
             endpoint=spec.llm.endpoint,
             model_name=spec.llm.model_name,
             api_key_env=LLM_API_KEY_ENV if spec.llm.api_key_secret_ref else None,
@@ -213,6 +245,7 @@ def agent_app_config(
         revision=rev,
         nlu=contract.NluConfig(
             model_path=model_path(spec.nlu.model_uri),
+            storage=model_storage(spec, spec.nlu.model_uri),
             quantization=spec.nlu.quantization,
             revision=revision(model_identity(spec.nlu, None)["nlu"]),
         ),

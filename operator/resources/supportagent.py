@@ -54,7 +54,12 @@ def missing_references(
     kube: Kube, namespace: str, spec: SupportAgentSpec
 ) -> tuple[str, str] | None:
     """The first Secret or ConfigMap the spec names that does not exist, as (reason, message)."""
-    for field, secret in _secret_refs(spec):
+    refs = _secret_refs(spec)
+    if spec.model_storage and spec.model_storage.credentials_secret_ref:
+        refs.append(
+            ("modelStorage.credentialsSecretRef", spec.model_storage.credentials_secret_ref.name)
+        )
+    for field, secret in refs:
         if not kube.exists("v1", "Secret", namespace, secret):
             return "SecretNotFound", f"Secret {namespace}/{secret} (spec.{field}) does not exist"
     kb = spec.knowledge_base

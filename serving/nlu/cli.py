@@ -1,4 +1,4 @@
-"""`switchboard nlu train|eval|predict` (dispatched from switchboard.operator.cli).
+"""`switchboard nlu train|eval|predict|push` (dispatched from switchboard.operator.cli).
 
 Exit status: 0 success, 1 bad data or artifact (message, no traceback), 2 usage error.
 """
@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="accuracy, calibration, OOS and speed of fp32 and int8 on labelled data",
     )
-    ev.add_argument("--model", required=True, help="artifact directory")
+    ev.add_argument("--model", required=True, help="artifact directory or s3://bucket/prefix")
+    ev.add_argument("--endpoint", help=ENDPOINT_HELP)
     ev.add_argument("--data", required=True, help="CSV with a header row")
     ev.add_argument("--text-col", default="text")
     ev.add_argument("--label-col", default="category")
@@ -115,12 +116,40 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     pr = sub.add_parser("predict", help="classify one or more texts")
-    pr.add_argument("--model", required=True, help="artifact directory")
+    pr.add_argument("--model", required=True, help="artifact directory or s3://bucket/prefix")
+    pr.add_argument("--endpoint", help=ENDPOINT_HELP)
     pr.add_argument("text", nargs="+", help="query text(s)")
     pr.add_argument("--quantization", choices=["int8", "none"], default="int8")
     pr.add_argument("--top-k", type=_positive_int, default=3)
     pr.add_argument("--json", action="store_true", help="one JSON object per text")
+
+    push = sub.add_parser(
+        "push",
+        help="upload an artifact directory to S3-compatible storage",
+        description="Verify an artifact directory and upload every file to s3://bucket/prefix, "
+        "manifest last (a reader never sees a manifest before its files). Credentials come from "
+        "the standard AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+        "...).",
+    )
+    push.add_argument("dir", help="artifact directory from `switchboard nlu train`")
+    push.add_argument("uri", help="s3://bucket/prefix")
+    push.add_argument("--endpoint", help=ENDPOINT_HELP)
     return parser
+
+
+ENDPOINT_HELP = (
+    "S3-compatible endpoint URL for s3:// models, e.g. http://minio:9000 "
+    "(default: $AWS_ENDPOINT_URL, else AWS S3)"
+)
+
+
+def _local_model(args: argparse.Namespace) -> str:
+    """The artifact directory of --model: itself, or the verified local cache of an s3:// URI."""
+    from ..model_store import fetch, is_remote
+
+    if not is_remote(args.model):
+        return str(args.model)
+    return str(fetch(args.model, endpoint=args.endpoint))
 
 
 def _load_training_data(args: argparse.Namespace) -> tuple[list[Example], dict[str, Any] | None]:
@@ -184,12 +213,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .artifact import read_manifest
 
-    read_manifest(args.model)  # a bad artifact fails before reading a large CSV
+    model = _local_model(args)
+    read_manifest(model)  # a bad artifact fails before reading a large CSV
     examples = read_csv(args.data, text_col=args.text_col, label_col=args.label_col)
     from .evaluate import evaluate, format_report
 
     report = evaluate(
-        args.model,
+        model,
         examples,
         threads=args.threads,
         latency_queries=args.latency_queries,
@@ -203,7 +233,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .runtime import IntentClassifier
 
-    clf = IntentClassifier.load(args.model, args.quantization)
+    clf = IntentClassifier.load(_local_model(args), args.quantization)
     for prediction in clf.predict(args.text, top_k=args.top_k):
         if args.json:
             print(json.dumps(prediction.to_dict(), ensure_ascii=False))
@@ -217,7 +247,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict}
+def cmd_push(args: argparse.Namespace) -> int:
+    from ..model_store import push
+
+    count = push(args.dir, args.uri, endpoint=args.endpoint)
+    print(f"pushed {args.dir} to {args.uri} ({count} files, manifest last)")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "push": cmd_push}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
