@@ -118,15 +118,20 @@ def _listing(uri: str, s3: Any) -> dict[str, dict[str, Any]]:
                 if ".." in parts or rel.startswith("/"):
                     raise ModelStoreError(f"{uri}: refusing object key {obj['Key']!r}")
                 objects[rel] = {"size": obj["Size"], "etag": obj.get("ETag", "")}
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        raise ModelStoreError(
-            f"{_where(uri, s3)}: cannot list the model: {error.get('Code')}: "
-            f"{error.get('Message') or exc}"
-        ) from None
-    except BotoCoreError as exc:
-        raise ModelStoreError(f"{_where(uri, s3)}: cannot reach the object store: {exc}") from None
+    except (ClientError, BotoCoreError) as exc:
+        raise _store_error(uri, s3, "cannot list the model", exc) from None
     return objects
+
+
+def _store_error(uri: str, s3: Any, doing: str, exc: Exception) -> ModelStoreError:
+    """One message shape for every S3 failure: where, what was being done, the store's code."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        error = response.get("Error", {})
+        return ModelStoreError(
+            f"{_where(uri, s3)}: {doing}: {error.get('Code')}: {error.get('Message') or exc}"
+        )
+    return ModelStoreError(f"{_where(uri, s3)}: {doing}: {exc}")
 
 
 def verify_checksums(uri: str, root: Path, *, require_manifest: bool) -> None:
@@ -222,14 +227,8 @@ def fetch(
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 s3.download_file(bucket, prefix + rel, str(target))
-            except ClientError as exc:
-                error = exc.response.get("Error", {})
-                raise ModelStoreError(
-                    f"{_where(uri, s3)}: cannot download {rel}: {error.get('Code')}: "
-                    f"{error.get('Message') or exc}"
-                ) from None
-            except BotoCoreError as exc:
-                raise ModelStoreError(f"{_where(uri, s3)}: cannot download {rel}: {exc}") from None
+            except (ClientError, BotoCoreError) as exc:
+                raise _store_error(uri, s3, f"cannot download {rel}", exc) from None
             size = target.stat().st_size
             if size != obj["size"]:
                 raise ModelStoreError(
