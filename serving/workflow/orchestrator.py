@@ -346,15 +346,18 @@ class Orchestrator:
             return False
         return self.operations[plan.operation][1].mutating
 
-    async def _unclear(self, session: Session, turn: Turn) -> str:
-        """Ask the customer to rephrase, as often as the policy allows; then a human."""
+    async def _unclear(
+        self, session: Session, turn: Turn, reason: str = "low_confidence", prompt: str = ""
+    ) -> str:
+        """Ask the customer to say it again, as often in a row as the policy allows; then a
+        human (`reason`)."""
         if session.rephrase_requests < self.config.policy.rephrase_attempts:
             session.rephrase_requests += 1
             turn.steps.append(f"ask to rephrase ({session.rephrase_requests})")
             turn.reply_kind = "clarify"
-            return REPHRASE_PROMPT
+            return prompt or REPHRASE_PROMPT
         session.rephrase_requests = 0
-        return await self._handoff(session, "low_confidence", turn)
+        return await self._handoff(session, reason, turn)
 
     async def _fallback(self, session: Session, message: str, turn: Turn) -> str:
         """An intent the model knows and the agent has no plan for: the configured outcome."""
@@ -366,11 +369,7 @@ class Orchestrator:
             turn.reply_kind = "fallback"
             return fallback.reply
         if fallback.action == "clarify":
-            if session.rephrase_requests < self.config.policy.rephrase_attempts:
-                session.rephrase_requests += 1
-                turn.reply_kind = "clarify"
-                return fallback.reply or REPHRASE_PROMPT
-            session.rephrase_requests = 0
+            return await self._unclear(session, turn, "no_plan", fallback.reply or "")
         return await self._handoff(session, "no_plan", turn)
 
     def _fill_slots(
