@@ -26,8 +26,6 @@ from .render.rollout import canary_of, initial_weight
 from .render.serve_config import (
     LLM_API_KEY_ENV,
     REDIS_URL_ENV,
-    agent_app_config,
-    candidate_spec,
     model_path,
     serve_config,
 )
@@ -135,24 +133,21 @@ def local_plan(
         rollout = rollouts.get(name)
         canary = rollout.canary if rollout else None
         try:
-            app = agent_app_config(parent, spec, adapters)
             rendered = serve_config(parent, spec, adapters, canary)
-            candidate_of = candidate_spec(spec, canary) if canary else None
-            candidate = agent_app_config(parent, candidate_of, adapters) if candidate_of else None
         except UnresolvedReference as exc:
             where = f"ModelRollout {rollout.name}" if rollout else f"SupportAgent {name}"
             raise RenderError(f"{where}: {exc.message}") from None
-        app = _localize(name, spec, app, overrides, config_maps)
-        if rollout and candidate_of and candidate and candidate.revision != app.revision:
-            candidate = _localize(
-                name,
-                candidate_of,
-                candidate,
-                _candidate_overrides(rollout, overrides),
-                config_maps,
-            )
-        else:
-            candidate = None  # no rollout, or its candidate is the stable model: no canary
+        # The revision applications as the operator renders them: the stable one, then the
+        # candidate when the rollout's model differs (a candidate equal to stable is no canary).
+        revisions = [
+            contract.AgentAppConfig.model_validate(application["args"])
+            for application in rendered["applications"][1:]
+        ]
+        app = _localize(name, spec, revisions[0], overrides, config_maps)
+        candidate = None
+        if rollout and len(revisions) > 1:
+            local = _candidate_overrides(rollout, overrides)
+            candidate = _localize(name, spec, revisions[1], local, config_maps)
         env.update(_secret_env(name, spec, secrets))
         for application in rendered["applications"]:
             for localized in (app, candidate):
