@@ -338,16 +338,20 @@ def test_healthy_candidate_steps_up_to_100_and_succeeds(
     traffic.serve(ns, candidate)
     traffic.serve(ns, stable, errors=0.5)  # the stable revision's failures are not the candidate's
     weights_seen: set[int] = set()
-    analyses: list[list[dict[str, Any]]] = []
+    # Each analysis seen, with the step and phase it left the rollout in: a healthy candidate's
+    # values are the same step after step, so the values alone cannot tell two analyses apart.
+    seen: list[tuple[Any, Any, list[dict[str, Any]]]] = []
 
     def done() -> bool:
         status = rollout_status(cluster, ns, "good")
         weights_seen.add(int(status.get("currentWeight") or 0))
-        if status.get("metrics") and status["metrics"] not in analyses:
-            analyses.append(status["metrics"])
+        record = (status.get("stepIndex"), status.get("phase"), status.get("metrics"))
+        if record[2] and record not in seen:
+            seen.append(record)
         return status.get("phase") == "Succeeded"
 
     cluster.wait_for("Succeeded", done, timeout=90)
+    analyses = [metrics for _, _, metrics in seen]
     judged = [a for a in analyses if {m["verdict"] for m in a} == {"Pass"}]
     for analysis in judged:
         print("real Prometheus, healthy candidate:", {m["name"]: m["value"] for m in analysis})
