@@ -25,7 +25,7 @@ LINT_PATHS := operator serving tests benchmarks
 MYPY_PATH := $(VENV)/mypy-path
 MYPY_LINKS := $(MYPY_PATH)/switchboard/operator $(MYPY_PATH)/switchboard/serving
 
-.PHONY: venv envtest helm redis prometheus lint test demo crds clean distclean
+.PHONY: venv envtest helm redis prometheus container-tools images lint test demo crds clean distclean
 
 venv: $(STAMP) $(MYPY_LINKS)
 
@@ -54,6 +54,8 @@ lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	MYPYPATH=$(MYPY_PATH) $(BIN)/mypy -p switchboard.operator -p switchboard.serving
+	$(BIN)/hadolint images/*.Containerfile
+	bash -n images/build.sh images/podman.sh
 	echo "<== lint: $$((SECONDS - t))s"
 
 # Tests start a real Redis for the shared session store; Debian's package when it is missing.
@@ -71,10 +73,28 @@ prometheus:
 	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends prometheus; }
 	prometheus --version | head -1
 
-test: venv envtest helm redis prometheus lint
+# Images are built without a Docker daemon: mmdebstrap (base), buildah (build), podman + runc
+# (run), all from Debian. See images/build.sh.
+container-tools:
+	command -v mmdebstrap >/dev/null && command -v buildah >/dev/null && \
+	  command -v podman >/dev/null && command -v runc >/dev/null || { \
+	  sudo=; [[ $$EUID -eq 0 ]] || sudo="sudo -n"; \
+	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends \
+	    mmdebstrap buildah podman runc uidmap; }
+	podman --version
+
+# The operator, tool-gateway and agent-runtime images, tagged localhost/switchboard/NAME:VERSION
+# (and :dev). The base rootfs and the layer cache stay in $(CONTAINERS), outside git.
+CONTAINERS ?= $(or $(SWITCHBOARD_CONTAINERS),$(HOME)/.cache/switchboard/containers)
+images: venv container-tools
+	echo "==> images"; t=$$SECONDS
+	SWITCHBOARD_CONTAINERS=$(CONTAINERS) PYTHON=$(BIN)/python bash images/build.sh
+	echo "<== images: $$((SECONDS - t))s"
+
+test: venv envtest helm redis prometheus lint images
 	echo "==> pytest"; t=$$SECONDS
 	SWITCHBOARD_ENVTEST_BIN=$(ENVTEST_BIN) SWITCHBOARD_HELM=$(HELM_DIR)/helm \
-	  $(BIN)/python -P -m pytest -q
+	  SWITCHBOARD_CONTAINERS=$(CONTAINERS) $(BIN)/python -P -m pytest -q
 	echo "<== pytest: $$((SECONDS - t))s"
 
 # The project's main job on one machine: the quickstart agent on a local Ray Serve, in front of

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from switchboard.serving import config as contract
+from switchboard.serving.config import is_remote
 
 from .api.base import API_VERSION
 from .api.modelrollout import ModelRolloutSpec
@@ -25,6 +26,8 @@ from .render.names import revision_app_name
 from .render.rollout import canary_of, initial_weight
 from .render.serve_config import (
     LLM_API_KEY_ENV,
+    MODEL_STORAGE_ACCESS_KEY_ENV,
+    MODEL_STORAGE_SECRET_KEY_ENV,
     REDIS_URL_ENV,
     model_path,
     serve_config,
@@ -180,17 +183,23 @@ def _secret_env(
     name: str, spec: SupportAgentSpec, secrets: dict[str, dict[str, str]]
 ) -> dict[str, str]:
     """The variables the operator would fill from Secrets in the Ray pods."""
-    refs = []
+    refs: list[tuple[str, str, str]] = []
     if spec.sessions.redis:
-        refs.append((REDIS_URL_ENV, spec.sessions.redis.url_secret_ref))
+        ref = spec.sessions.redis.url_secret_ref
+        refs.append((REDIS_URL_ENV, ref.name, ref.key))
     if spec.llm and spec.llm.api_key_secret_ref:
-        refs.append((LLM_API_KEY_ENV, spec.llm.api_key_secret_ref))
+        ref = spec.llm.api_key_secret_ref
+        refs.append((LLM_API_KEY_ENV, ref.name, ref.key))
+    creds = spec.model_storage.credentials_secret_ref if spec.model_storage else None
+    if creds:
+        refs.append((MODEL_STORAGE_ACCESS_KEY_ENV, creds.name, creds.access_key_id_key))
+        refs.append((MODEL_STORAGE_SECRET_KEY_ENV, creds.name, creds.secret_access_key_key))
     env = {}
-    for variable, ref in refs:
-        value = secrets.get(ref.name, {}).get(ref.key)
+    for variable, secret, key in refs:
+        value = secrets.get(secret, {}).get(key)
         if value is None:
             raise RenderError(
-                f"SupportAgent {name}: Secret {ref.name} key {ref.key} is not among the manifests"
+                f"SupportAgent {name}: Secret {secret} key {key} is not among the manifests"
             )
         env[variable] = value
     return env
@@ -211,20 +220,26 @@ def _localize(
     config_maps: dict[str, dict[str, str]],
 ) -> contract.AgentAppConfig:
     update: dict[str, Any] = {}
-    nlu_path = overrides.nlu_model or app.nlu.model_path
-    if not Path(nlu_path).is_dir():
-        raise RenderError(
-            f"SupportAgent {name}: NLU model {nlu_path} is not a local directory "
-            "(train one with `switchboard nlu train` and pass --nlu-model)"
+    # A model in object storage (spec.modelStorage) is fetched and verified by the replica, as on
+    # a cluster; an override always names a local directory.
+    if overrides.nlu_model or not is_remote(app.nlu.model_path):
+        nlu_path = overrides.nlu_model or app.nlu.model_path
+        if not Path(nlu_path).is_dir():
+            raise RenderError(
+                f"SupportAgent {name}: NLU model {nlu_path} is not a local directory "
+                "(train one with `switchboard nlu train` and pass --nlu-model)"
+            )
+        update["nlu"] = app.nlu.model_copy(
+            update={"model_path": str(Path(nlu_path).resolve()), "storage": None}
         )
-    update["nlu"] = app.nlu.model_copy(update={"model_path": str(Path(nlu_path).resolve())})
     if app.llm is not None and app.llm.backend != "openai":
-        llm_path = overrides.llm_model or app.llm.model_path or ""
-        if not Path(llm_path).is_dir():
-            raise RenderError(f"SupportAgent {name}: LLM {llm_path} is not local (--llm-model)")
-        update["llm"] = app.llm.model_copy(
-            update={"model_path": str(Path(llm_path).resolve()), "device": "cpu"}
-        )
+        llm_update: dict[str, Any] = {"device": "cpu"}
+        if overrides.llm_model or not is_remote(app.llm.model_path or ""):
+            llm_path = overrides.llm_model or app.llm.model_path or ""
+            if not Path(llm_path).is_dir():
+                raise RenderError(f"SupportAgent {name}: LLM {llm_path} is not local (--llm-model)")
+            llm_update |= {"model_path": str(Path(llm_path).resolve()), "storage": None}
+        update["llm"] = app.llm.model_copy(update=llm_update)
     if spec.knowledge_base and app.knowledge_base:
         root = write_knowledge_base(
             name, spec, config_maps, Path(overrides.knowledge_dir or ".switchboard/knowledge")

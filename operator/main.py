@@ -5,6 +5,7 @@ Run with `switchboard operator`, or `kopf run -m switchboard.operator.main -A`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -96,7 +97,21 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """kopf's own readers of the service account or `KUBECONFIG` (read at login time, unlike
     the client library's default, which captures `KUBECONFIG` when first imported)."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    in_cluster = kopf.login_with_service_account(**kwargs)
+    if in_cluster is not None:
+        return dataclasses.replace(in_cluster, server=in_cluster_server(os.environ))
+    return kopf.login_with_kubeconfig(**kwargs)
+
+
+def in_cluster_server(env: Mapping[str, str]) -> str:
+    """The API server a pod reaches, as client-go and the Kubernetes Python client find it: from
+    the variables the kubelet sets. kopf names `kubernetes.default.svc` on port 443 instead,
+    which pods whose DNS does not resolve cluster names (hostNetwork with dnsPolicy Default, a
+    custom resolver) and API servers behind another port cannot reach."""
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return "https://kubernetes.default.svc"
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
 def plain(obj: Any) -> Any:

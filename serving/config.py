@@ -47,6 +47,15 @@ class Contract(BaseModel):
 # --- agent application -----------------------------------------------------------------
 
 
+# Model URIs with this scheme live in S3-compatible object storage (serving.model_store).
+MODEL_STORE_SCHEME = "s3://"
+
+
+def is_remote(uri: str) -> bool:
+    """Whether a model path names object storage rather than a local directory."""
+    return uri.startswith(MODEL_STORE_SCHEME)
+
+
 class ModelStorageConfig(Contract):
     """Where `s3://` model URIs are read from (`switchboard.serving.model_store`): an
     S3-compatible endpoint and the environment variables holding its credentials (the operator

@@ -29,12 +29,12 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .config import NLU_MANIFEST, ModelStorageConfig
+from .config import MODEL_STORE_SCHEME, NLU_MANIFEST, ModelStorageConfig, is_remote
 from .nlu.artifact import ArtifactError, read_manifest, sha256_file
 
 log = logging.getLogger("switchboard.model_store")
 
-SCHEME = "s3://"
+SCHEME = MODEL_STORE_SCHEME
 CACHE_ENV = "SWITCHBOARD_MODEL_CACHE"
 DEFAULT_CACHE = "/tmp/switchboard-models"
 MANIFEST = NLU_MANIFEST
@@ -44,10 +44,6 @@ LISTING = ".switchboard-listing.json"
 
 class ModelStoreError(ArtifactError):
     """A remote model that cannot be fetched: unreachable, missing, incomplete or corrupt."""
-
-
-def is_remote(uri: str | Path) -> bool:
-    return str(uri).startswith(SCHEME)
 
 
 def parse_uri(uri: str) -> tuple[str, str]:

