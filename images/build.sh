@@ -67,7 +67,7 @@ base_image() {
 context() {
   rm -rf "$CONTEXT" build/lib  # setuptools would pack stale modules left in build/lib
   mkdir -p "$CONTEXT/wheels" "$CONTEXT/requirements"
-  "$PYTHON" -P -m pip wheel --quiet --no-deps --no-build-isolation -w "$CONTEXT/wheels" . >/dev/null
+  "$PYTHON" -P -m pip wheel --quiet --no-deps -w "$CONTEXT/wheels" . >/dev/null
   "$PYTHON" -P images/requirements.py "$CONTEXT/requirements"
 }
 

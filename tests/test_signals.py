@@ -2,9 +2,10 @@
 operator, the tool gateway and `switchboard serve` drain and exit 0 well inside the chart's
 30 s terminationGracePeriodSeconds, without Ray's "*** SIGTERM received ... ***" stack dump.
 
-The issue asks for this to be tested through the images; there are none yet, so each
-entrypoint runs here as a real subprocess with the command line its container would use, on
-127.0.0.1 and free ports, and gets a real SIGTERM.
+Each entrypoint runs here as a real subprocess with the command line its container would use,
+on 127.0.0.1 and free ports, and gets a real SIGTERM: a call in flight, a stop while Ray starts
+and Ray's processes left behind are easiest to see from here. tests/test_images.py sends the
+same signal to the three images (`podman stop`).
 """
 
 from __future__ import annotations
