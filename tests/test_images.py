@@ -343,7 +343,9 @@ def test_operator_image_brings_the_quickstart_to_ready(
     env |= {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port}
     flags = pod_flags(pod, spec, {}) + env_flags(env)
     flags += ["-v", f"{account}:{SERVICE_ACCOUNT_DIR}:ro"]
-    with container("switchboard-operator-test", image("switchboard-operator"), flags, args) as op:
+    with container(
+        f"switchboard-operator-test-{os.getpid()}", image("switchboard-operator"), flags, args
+    ) as op:
         healthy = op.wait_until(
             "/healthz", lambda: answers(f"http://127.0.0.1:{health}/healthz"), 90
         )
@@ -419,7 +421,10 @@ def test_gateway_image_serves_an_operation_read_only_with_the_mounted_secret(
         flags = pod_flags(pod, spec_container, {secret_volume_spec["name"]: credentials})
         command = [*spec_container["command"], "--host=127.0.0.1", f"--port={port}"]
         with container(
-            "switchboard-gateway-test", image("tool-gateway"), flags + env_flags(env), command
+            f"switchboard-gateway-test-{os.getpid()}",
+            image("tool-gateway"),
+            flags + env_flags(env),
+            command,
         ) as gateway:
             gateway.wait_until("/readyz", lambda: answers(f"http://127.0.0.1:{port}/readyz"), 60)
             status, body = http(
@@ -495,7 +500,9 @@ def test_runtime_image_serves_the_quickstart_with_its_model_from_s3(
         "switchboard", "serve", "-f", "/manifests", "--demo-systems", "--cpus", "2",
         "--host", "127.0.0.1", "--port", str(port), "--state-dir", "/tmp/state",
     ]  # fmt: skip
-    with container("switchboard-runtime-test", image("agent-runtime"), flags, command) as agent:
+    with container(
+        f"switchboard-runtime-test-{os.getpid()}", image("agent-runtime"), flags, command
+    ) as agent:
         agent.wait_until("agent ready", lambda: "agent ready" in agent.logs(), timeout=300)
         status, reply = http(
             f"http://127.0.0.1:{port}/v1/chat",
