@@ -102,7 +102,7 @@ class Kube:
             auth_settings=["BearerToken"],
         )
         try:
-            # JSON is YAML too, so apply patches are sent as JSON like every other body.
+            # Bodies are JSON (apply patches arrive already encoded, see apply()).
             response = self._api.call_api(
                 method, url, header_params=headers, body=body, _request_timeout=30
             )
@@ -123,7 +123,9 @@ class Kube:
         result: dict[str, Any] = self._call(
             "PATCH",
             _path(ref.api_version, ref.kind, ref.namespace, ref.name),
-            body=obj,
+            # JSON is YAML too, but not JSON's `\ud83d\ude9a` surrogate escapes of characters
+            # above U+FFFF: the server's YAML decoder rejects them (400). Raw UTF-8 it takes.
+            body=json.dumps(obj, ensure_ascii=False).encode(),
             query=[("fieldManager", self.field_manager), ("force", "true")],
             content_type="application/apply-patch+yaml",
         )
