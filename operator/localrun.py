@@ -144,7 +144,8 @@ def local_plan(
         # candidate when the rollout's model differs (a candidate equal to stable is no canary).
         revisions = [
             contract.AgentAppConfig.model_validate(application["args"])
-            for application in rendered["applications"][1:]
+            for application in rendered["applications"]
+            if application["import_path"] == contract.AGENT_APP_IMPORT_PATH
         ]
         app = _localize(name, spec, revisions[0], overrides, config_maps)
         candidate = None
@@ -156,13 +157,26 @@ def local_plan(
             for localized in (app, candidate):
                 if localized and application["name"] == revision_app_name(name, localized.revision):
                     application["args"] = localized.model_dump(mode="json", exclude_none=True)
-        router = contract.RouterConfig.model_validate(rendered["applications"][0]["args"])
+        router = _router(name, rendered)
         agents.append(
             contract.LocalAgent(app=app, candidate=candidate, router=router, serve_config=rendered)
         )
     if not agents:
         raise RenderError("no SupportAgent among the manifests")
     return contract.LocalPlan(agents=agents, gateways=gateways, env=env)
+
+
+def _router(name: str, rendered: dict[str, Any]) -> contract.RouterConfig:
+    """The rendered router's config; with one revision (no router app) the trivial split."""
+    for application in rendered["applications"]:
+        if application["import_path"] == contract.ROUTER_APP_IMPORT_PATH:
+            return contract.RouterConfig.model_validate(application["args"])
+    (only,) = rendered["applications"]
+    revision = only["args"]["revision"]
+    return contract.RouterConfig(
+        agent=name,
+        revisions=[contract.RevisionRoute(revision=revision, app_name=only["name"], weight=100)],
+    )
 
 
 def _candidate_overrides(rollout: _Rollout, overrides: LocalOverrides) -> LocalOverrides:

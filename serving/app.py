@@ -1,40 +1,41 @@
 """One model revision of an agent as a Ray Serve application (`build_app`).
 
-    Ingress ─► Orchestrator ─► NLU (batched)
-                            ├─► Retriever   (when the agent has a knowledge base)
-                            └─► LLM         (when the agent has an in-cluster LLM)
+    HTTP ─► Orchestrator (ingress: parse + validate once, NLU batched in the replica,
+                          knowledge-base search, tools, policy, answer)
+                      └─► LLM  (only an in-cluster LLM: a deployment of its own, often on GPUs)
 
-Deployment names come from the contract, because the operator sets their autoscaling and
-resources by name. Tunables that may change without a redeploy arrive through `user_config`.
+Every hop costs more than the NLU's work (BENCHMARKS.md, Serving), so the turn stays in one
+replica; the router (serving.router) exists only while a rollout serves two revisions and calls
+`chat` on the revision's handle. Deployment names come from the contract: the operator sets
+their autoscaling and resources by name.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the ingress methods' annotations at
+# run time, and a string `Request` would make it look for a query parameter.
 import asyncio
 import functools
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
+from fastapi import Request
+from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Application, Deployment
 from ray.serve.handle import DeploymentHandle
 
 from .config import (
-    INGRESS_DEPLOYMENT,
     LLM_DEPLOYMENT,
-    NLU_DEPLOYMENT,
     NLU_MAX_BATCH_SIZE,
     ORCHESTRATOR_DEPLOYMENT,
-    RETRIEVER_DEPLOYMENT,
     AgentAppConfig,
-    KnowledgeBaseConfig,
     LlmConfig,
-    NluConfig,
     ToolConfig,
 )
+from .http import CHAT_OPENAPI, Overloaded, handle_chat, new_api
 from .nlu_service import NluService, understanding
-from .workflow.orchestrator import Orchestrator, Passage, Understanding
+from .workflow.orchestrator import Orchestrator, Understanding
 from .workflow.sessions import open_store
 from .workflow.tools import HttpToolCaller, TaskDone, ToolResult
 from .workflow.types import ChatRequest
@@ -44,39 +45,15 @@ DeploymentOptions = dict[str, dict[str, Any]]
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 
 
-class NLU:
-    """The intent classifier, batched across concurrent turns."""
+class _HandleGenerator:
+    """The LLM deployment as the orchestrator's generator."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.service = NluService(NluConfig.model_validate(config))
-        self.inference_seconds = serve.metrics.Histogram(
-            "nlu_inference_time_seconds",
-            description="NLU model time per batch.",
-            boundaries=LATENCY_BUCKETS,
-        )
+    def __init__(self, handle: DeploymentHandle[Any]) -> None:
+        self.handle = handle
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        batcher: Any = self.classify  # serve.batch adds these setters at run time
-        batcher.set_max_batch_size(int(user_config.get("max_batch_size", NLU_MAX_BATCH_SIZE)))
-        batcher.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.005)))
-
-    @serve.batch(max_batch_size=NLU_MAX_BATCH_SIZE, batch_wait_timeout_s=0.005)
-    async def classify(self, texts: list[str]) -> list[dict[str, Any]]:
-        started = time.perf_counter()
-        results = self.service.classify(texts)
-        self.inference_seconds.observe(time.perf_counter() - started)
-        return results
-
-
-class Retriever:
-    def __init__(self, config: dict[str, Any]) -> None:
-        from .retriever import KnowledgeBase
-
-        kb = KnowledgeBaseConfig.model_validate(config)
-        self.kb = KnowledgeBase.load(kb.path, top_k=kb.top_k)
-
-    async def search(self, text: str, k: int) -> list[dict[str, Any]]:
-        return [p.__dict__ for p in await self.kb.asearch(text, k)]
+    async def generate(self, prompt: str, max_tokens: int) -> str:
+        text: str = await self.handle.generate.remote(prompt, max_tokens)
+        return text
 
 
 class LLM:
@@ -87,36 +64,6 @@ class LLM:
 
     async def generate(self, prompt: str, max_tokens: int) -> str:
         text: str = await self.generator.generate(prompt, max_tokens)
-        return text
-
-
-# --- the orchestrator's view of the other deployments --------------------------------------
-
-
-class _HandleUnderstander:
-    def __init__(self, handle: DeploymentHandle[Any]) -> None:
-        self.handle = handle
-
-    async def understand(self, text: str) -> Understanding:
-        raw: dict[str, Any] = await self.handle.classify.remote(text)
-        return understanding(raw)
-
-
-class _HandleRetriever:
-    def __init__(self, handle: DeploymentHandle[Any]) -> None:
-        self.handle = handle
-
-    async def search(self, text: str, k: int) -> list[Passage]:
-        raw: list[dict[str, Any]] = await self.handle.search.remote(text, k)
-        return [Passage(**p) for p in raw]
-
-
-class _HandleGenerator:
-    def __init__(self, handle: DeploymentHandle[Any]) -> None:
-        self.handle = handle
-
-    async def generate(self, prompt: str, max_tokens: int) -> str:
-        text: str = await self.handle.generate.remote(prompt, max_tokens)
         return text
 
 
@@ -235,16 +182,39 @@ def _remote_call_tool() -> Any:
     return ray.remote(num_cpus=0.1)(_call_tool)
 
 
-class OrchestratorDeployment:
-    def __init__(
-        self,
-        config: dict[str, Any],
-        nlu: DeploymentHandle[Any],
-        retriever: DeploymentHandle[Any] | None,
-        llm: DeploymentHandle[Any] | None,
-    ) -> None:
+api = new_api("Switchboard agent")
+
+
+@serve.ingress(api)
+class AgentIngress:
+    """A revision's whole turn in one replica: HTTP in, NLU (batched across the turns in flight
+    here, with a cache for repeated messages), knowledge base, tools, policy, reply out."""
+
+    def __init__(self, config: dict[str, Any], llm: DeploymentHandle[Any] | None) -> None:
         self.config = AgentAppConfig.model_validate(config)
-        self.tools = HttpToolCaller(self.config.tools)
+        self.nlu = NluService(self.config.nlu)
+        self.nlu_seconds = serve.metrics.Histogram(
+            "nlu_inference_time_seconds",
+            description="NLU model time per batch.",
+            boundaries=LATENCY_BUCKETS,
+        )
+        self.nlu_cache = serve.metrics.Counter(
+            "agent_nlu_cache_total",
+            description="NLU lookups of repeated messages, by result (hit, miss).",
+            tag_keys=("result",),
+        )
+        self._cache_seen = (0, 0)
+        self._in_flight = 0
+        self.refusals = serve.metrics.Counter(
+            "agent_overload_refusals_total",
+            description="Turns refused with 503 because the replica ran max_turns_in_flight.",
+        )
+        retriever = None
+        if self.config.knowledge_base is not None:
+            from .retriever import KnowledgeBase, KnowledgeBaseRetriever
+
+            kb = self.config.knowledge_base
+            retriever = KnowledgeBaseRetriever(KnowledgeBase.load(kb.path, top_k=kb.top_k))
         generator: Any = _HandleGenerator(llm) if llm is not None else None
         if self.config.llm is not None and self.config.llm.backend == "openai":
             from .llm import load_generator  # an HTTP client: no deployment of its own
@@ -252,41 +222,67 @@ class OrchestratorDeployment:
             generator = load_generator(self.config.llm)
         self.orchestrator = Orchestrator(
             self.config,
-            understander=_HandleUnderstander(nlu),
-            tools=self.tools,
+            understander=self,
+            tools=HttpToolCaller(self.config.tools),
             sessions=open_store(
                 self.config.sessions, f"{self.config.namespace}:{self.config.agent}"
             ),
             tasks=_RayTaskRunner([t.model_dump() for t in self.config.tools]),
             generator=generator,
-            retriever=_HandleRetriever(retriever) if retriever is not None else None,
+            retriever=retriever,
             metrics=_ServeMetrics(),
         )
 
-    async def turn(self, request: dict[str, Any]) -> dict[str, Any]:
-        response = await self.orchestrator.turn(ChatRequest.model_validate(request))
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        batcher: Any = self._classify  # serve.batch adds these setters at run time
+        batcher.set_max_batch_size(int(user_config.get("max_batch_size", NLU_MAX_BATCH_SIZE)))
+        batcher.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.002)))
+
+    @serve.batch(max_batch_size=NLU_MAX_BATCH_SIZE, batch_wait_timeout_s=0.002)
+    async def _classify(self, texts: list[str]) -> list[dict[str, Any]]:
+        # In the event loop, not a thread: a batch takes about 2 ms, less than a thread hop
+        # costs the other turns of this replica when they all wait for it anyway.
+        started = time.perf_counter()
+        results = self.nlu.classify(texts)
+        self.nlu_seconds.observe(time.perf_counter() - started)
+        hits, misses = self.nlu.cache.hits, self.nlu.cache.misses
+        seen_hits, seen_misses = self._cache_seen
+        if hits > seen_hits:
+            self.nlu_cache.inc(hits - seen_hits, tags={"result": "hit"})
+        if misses > seen_misses:
+            self.nlu_cache.inc(misses - seen_misses, tags={"result": "miss"})
+        self._cache_seen = (hits, misses)
+        return results
+
+    async def understand(self, text: str) -> Understanding:
+        """The orchestrator's NLU (its `Understander`)."""
+        raw: dict[str, Any] = await self._classify(text)
+        return understanding(raw)
+
+    async def chat(self, request: ChatRequest) -> dict[str, Any]:
+        """One turn of an already validated request (the router's call during a rollout).
+        Raises `Overloaded` when this replica already runs `max_turns_in_flight` turns: a
+        prompt refusal the client can retry beats a queue whose waits keep growing."""
+        if self._in_flight >= self.config.max_turns_in_flight:
+            self.refusals.inc()
+            raise Overloaded()
+        self._in_flight += 1
+        try:
+            response = await self.orchestrator.turn(request)
+        finally:
+            self._in_flight -= 1
         return response.model_dump()
 
+    async def _dispatch(self, request: ChatRequest, headers: Mapping[str, str]) -> dict[str, Any]:
+        return await self.chat(request)
 
-class Ingress:
-    """The revision's entry for the router: one method per request kind."""
-
-    def __init__(self, orchestrator: DeploymentHandle[Any]) -> None:
-        self.orchestrator = orchestrator
-
-    async def chat(self, request: dict[str, Any]) -> dict[str, Any]:
-        response: dict[str, Any] = await self.orchestrator.turn.remote(request)
-        return response
-
-    async def healthz(self) -> dict[str, str]:
-        return {"status": "ok"}
+    @api.post("/v1/chat", openapi_extra=CHAT_OPENAPI)
+    async def http_chat(self, request: Request) -> JSONResponse:
+        return await handle_chat(request, self._dispatch)
 
 
-NLUDeployment: Deployment = serve.deployment(name=NLU_DEPLOYMENT)(NLU)
-RetrieverDeployment: Deployment = serve.deployment(name=RETRIEVER_DEPLOYMENT)(Retriever)
 LLMDeployment: Deployment = serve.deployment(name=LLM_DEPLOYMENT)(LLM)
-Orchestrator_: Deployment = serve.deployment(name=ORCHESTRATOR_DEPLOYMENT)(OrchestratorDeployment)
-IngressDeployment: Deployment = serve.deployment(name=INGRESS_DEPLOYMENT)(Ingress)
+AgentDeployment: Deployment = serve.deployment(name=ORCHESTRATOR_DEPLOYMENT)(AgentIngress)
 
 
 def with_options(deployment: Deployment, options: DeploymentOptions | None) -> Deployment:
@@ -298,17 +294,10 @@ def with_options(deployment: Deployment, options: DeploymentOptions | None) -> D
 
 
 def build_app(args: dict[str, Any], options: DeploymentOptions | None = None) -> Application:
-    """Serve entry point (`switchboard.serving.app:build_app`); `args` is an AgentAppConfig."""
+    """Serve entry point (`switchboard.serving.app:build_app`); `args` is an AgentAppConfig,
+    validated here so that a bad config fails the deploy with pydantic's message."""
     config = AgentAppConfig.model_validate(args)
-    nlu = with_options(NLUDeployment, options).bind(config.nlu.model_dump())
-    retriever = None
-    if config.knowledge_base:
-        kb = config.knowledge_base.model_dump()
-        retriever = with_options(RetrieverDeployment, options).bind(kb)
     llm = None
     if config.llm is not None and config.llm.backend != "openai":
         llm = with_options(LLMDeployment, options).bind(config.llm.model_dump())
-    orchestrator = with_options(Orchestrator_, options).bind(
-        config.model_dump(), nlu, retriever, llm
-    )
-    return with_options(IngressDeployment, options).bind(orchestrator)
+    return with_options(AgentDeployment, options).bind(config.model_dump(), llm)

@@ -16,14 +16,18 @@ ROUTER_APP_IMPORT_PATH = "switchboard.serving.router:build_app"
 
 # Deployment names inside the agent application; the operator sets their autoscaling and
 # actor resources by these names, so they are part of the contract.
-INGRESS_DEPLOYMENT = "Ingress"
+# The deployment that takes a revision's requests and runs the whole turn (NLU, retrieval,
+# tools, policy); only an in-cluster LLM has a deployment of its own.
 ORCHESTRATOR_DEPLOYMENT = "Orchestrator"
-NLU_DEPLOYMENT = "NLU"
 LLM_DEPLOYMENT = "LLM"
-RETRIEVER_DEPLOYMENT = "Retriever"
 ROUTER_DEPLOYMENT = "Router"
-# `@serve.batch` size of the NLU deployment; the operator gives it room for two batches in flight.
+# `@serve.batch` size of the NLU inside each orchestrator replica; the operator gives the
+# orchestrator room for two batches of turns in flight.
 NLU_MAX_BATCH_SIZE = 32
+
+# Seconds a client refused for overload should wait (Retry-After), from a replica's own JSON 503
+# or Serve's refusal of a full queue: a turn takes tens of milliseconds, a new replica seconds.
+RETRY_AFTER_SECONDS = 1
 
 # The label an NLU model gives messages outside every intent; never a plan's intent.
 OOS_INTENT = "oos"
@@ -80,6 +84,8 @@ class NluConfig(Contract):
     quantization: Literal["int8", "none"] = "int8"
     revision: str
     """Short hash of the NLU model spec, reported with every prediction."""
+    cache_size: int = 0
+    """Decisions kept for repeated messages per replica (0: no cache)."""
 
 
 class LlmConfig(Contract):
@@ -184,6 +190,8 @@ class AgentAppConfig(Contract):
     sessions: SessionConfig = Field(default_factory=SessionConfig)
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
     small_talk: SmallTalkConfig = Field(default_factory=SmallTalkConfig)
+    max_turns_in_flight: int = Field(default=64, ge=1)
+    """Turns one replica runs at once; more are refused at once with 503 and Retry-After."""
 
 
 class IntentPlanConfig(Contract):
@@ -305,6 +313,7 @@ class LocalAgent(Contract):
     candidate: AgentAppConfig | None = None
     """A ModelRollout's candidate revision, served beside `app` behind the same router."""
     router: RouterConfig
+    """How traffic splits between the revisions (a router is deployed only for two)."""
     serve_config: dict[str, Any]
     """The rendered `serveConfigV2`; local runs take the deployment options from it."""
 

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from .config import RETRY_AFTER_SECONDS
 from .workflow.types import ChatRequest, ChatResponse
 
 MAX_BODY_BYTES = 16 * 1024
@@ -21,8 +22,25 @@ log = logging.getLogger("switchboard.http")
 ChatDispatch = Callable[[ChatRequest, Mapping[str, str]], Awaitable[dict[str, Any]]]
 
 
-def error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+def error(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message, **extra}}, status_code=status, headers=headers
+    )
+
+
+class Overloaded(Exception):
+    """A replica already runs as many turns as it may: the turn is refused, not queued."""
+
+
+def overloaded() -> JSONResponse:
+    return error(
+        503,
+        "overloaded",
+        "the agent is busy; retry shortly",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 async def parse_chat_request(request: Request) -> ChatRequest | JSONResponse:
@@ -56,6 +74,8 @@ async def handle_chat(request: Request, dispatch: ChatDispatch) -> JSONResponse:
         return parsed
     try:
         result = await dispatch(parsed, request.headers)
+    except Overloaded:
+        return overloaded()
     except Exception:
         log.exception("chat turn failed")
         return error(500, "internal_error", "the agent could not complete this turn")

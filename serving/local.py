@@ -121,26 +121,28 @@ def revision_apps(agent: LocalAgent) -> list[AgentAppConfig]:
 
 
 def deploy_agent(agent: LocalAgent, route_prefix: str = "/", cpus: float | None = None) -> None:
-    """Every revision application, then the router in front of them, with the rendered
-    deployment options."""
+    """The agent as its serveConfigV2 lays it out, with the rendered deployment options: its
+    one revision at `route_prefix`, or during a rollout both revisions behind the router."""
     from ray import serve
 
     from . import app as agent_app
     from . import router
 
     config = fit_to_cpus(agent.serve_config, cpus) if cpus else agent.serve_config
-    for revision in revision_apps(agent):
+    revisions = revision_apps(agent)
+    for revision in revisions:
         revision_app = f"{revision.agent}-{revision.revision}"
         serve.run(
             agent_app.build_app(revision.model_dump(), _options(config, revision_app)),
             name=revision_app,
-            route_prefix=None,
+            route_prefix=route_prefix if len(revisions) == 1 else None,
         )
-    serve.run(
-        router.build_app(agent.router.model_dump(), _options(config, agent.app.agent)),
-        name=agent.app.agent,
-        route_prefix=route_prefix,
-    )
+    if len(revisions) > 1:
+        serve.run(
+            router.build_app(agent.router.model_dump(), _options(config, agent.app.agent)),
+            name=agent.app.agent,
+            route_prefix=route_prefix,
+        )
 
 
 def start_ray(

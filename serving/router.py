@@ -16,10 +16,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Application, Deployment
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from .config import ROUTER_DEPLOYMENT, RevisionRoute, RouterConfig
-from .http import CHAT_OPENAPI, handle_chat, new_api
+from .http import CHAT_OPENAPI, Overloaded, handle_chat, new_api
 from .workflow.types import ChatRequest
 
 api = new_api("Switchboard agent")
@@ -105,9 +106,11 @@ class Router:
 
     async def _dispatch(self, request: ChatRequest, headers: Mapping[str, str]) -> dict[str, Any]:
         route = pick_revision(self.config, headers, self._rng, session_id=request.session_id)
-        response: dict[str, Any] = await self._handle(route.app_name).chat.remote(
-            request.model_dump()
-        )
+        # The request object itself: validated once here, not again by the revision.
+        try:
+            response: dict[str, Any] = await self._handle(route.app_name).chat.remote(request)
+        except BackPressureError:  # the revision's queue is full: refuse, as the revision would
+            raise Overloaded() from None
         return response
 
     @api.post("/v1/chat", openapi_extra=CHAT_OPENAPI)

@@ -481,7 +481,7 @@ KEY = {"name": "llm", "key": "api-key"}
 VALID_CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("agent-minimal", "SupportAgent", {"tools": DELETE, "policy": DELETE}),
     ("agent-base", "SupportAgent", {}),
-    ("agent-scale-to-zero", "SupportAgent", {"nlu": {"autoscaling": {"minReplicas": 0}}}),
+    ("agent-scale-to-zero", "SupportAgent", {"router": {"autoscaling": {"minReplicas": 0}}}),
     ("agent-equal-bounds", "SupportAgent", {"workerPools": {"cpu": {"minWorkers": 4}}}),
     ("agent-openai", "SupportAgent", {"llm": OPENAI}),
     ("agent-transformers-cpu", "SupportAgent", {"llm": {"modelUri": "file:///m"}}),
@@ -586,16 +586,16 @@ INVALID_CASES: list[tuple[str, str, dict[str, Any], str]] = [
         "spec.workerPools.gpu: minWorkers must be less than or equal to maxWorkers",
     ),
     (
-        "nlu-autoscaling-min-gt-max",
+        "router-autoscaling-min-gt-max",
         "SupportAgent",
-        {"nlu": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}},
-        "spec.nlu.autoscaling: minReplicas must be less than or equal to maxReplicas",
+        {"router": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}},
+        "spec.router.autoscaling: minReplicas must be less than or equal to maxReplicas",
     ),
     (
-        "nlu-autoscaling-min-gt-default-max",
+        "router-autoscaling-min-gt-default-max",
         "SupportAgent",
-        {"nlu": {"autoscaling": {"minReplicas": 5}}},  # default maxReplicas 4
-        "spec.nlu.autoscaling: minReplicas must be less than or equal to maxReplicas",
+        {"router": {"autoscaling": {"minReplicas": 5}}},  # default maxReplicas 2
+        "spec.router.autoscaling: minReplicas must be less than or equal to maxReplicas",
     ),
     (
         "orchestrator-autoscaling-min-gt-max",

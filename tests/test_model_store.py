@@ -230,9 +230,9 @@ def test_rendered_rayservice_carries_s3_uris_and_secret_env(schemas: Any) -> Non
             "key": "secretAccessKey",
         }
         assert not any("models-" in m["name"] for m in container.get("volumeMounts", []))
-    import yaml
-
-    args = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"][1]["args"]
+    # One revision: its application is the only one.
+    (app,) = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"]
+    args = app["args"]
     storage = {
         "endpoint": "http://minio.storage:9000",
         "access_key_id_env": MODEL_STORAGE_ACCESS_KEY_ENV,
@@ -248,7 +248,7 @@ def test_ambient_credentials_and_custom_secret_keys() -> None:
     ambient = validate_spec(
         SupportAgentSpec, {"nlu": {"modelUri": "s3://models/nlu"}, "modelStorage": {}}
     )
-    args = serve_config(PARENT, ambient, {})["applications"][1]["args"]
+    args = serve_config(PARENT, ambient, {})["applications"][0]["args"]
     assert args["nlu"]["storage"] == {}  # the pods' own AWS credentials, AWS S3
     keys = validate_spec(
         SupportAgentSpec,
@@ -263,7 +263,7 @@ def test_ambient_credentials_and_custom_secret_keys() -> None:
             },
         },
     )
-    args = serve_config(PARENT, keys, {})["applications"][1]["args"]
+    args = serve_config(PARENT, keys, {})["applications"][0]["args"]
     assert "storage" not in args["nlu"]  # file:// needs none
     env = render_agent(PARENT, keys, {})[0]
     refs = [e["valueFrom"]["secretKeyRef"]["key"] for e in _containers(env)[0]["env"]]

@@ -191,7 +191,7 @@ def test_spec_edit_updates_children_in_place(cluster: Any, quickstart: str) -> N
         "acme",
         {
             "spec": {
-                "nlu": {"autoscaling": {"maxReplicas": 6}},
+                "orchestrator": {"autoscaling": {"targetOngoingRequests": 6}},
                 "ingress": {"hosts": ["support.acme.example.com", "help.acme.example.com"]},
             }
         },
@@ -201,15 +201,15 @@ def test_spec_edit_updates_children_in_place(cluster: Any, quickstart: str) -> N
         rs = cluster.get("ray.io/v1", "RayService", ns, "acme") or {}
         vs = cluster.get("networking.istio.io/v1", "VirtualService", ns, "acme") or {}
         config = yaml.safe_load(rs.get("spec", {}).get("serveConfigV2", "{}"))
-        nlu = [
+        orchestrator = [
             d
             for app in config.get("applications", [])
             for d in app.get("deployments", [])
-            if d["name"] == "NLU"
+            if d["name"] == "Orchestrator"
         ]
         return (
-            bool(nlu)
-            and nlu[0]["autoscaling_config"]["max_replicas"] == 6
+            bool(orchestrator)
+            and orchestrator[0]["autoscaling_config"]["target_ongoing_requests"] == 6
             and "help.acme.example.com" in vs.get("spec", {}).get("hosts", [])
         )
 

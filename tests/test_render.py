@@ -418,7 +418,8 @@ REVISION_BASE = {"llm": {"modelUri": "file:///models/llm/v1"}}
     ("case", "patch", "same"),
     [
         ("identical", {}, True),
-        ("nlu-scaling", {"nlu": {"autoscaling": {"minReplicas": 3, "maxReplicas": 9}}}, True),
+        ("nlu-cache", {"nlu": {"cacheSize": 10}}, True),
+        ("router-scaling", {"router": {"autoscaling": {"maxReplicas": 5}}}, True),
         ("llm-scaling", {"llm": {"autoscaling": {"maxReplicas": 8}}}, True),
         (
             "orchestrator-scaling",
@@ -668,7 +669,8 @@ def test_knowledge_base(
                 {"name": "knowledge-base", "mountPath": KNOWLEDGE_BASE_DIR, "readOnly": True}
             ]
     args = agent_app(rs)["args"]
-    assert (contract.RETRIEVER_DEPLOYMENT in deployments_of(rs)) is (path is not None)
+    # The knowledge base is searched inside the orchestrator's replicas: no deployment of its own.
+    assert set(deployments_of(rs)) == {contract.ORCHESTRATOR_DEPLOYMENT}
     if path is None:
         assert "knowledge_base" not in args
     else:
@@ -1276,16 +1278,8 @@ def serve_config_problems(rs: dict[str, Any], rendered: list[dict[str, Any]]) ->
                 problems.append(f"{app['name']}/{dep['name']}: min_replicas > max_replicas")
     routers = [a for a in apps.values() if a["import_path"] == contract.ROUTER_APP_IMPORT_PATH]
     agents = [a for a in apps.values() if a["import_path"] == contract.AGENT_APP_IMPORT_PATH]
-    if len(routers) != 1 or len(agents) + 1 != len(apps):
-        return [*problems, f"expected one router and agent apps, got {list(apps)}"]
-    [router_app] = routers
-    router = contract.RouterConfig.model_validate(router_app["args"])
-    if (router_app["name"], router_app["route_prefix"], router.agent) != (name, "/", name):
-        problems.append(f"router app {router_app['name']} is not the agent's entry at /")
-    if [d["name"] for d in router_app["deployments"]] != [contract.ROUTER_DEPLOYMENT]:
-        problems.append("router app deployments")
-    if sum(r.weight for r in router.revisions) != 100:
-        problems.append("router weights do not sum to 100")
+    if len(routers) + len(agents) != len(apps) or not agents:
+        return [*problems, f"expected agent apps and at most one router, got {list(apps)}"]
     containers = rayservice_containers(rs)
     gpu_limits = [int(c["resources"]["limits"].get(GPU_RESOURCE, 0)) for c in containers]
     services = {
@@ -1294,28 +1288,45 @@ def serve_config_problems(rs: dict[str, Any], rendered: list[dict[str, Any]]) ->
         for o in rendered
         if o["kind"] == "Service"
     }
-    known = {
-        contract.INGRESS_DEPLOYMENT, contract.ORCHESTRATOR_DEPLOYMENT, contract.NLU_DEPLOYMENT,
-        contract.LLM_DEPLOYMENT, contract.RETRIEVER_DEPLOYMENT,
-    }  # fmt: skip
-    for route in router.revisions:
-        app = apps.get(route.app_name)
+    known = {contract.ORCHESTRATOR_DEPLOYMENT, contract.LLM_DEPLOYMENT}
+    if not routers:  # one revision: it is the agent's entry at `/`, with no hop in front
+        [only] = agents
+        if only["route_prefix"] != "/":
+            problems.append(f"{only['name']}: the only revision must answer at /")
+        routes = [(only["name"], None)]
+    else:
+        [router_app] = routers
+        router = contract.RouterConfig.model_validate(router_app["args"])
+        if (router_app["name"], router_app["route_prefix"], router.agent) != (name, "/", name):
+            problems.append(f"router app {router_app['name']} is not the agent's entry at /")
+        if [d["name"] for d in router_app["deployments"]] != [contract.ROUTER_DEPLOYMENT]:
+            problems.append("router app deployments")
+        if sum(r.weight for r in router.revisions) != 100:
+            problems.append("router weights do not sum to 100")
+        if len(router.revisions) < 2:
+            problems.append("a router in front of a single revision")
+        routes = [(r.app_name, r.revision) for r in router.revisions]
+    for app_name, revision in routes:
+        app = apps.get(app_name)
         if app is None or app["import_path"] != contract.AGENT_APP_IMPORT_PATH:
-            problems.append(f"router route to missing app {route.app_name}")
+            problems.append(f"router route to missing app {app_name}")
             continue
         args = contract.AgentAppConfig.model_validate(app["args"])
         if (args.agent, args.namespace) != (name, namespace):
             problems.append(f"{app['name']}: args name another agent")
-        if app["name"] != revision_app_name(name, args.revision) or route.revision != args.revision:
-            problems.append(f"{app['name']}: revision {args.revision} does not match its name")
-        if app.get("route_prefix") is not None:
-            problems.append(f"{app['name']}: revision apps must not have an HTTP route")
-        names = {d["name"] for d in app["deployments"]}
-        if (
-            not names <= known
-            or not {contract.INGRESS_DEPLOYMENT, contract.NLU_DEPLOYMENT} <= names
+        if app["name"] != revision_app_name(name, args.revision) or revision not in (
+            None,
+            args.revision,
         ):
+            problems.append(f"{app['name']}: revision {args.revision} does not match its name")
+        if revision is not None and app.get("route_prefix") is not None:
+            problems.append(f"{app['name']}: revisions behind the router must not have a route")
+        names = {d["name"] for d in app["deployments"]}
+        if not names <= known or contract.ORCHESTRATOR_DEPLOYMENT not in names:
             problems.append(f"{app['name']}: deployments {sorted(names)}")
+        for dep in app["deployments"]:
+            if not 0 < dep.get("max_queued_requests", -1) <= 10 * dep["max_ongoing_requests"]:
+                problems.append(f"{app['name']}/{dep['name']}: unbounded or odd queue")
         for dep in app["deployments"]:
             gpus = dep["ray_actor_options"].get("num_gpus", 0)
             if gpus and max(gpu_limits) < gpus:
@@ -1363,24 +1374,26 @@ def test_serve_config(rs: dict[str, Any], rendered: list[dict[str, Any]]) -> Non
 def test_serve_config_checks_catch_what_ray_lets_through() -> None:
     rs = first_of("RayService")
     doc = serve_doc(rs)
-    nlu = next(d for d in doc["applications"][1]["deployments"] if d["name"] == "NLU")
-    nlu["autoscaling_config"].update(max_replica=3, min_replicas=9, max_replicas=2)
-    nlu["ray_actor_options"]["num_gpu"] = 1
+    orchestrator = doc["applications"][0]["deployments"][0]
+    orchestrator["autoscaling_config"].update(max_replica=3, min_replicas=9, max_replicas=2)
+    orchestrator["ray_actor_options"]["num_gpu"] = 1
+    del orchestrator["max_queued_requests"]
     doc["http_options"]["hots"] = "0.0.0.0"
     rs["spec"]["serveConfigV2"] = yaml.safe_dump(doc)
     # Ray's own schema accepts all of it...
     ray_schema().ServeDeploySchema.model_validate(doc)
     # ...these checks do not.
     problems = serve_config_problems(rs, RENDERED_SETS["quickstart"])
-    app = doc["applications"][1]["name"]
+    app = doc["applications"][0]["name"]
     assert sorted(problems) == sorted(
         [
             "serveConfigV2.http_options.hots (not a field of HTTPOptionsSchema)",
-            "serveConfigV2.applications[1].deployments[2].autoscaling_config.max_replica "
+            "serveConfigV2.applications[0].deployments[0].autoscaling_config.max_replica "
             "(not a field of AutoscalingConfig)",
-            "serveConfigV2.applications[1].deployments[2].ray_actor_options.num_gpu "
+            "serveConfigV2.applications[0].deployments[0].ray_actor_options.num_gpu "
             "(not a field of RayActorOptionsSchema)",
-            f"{app}/NLU: min_replicas > max_replicas",
+            f"{app}/Orchestrator: min_replicas > max_replicas",
+            f"{app}/Orchestrator: unbounded or odd queue",
         ]
     )
 
@@ -1388,7 +1401,7 @@ def test_serve_config_checks_catch_what_ray_lets_through() -> None:
 def test_serve_config_checks_catch_broken_args() -> None:
     rs = first_of("RayService")
     doc = serve_doc(rs)
-    doc["applications"][1]["args"]["nlu"]["modelPath"] = "/x"
+    doc["applications"][0]["args"]["nlu"]["modelPath"] = "/x"
     rs["spec"]["serveConfigV2"] = yaml.safe_dump(doc)
     with pytest.raises(ValueError, match="modelPath"):
         serve_config_problems(rs, RENDERED_SETS["quickstart"])

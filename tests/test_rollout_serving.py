@@ -36,6 +36,7 @@ from switchboard.operator.render.names import revision_app_name
 from switchboard.operator.resources.modelrollout import BUILTIN_QUERIES, metric_query
 from switchboard.serving import chat
 from switchboard.serving import config as contract
+from switchboard.serving.config import AGENT_APP_IMPORT_PATH
 from switchboard.serving.demo import SAMPLE_ORDERS
 from switchboard.serving.router import pick_revision
 
@@ -156,7 +157,9 @@ def test_a_candidate_equal_to_stable_serves_one_revision(tmp_path: Path) -> None
     [agent] = plan_of([*docs, rollout(stable_uri)], stable_dir, tmp_path).agents
     assert agent.candidate is None
     assert [r.weight for r in agent.router.revisions] == [100]
-    assert len(agent.serve_config["applications"]) == 2
+    # One revision answers at `/` itself: no router in front of it.
+    [app] = agent.serve_config["applications"]
+    assert app["route_prefix"] == "/" and app["import_path"] == AGENT_APP_IMPORT_PATH
 
 
 # --------------------------------------------------------------------------------------------

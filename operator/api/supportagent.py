@@ -128,8 +128,10 @@ class NluSpec(ApiModel):
     `s3://bucket/prefix` (uploaded with `switchboard nlu push`; needs `modelStorage`)."""
     quantization: Literal["int8", "none"] = "int8"
     """`int8` runs the encoder with int8 weights on CPU; `none` keeps fp32."""
-    autoscaling: ReplicaAutoscaling = Field(default_factory=ReplicaAutoscaling)
-    """Replica autoscaling of the NLU deployment."""
+    cache_size: int = Field(default=4096, ge=0, le=1_000_000)
+    """Results kept per orchestrator replica for repeated messages (least recently used go
+    first; the key is the message with case and spacing folded); 0 turns the cache off. The
+    NLU runs inside the orchestrator's replicas, which `orchestrator.autoscaling` sizes."""
 
 
 class LlmSpec(ApiModel):
@@ -178,14 +180,34 @@ class OrchestratorAutoscaling(ReplicaAutoscaling):
 
     max_replicas: int = Field(default=1, ge=1, le=1000)
     """Most replicas Ray Serve may start (above 1 needs `sessions.store: redis`)."""
+    target_ongoing_requests: float = Field(default=16.0, gt=0, le=1000)
+    """Turns in flight per replica that Serve's autoscaler aims for. A turn mostly waits on
+    tools and the LLM, and the NLU batches the turns in flight: one replica takes many."""
 
 
 class OrchestratorSpec(ApiModel):
     """The agentic workflow: plan, tool calls, policy gate, answer or handoff."""
 
     autoscaling: OrchestratorAutoscaling = Field(default_factory=OrchestratorAutoscaling)
-    """Replica autoscaling of the orchestrator deployment (and of the router and ingress in
-    front of it). More than one replica needs `sessions.store: redis`."""
+    """Replica autoscaling of the orchestrator deployment: it takes the HTTP request and runs
+    the whole turn, NLU and knowledge-base search included (only an in-cluster LLM has a
+    deployment of its own). More than one replica needs `sessions.store: redis`."""
+
+
+class RouterAutoscaling(ReplicaAutoscaling):
+    """Ray Serve autoscaling of the router: it only forwards, so few replicas keep up."""
+
+    max_replicas: int = Field(default=2, ge=1, le=1000)
+    """Most replicas Ray Serve may start."""
+    target_ongoing_requests: float = Field(default=8.0, gt=0, le=1000)
+    """Ongoing requests per replica that Serve's autoscaler aims for."""
+
+
+class RouterSpec(ApiModel):
+    """The router in front of two model revisions while a ModelRollout serves a candidate."""
+
+    autoscaling: RouterAutoscaling = Field(default_factory=RouterAutoscaling)
+    """Replica autoscaling of the router deployment."""
 
 
 class ConfigMapSource(ApiModel):
@@ -409,6 +431,8 @@ class SupportAgentSpec(ApiModel):
     """Object storage for `s3://` model URIs (this agent's and its rollouts' candidates)."""
     orchestrator: OrchestratorSpec = Field(default_factory=OrchestratorSpec)
     """The agentic workflow deployment."""
+    router: RouterSpec = Field(default_factory=RouterSpec)
+    """The router deployment, present only while a rollout serves two revisions."""
     knowledge_base: KnowledgeBaseSpec | None = None
     """Optional documents to ground answers in."""
     tools: list[ToolGrant] = Field(

@@ -31,12 +31,10 @@ MODEL_STORAGE_SECRET_KEY_ENV = "SWITCHBOARD_MODEL_STORAGE_SECRET_ACCESS_KEY"
 
 # CPU share of one replica of each deployment. The head runs no replicas (num-cpus 0), so
 # these decide how many replicas fit a worker and when Ray's autoscaler adds one.
+# The orchestrator runs the NLU and the knowledge-base search in its own replicas: a full CPU.
 ACTOR_CPUS = {
     contract.ROUTER_DEPLOYMENT: 0.1,
-    contract.INGRESS_DEPLOYMENT: 0.25,
-    contract.ORCHESTRATOR_DEPLOYMENT: 0.5,
-    contract.RETRIEVER_DEPLOYMENT: 0.5,
-    contract.NLU_DEPLOYMENT: 1.0,
+    contract.ORCHESTRATOR_DEPLOYMENT: 1.0,
     contract.LLM_DEPLOYMENT: 1.0,
 }
 
@@ -248,6 +246,7 @@ def agent_app_config(
             storage=model_storage(spec, spec.nlu.model_uri),
             quantization=spec.nlu.quantization,
             revision=revision(model_identity(spec.nlu, None)["nlu"]),
+            cache_size=spec.nlu.cache_size,
         ),
         llm=llm,
         knowledge_base=(
@@ -280,6 +279,7 @@ def agent_app_config(
             rephrase_attempts=policy.rephrase_attempts,
         ),
         fallback=fallback_config(spec),
+        max_turns_in_flight=turns_in_flight(spec.orchestrator.autoscaling),
         small_talk=contract.SmallTalkConfig(
             **spec.small_talk.model_dump(include={"enabled", "greeting", "thanks", "goodbye"})
         ),
@@ -304,17 +304,31 @@ def fallback_config(spec: SupportAgentSpec) -> contract.FallbackConfig:
     return contract.FallbackConfig(action=_FALLBACK_ACTIONS[action], reply=spec.fallback.reply)
 
 
-def _deployment(name: str, scaling: ReplicaAutoscaling, gpus: int = 0) -> dict[str, Any]:
+def turns_in_flight(scaling: ReplicaAutoscaling) -> int:
+    """Requests one replica takes at once: headroom above the autoscaling target. The
+    orchestrator batches the NLU across the turns in flight in one replica, so it needs at
+    least two full batches of them: below its batch size, throughput collapses (measured: 13
+    req/s at 16 in flight against 327 req/s at 64; BENCHMARKS.md, Serving)."""
+    return max(2 * contract.NLU_MAX_BATCH_SIZE, math.ceil(2 * scaling.target_ongoing_requests))
+
+
+def _deployment(
+    name: str, scaling: ReplicaAutoscaling, gpus: int = 0, admission: int = 0
+) -> dict[str, Any]:
+    """One deployment entry. `admission`: turns the replica itself refuses past (JSON 503);
+    Serve then lets as many again in, so that a burst reaches the replica and gets that answer
+    at once instead of waiting in Serve's queue for a turn to finish (a refusal is quick)."""
     actor: dict[str, Any] = {"num_cpus": ACTOR_CPUS[name]}
     if gpus:
         actor["num_gpus"] = gpus
-    # Headroom above the autoscaling target. The batched NLU needs at least two full batches in
-    # flight: below its batch size, Serve's callers back off and throughput collapses
-    # (measured: 13 req/s at 16 in flight against 327 req/s at 64; BENCHMARKS.md, Serving).
-    floor = 2 * contract.NLU_MAX_BATCH_SIZE if name == contract.NLU_DEPLOYMENT else 8
+    ongoing = 2 * admission if admission else max(8, turns_in_flight(scaling))
     return {
         "name": name,
-        "max_ongoing_requests": max(floor, math.ceil(2 * scaling.target_ongoing_requests)),
+        "max_ongoing_requests": ongoing,
+        # A bounded queue at each caller (proxy or handle), one replica's worth: past it Serve
+        # refuses at once (503 with Retry-After) instead of letting waits grow without end.
+        "max_queued_requests": ongoing,
+        "backpressure_config": {"status_code": 503, "retry_after_s": contract.RETRY_AFTER_SECONDS},
         "autoscaling_config": {
             "min_replicas": scaling.min_replicas,
             "max_replicas": scaling.max_replicas,
@@ -324,22 +338,23 @@ def _deployment(name: str, scaling: ReplicaAutoscaling, gpus: int = 0) -> dict[s
     }
 
 
-def agent_application(spec: SupportAgentSpec, app: contract.AgentAppConfig) -> dict[str, Any]:
-    """One revision's Serve application; deployments appear only when the app builds them."""
+def agent_application(
+    spec: SupportAgentSpec, app: contract.AgentAppConfig, route_prefix: str | None
+) -> dict[str, Any]:
+    """One revision's Serve application: the orchestrator takes the request and runs the whole
+    turn (NLU and retrieval in its replicas); an in-cluster LLM is the only other deployment.
+    At `/` when it is the agent's only revision; behind the router (no route) during a rollout."""
+    scaling = spec.orchestrator.autoscaling
     deployments = [
-        _deployment(contract.INGRESS_DEPLOYMENT, spec.orchestrator.autoscaling),
-        _deployment(contract.ORCHESTRATOR_DEPLOYMENT, spec.orchestrator.autoscaling),
-        _deployment(contract.NLU_DEPLOYMENT, spec.nlu.autoscaling),
+        _deployment(contract.ORCHESTRATOR_DEPLOYMENT, scaling, admission=app.max_turns_in_flight)
     ]
-    if app.knowledge_base:
-        deployments.append(_deployment(contract.RETRIEVER_DEPLOYMENT, spec.nlu.autoscaling))
     if spec.llm and spec.llm.backend != "openai":
         deployments.append(
             _deployment(contract.LLM_DEPLOYMENT, spec.llm.autoscaling, spec.llm.gpus_per_replica)
         )
     return {
         "name": revision_app_name(app.agent, app.revision),
-        "route_prefix": None,  # reached only through the router's handle
+        "route_prefix": route_prefix,
         "import_path": contract.AGENT_APP_IMPORT_PATH,
         # One thread per replica: on small CPU shares, intra-op parallelism only adds contention.
         "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1"}},
@@ -401,8 +416,8 @@ def serve_config(
     adapters: Mapping[str, ToolAdapterSpec],
     canary: Canary | None = None,
 ) -> dict[str, Any]:
-    """The `serveConfigV2` document (as a dict): the router, the stable revision's application
-    and, during a rollout, the candidate's application beside it."""
+    """The `serveConfigV2` document (as a dict): the stable revision's application at `/` or,
+    while a rollout serves a candidate, the router at `/` in front of both revisions."""
     stable = agent_app_config(parent, spec, adapters)
     apps = [stable]
     if canary is not None:
@@ -423,11 +438,15 @@ def serve_config(
         testers=[contract.TesterMatch(name=t.name, exact=t.exact, regex=t.regex) for t in testers],
         tester_revision=apps[-1].revision if testers else None,
     )
+    if len(apps) == 1:  # no rollout: the revision itself answers at `/`, no hop in front
+        applications = [agent_application(spec, stable, "/")]
+    else:
+        applications = [
+            router_application(router, spec.router.autoscaling),
+            *(agent_application(spec, app, None) for app in apps),
+        ]
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": contract.SERVE_HTTP_PORT},
-        "applications": [
-            router_application(router, spec.orchestrator.autoscaling),
-            *(agent_application(spec, app) for app in apps),
-        ],
+        "applications": applications,
     }
