@@ -36,6 +36,10 @@ import pytest
 import yaml
 from lupa.lua51 import LuaRuntime, lua_type
 
+from support.cluster import Cluster
+from support.manifests import load_documents
+from support.paths import EXAMPLES
+from support.schemas import K8S_VERSIONS, Schemas
 from switchboard.operator import prometheus
 from switchboard.operator.api.base import API_VERSION
 from switchboard.operator.kube import Kube
@@ -45,7 +49,6 @@ from switchboard.operator.resources.common import Outcome
 REPO = Path(__file__).resolve().parents[1]
 ARGOCD_DIR = REPO / "charts" / "switchboard" / "argocd"
 CONFIGMAP = ARGOCD_DIR / "argocd-cm.yaml"
-EXAMPLES = REPO / "examples"
 GITOPS = EXAMPLES / "gitops"
 UPDATE_GOLDEN = os.environ.get("SWITCHBOARD_UPDATE_GOLDEN") == "1"
 
@@ -53,7 +56,6 @@ KINDS = ("SupportAgent", "ToolAdapter", "ModelRollout")
 KEY_PREFIX = "resource.customizations.health.switchboard.dev_"
 # What Argo CD accepts from a health script (gitops-engine's HealthStatusCode).
 HEALTH_CODES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
-K8S_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
 NAMESPACE = "support"
 REPO_URL = "https://github.com/switchboard-dev/switchboard.git"
 
@@ -288,14 +290,6 @@ def record_nothing(body: dict[str, Any], *, type: str, reason: str, message: str
     """Events are the reconcilers' business, not the health checks'."""
 
 
-def example_docs(*folders: str) -> list[dict[str, Any]]:
-    docs = []
-    for folder in folders:
-        for path in sorted((EXAMPLES / folder).glob("*.yaml")):
-            docs += [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
-    return docs
-
-
 def reconcile(kube: InMemoryKube, kind: str, name: str) -> dict[str, Any]:
     """One reconcile of a SupportAgent or ToolAdapter; the object as the API server then has it."""
     reconcilers: dict[str, Callable[[Kube, dict[str, Any], Any], Outcome]] = {
@@ -312,7 +306,7 @@ def reconcile(kube: InMemoryKube, kind: str, name: str) -> dict[str, Any]:
 
 def quickstart(children: dict[str, ChildStatus]) -> InMemoryKube:
     """examples/quickstart in memory, its ToolAdapters reconciled once."""
-    kube = InMemoryKube(example_docs("quickstart"), children)
+    kube = InMemoryKube(load_documents(EXAMPLES / "quickstart"), children)
     for adapter in ("orders", "ticketing"):
         reconcile(kube, "ToolAdapter", adapter)
     return kube
@@ -422,7 +416,7 @@ def break_agent_spec(kube: InMemoryKube) -> None:
 
 def start_canary(kube: InMemoryKube) -> None:
     """examples/rollout's ModelRollout, reconciled once: its first step, 10%."""
-    kube.add(example_docs("rollout")[0])
+    kube.add(load_documents(EXAMPLES / "rollout")[0])
     rollout = drive_rollout(kube, "acme-nlu-v2", [Tick(0)])
     assert rollout["status"]["currentWeight"] == 10
 
@@ -527,7 +521,7 @@ def agent_after(scenario: Scenario) -> dict[str, Any]:
 
 
 def adapter_after(scenario: Scenario) -> dict[str, Any]:
-    kube = InMemoryKube(example_docs("quickstart"), scenario.children)
+    kube = InMemoryKube(load_documents(EXAMPLES / "quickstart"), scenario.children)
     scenario.change(kube)
     return reconcile(kube, "ToolAdapter", "orders")
 
@@ -751,12 +745,12 @@ def drive_rollout(
 def rollout_world(**spec: Any) -> InMemoryKube:
     """The quickstart agent and examples/rollout's ModelRollout, analysed on one metric
     (error rate at most 2%), with `spec` merged in (None removes a field)."""
-    doc = copy.deepcopy(example_docs("rollout")[0])
+    doc = copy.deepcopy(load_documents(EXAMPLES / "rollout")[0])
     doc["spec"]["progressive"]["analysis"]["metrics"] = [
         {"name": "errors", "builtin": "errorRate", "thresholdRange": {"max": 0.02}}
     ]
     doc["spec"] = merge_patch(doc["spec"], spec)
-    return InMemoryKube([*example_docs("quickstart"), doc], {})
+    return InMemoryKube([*load_documents(EXAMPLES / "quickstart"), doc], {})
 
 
 def set_rollout(**changes: Any) -> Callable[[InMemoryKube], None]:
@@ -1033,14 +1027,14 @@ APPLICATIONS = ("application-operator.yaml", "application-quickstart.yaml")
 
 
 @pytest.mark.parametrize("name", APPLICATIONS)
-def test_applications_match_the_upstream_crd(name: str, schemas: Any) -> None:
+def test_applications_match_the_upstream_crd(name: str, schemas: Schemas) -> None:
     app = application(name)
     assert (app["apiVersion"], app["kind"]) == ("argoproj.io/v1alpha1", "Application")
     assert schemas.errors(app) == []  # the upstream CRD, strictly, and ObjectMeta
     assert app["metadata"]["namespace"] == "argocd"
 
 
-def test_the_validator_rejects_a_misspelled_field(schemas: Any) -> None:
+def test_the_validator_rejects_a_misspelled_field(schemas: Schemas) -> None:
     app = application("application-quickstart.yaml")
     app["spec"]["syncPolicy"]["automated"]["selfHeals"] = True
     assert schemas.errors(app)
@@ -1102,7 +1096,7 @@ def test_gitops_folder_holds_no_custom_resources() -> None:
 # The same script against live objects: the real operator on the real API server
 
 
-def test_health_of_live_objects(cluster: Any, run_operator: Any) -> None:
+def test_health_of_live_objects(cluster: Cluster, run_operator: Any) -> None:
     """What Argo CD would show for objects the operator reconciled on a real API server."""
     ns = cluster.namespace("argocd-health")
 

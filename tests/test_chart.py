@@ -19,6 +19,8 @@ import kubernetes_validate.utils
 import pytest
 import yaml
 
+from support.manifests import quickstart_documents
+
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "switchboard"
 NS = "switchboard-system"
@@ -353,10 +355,7 @@ def test_pod_monitors_match_rendered_children(helm_template: Any) -> None:
     """The PodMonitors' selectors and ports match the pods `switchboard render` produces."""
     from switchboard.operator.render import render_manifests
 
-    manifests: list[dict[str, Any]] = []
-    for path in sorted((REPO / "examples" / "quickstart").glob("*.yaml")):
-        manifests += [d for d in yaml.safe_load_all(path.read_text()) if d]
-    rendered = render_manifests(manifests)
+    rendered = render_manifests(quickstart_documents())
     monitors = [
         o["spec"]
         for o in helm_template(values=VARIANTS["everything-on"])

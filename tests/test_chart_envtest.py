@@ -21,11 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 
-REPO = Path(__file__).resolve().parents[1]
-GROUP, VERSION = "switchboard.dev", "v1alpha1"
+from support.cluster import GROUP, VERSION, Cluster
+from support.envtest import EnvTest
+from support.helm import OperatorInstall
+from support.paths import QUICKSTART
+from support.ports import free_port
+
 # An agent with no tools and no knowledge base: only its RayService and routes to wait for.
 AGENT: dict[str, Any] = {
     "apiVersion": f"{GROUP}/{VERSION}",
@@ -38,7 +41,7 @@ def agent(name: str) -> dict[str, Any]:
     return {**AGENT, "metadata": {"name": name}}
 
 
-def denied_requests(envtest: Any, user: str, since: int) -> tuple[int, list[str]]:
+def denied_requests(envtest: EnvTest, user: str, since: int) -> tuple[int, list[str]]:
     """How many requests `user` made since audit event `since`, and the forbidden ones."""
     mine = [e for e in envtest.audit_events()[since:] if e["user"]["username"] == user]
     denied = [f"{e['verb']} {e['requestURI']}" for e in mine if e["responseStatus"]["code"] == 403]
@@ -64,12 +67,12 @@ def can(api: client.ApiClient, user: str, verb: str, resource: str, namespace: s
 
 
 @pytest.fixture(scope="module")
-def team_namespaces(cluster: Any) -> tuple[str, str]:
+def team_namespaces(cluster: Cluster) -> tuple[str, str]:
     return cluster.namespace("team-a"), cluster.namespace("team-b")
 
 
 @pytest.fixture(scope="module")
-def namespaced_install(install_chart: Any, team_namespaces: tuple[str, str]) -> Any:
+def namespaced_install(install_chart: Any, team_namespaces: tuple[str, str]) -> OperatorInstall:
     return install_chart(
         "switchboard-team-a",
         "team-a-system",
@@ -79,10 +82,10 @@ def namespaced_install(install_chart: Any, team_namespaces: tuple[str, str]) -> 
 
 
 def test_namespaced_install_serves_its_namespace_with_roles_only(
-    envtest: Any,
-    cluster: Any,
+    envtest: EnvTest,
+    cluster: Cluster,
     run_operator: Any,
-    namespaced_install: Any,
+    namespaced_install: OperatorInstall,
     team_namespaces: tuple[str, str],
 ) -> None:
     served, other = team_namespaces
@@ -96,7 +99,7 @@ def test_namespaced_install_serves_its_namespace_with_roles_only(
     peering = cluster.get("kopf.dev/v1", "KopfPeering", served, "switchboard")
     assert peering is not None
 
-    cluster.apply_dir(REPO / "examples" / "quickstart", served)
+    cluster.apply_dir(QUICKSTART, served)
     cluster.create(agent("acme"), other)  # not this install's: left alone
     with run_operator(install=namespaced_install, namespaces=(served,)) as running:
         cluster.wait_for(
@@ -174,16 +177,8 @@ class OperatorProcess:
         return self.process.wait(timeout=30)
 
 
-def free_port() -> int:
-    import socket
-
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture()
-def replicas(operator_install: Any, tmp_path: Path) -> Iterator[list[OperatorProcess]]:
+def replicas(operator_install: OperatorInstall, tmp_path: Path) -> Iterator[list[OperatorProcess]]:
     procs = [
         OperatorProcess(name, operator_install.kubeconfig, priority, tmp_path / f"{name}.log")
         for name, priority in (("operator-a", 200), ("operator-b", 100))
@@ -200,7 +195,10 @@ def replicas(operator_install: Any, tmp_path: Path) -> Iterator[list[OperatorPro
 
 
 def test_replicas_elect_one_operator_and_fail_over(
-    envtest: Any, cluster: Any, operator_install: Any, replicas: list[OperatorProcess]
+    envtest: EnvTest,
+    cluster: Cluster,
+    operator_install: OperatorInstall,
+    replicas: list[OperatorProcess],
 ) -> None:
     ns = cluster.namespace("ha")
     active, standby = replicas
@@ -248,7 +246,7 @@ def test_replicas_elect_one_operator_and_fail_over(
 
 
 def test_a_refused_apply_is_a_condition_and_an_event(
-    cluster: Any, run_operator: Any, install_chart: Any
+    cluster: Cluster, run_operator: Any, install_chart: Any
 ) -> None:
     """A cluster policy narrower than the chart's (here: its Role edited to deny HPAs) makes
     the API server refuse a child with 403 → Ready=False ApplyFailed, phase Failed, an Event."""
@@ -264,9 +262,7 @@ def test_a_refused_apply_is_a_condition_and_an_event(
     role.rules = [r for r in role.rules if "horizontalpodautoscalers" not in r.resources]
     rbac.replace_namespaced_role(install.release, ns, role)
     for name in ("10-secrets.yaml", "20-tooladapter-orders.yaml"):
-        path = REPO / "examples" / "quickstart" / name
-        for doc in yaml.safe_load_all(path.read_text()):
-            cluster.create(doc, ns)
+        cluster.apply_dir(QUICKSTART / name, ns)
     with run_operator(install=install, namespaces=(ns,)):
         ready = cluster.wait_for_reason("ToolAdapter", ns, "orders", "ApplyFailed")
         assert ready["status"] == "False"

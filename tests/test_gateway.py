@@ -38,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from support.ports import free_port
 from switchboard.serving.config import GATEWAY_CONFIG_ENV, GatewayAuth, ToolGatewayConfig
 from switchboard.serving.gateway import ConfigError, ToolGateway, create_app, load_config
 from switchboard.serving.gateway.app import compile_operations
@@ -500,13 +501,6 @@ def test_compile_operations_reports_config_problems(
 
 
 # --- servers for the integration tests -----------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class ServerThread:

@@ -40,6 +40,9 @@ from typing import Any
 import pytest
 import yaml
 
+from support.manifests import quickstart_documents
+from support.paths import QUICKSTART
+from support.ports import free_port
 from switchboard.operator.api.tooladapter import ToolAdapterSpec
 from switchboard.operator.api.validation import validate_spec
 from switchboard.operator.main import in_cluster_server
@@ -49,7 +52,6 @@ from switchboard.serving.config import GATEWAY_CONFIG_ENV
 from switchboard.serving.demo import SAMPLE_ORDERS, start_demo_systems
 
 REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = REPO / "examples" / "quickstart"
 PODMAN = ["bash", str(REPO / "images" / "podman.sh"), "podman"]
 VERSION = importlib.metadata.version("switchboard")
 IMAGES = {
@@ -80,14 +82,6 @@ def podman(*args: str, timeout: float = 120, check: bool = True) -> str:
     if check and done.returncode != 0:
         pytest.fail(f"podman {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return done.stdout
-
-
-def free_port() -> int:
-    import socket
-
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http(
@@ -384,19 +378,10 @@ def test_operator_image_brings_the_quickstart_to_ready(
 # --- the tool gateway -----------------------------------------------------------------------
 
 
-def quickstart_docs() -> list[dict[str, Any]]:
-    return [
-        doc
-        for path in sorted(QUICKSTART.glob("*.yaml"))
-        for doc in yaml.safe_load_all(path.read_text())
-        if doc
-    ]
-
-
 def test_gateway_image_serves_an_operation_read_only_with_the_mounted_secret(
     tmp_path: Path,
 ) -> None:
-    docs = quickstart_docs()
+    docs = quickstart_documents()
     adapter = next(
         d for d in docs if d["kind"] == "ToolAdapter" and d["metadata"]["name"] == "orders"
     )
@@ -453,7 +438,7 @@ def s3_quickstart(folder: Path, s3: Any, uri: str) -> Path:
     """The quickstart with its NLU model in object storage: `spec.nlu.modelUri: s3://...`,
     `spec.modelStorage` naming the endpoint and a Secret with the keys."""
     folder.mkdir()
-    docs = quickstart_docs()
+    docs = quickstart_documents()
     for doc in docs:
         if doc["kind"] == "SupportAgent":
             doc["spec"]["nlu"]["modelUri"] = uri

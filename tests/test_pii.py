@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from support.manifests import quickstart_documents
 from switchboard.operator.localrun import LocalOverrides, local_plan
 from switchboard.serving import local
 from switchboard.serving.config import LlmConfig
@@ -31,8 +31,6 @@ from switchboard.serving.workflow.pii import luhn_valid, redact
 from switchboard.serving.workflow.sessions import MemorySessionStore
 from switchboard.serving.workflow.tools import AsyncioTaskRunner, HttpToolCaller
 from switchboard.serving.workflow.types import ChatRequest
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _with_check_digit(body: str) -> str:
@@ -116,10 +114,7 @@ class Harness:
 def harness(demo_nlu_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     state = tmp_path_factory.mktemp("pii")
     demo = start_demo_systems(state / "demo.sqlite", orders_port=0, ticketing_port=0)
-    docs = [
-        d for p in sorted((REPO / "examples" / "quickstart").glob("*.yaml"))
-        for d in yaml.safe_load_all(p.read_text()) if d
-    ]  # fmt: skip
+    docs = quickstart_documents()
     plan = local_plan(
         docs,
         LocalOverrides(

@@ -10,7 +10,6 @@ import copy
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +17,10 @@ import yaml
 from kubernetes.client.rest import ApiException
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+from support.cluster import Cluster
+from support.paths import EXAMPLES, QUICKSTART
+from support.polling import wait_for
+from support.prometheus import PrometheusServer
 from switchboard.operator.api.modelrollout import AnalysisMetric
 from switchboard.operator.prometheus import query
 from switchboard.operator.render.names import revision_app_name
@@ -25,7 +28,6 @@ from switchboard.operator.resources.modelrollout import BUILTIN_QUERIES, TRAFFIC
 
 pytestmark = pytest.mark.envtest
 
-REPO = Path(__file__).resolve().parents[1]
 GROUP, VERSION = "switchboard.dev", "v1alpha1"
 API = f"{GROUP}/{VERSION}"
 # The operator's own --prometheus-url: a port where nothing listens. Each test's rollout names
@@ -130,7 +132,7 @@ def traffic(exporter: Exporter) -> Iterator[Exporter]:
 
 
 @pytest.fixture
-def prometheus(start_prometheus: Any, exporter: Exporter) -> Any:
+def prometheus(start_prometheus: Any, exporter: Exporter) -> PrometheusServer:
     """A real Prometheus of the test's own, scraping the exporter."""
     return start_prometheus([exporter.target])
 
@@ -141,16 +143,16 @@ def operator(run_operator: Any) -> Iterator[dict[str, Any]]:
         yield running
 
 
-def quickstart(cluster: Any, namespace: str) -> None:
+def quickstart(cluster: Cluster, namespace: str) -> None:
     cluster.namespace(namespace)
-    cluster.apply_dir(REPO / "examples" / "quickstart", namespace)
+    cluster.apply_dir(QUICKSTART, namespace)
     cluster.wait_for(
         "RayService", lambda: cluster.get("ray.io/v1", "RayService", namespace, "acme")
     )
 
 
 def rollout(name: str, **spec: Any) -> dict[str, Any]:
-    base = yaml.safe_load((REPO / "examples" / "rollout" / "10-modelrollout.yaml").read_text())
+    base = yaml.safe_load((EXAMPLES / "rollout" / "10-modelrollout.yaml").read_text())
     body = copy.deepcopy(base)
     body["metadata"] = {"name": name}
     body["spec"].pop("progressive")
@@ -183,51 +185,41 @@ def progressive(
     }
 
 
-def serve_apps(cluster: Any, ns: str) -> dict[str, Any]:
+def serve_apps(cluster: Cluster, ns: str) -> dict[str, Any]:
     rs = cluster.get("ray.io/v1", "RayService", ns, "acme")
     config = yaml.safe_load(rs["spec"]["serveConfigV2"])
     return {app["name"]: app for app in config["applications"]}
 
 
-def routes(cluster: Any, ns: str) -> list[dict[str, Any]]:
+def routes(cluster: Cluster, ns: str) -> list[dict[str, Any]]:
     vs = cluster.get("networking.istio.io/v1", "VirtualService", ns, "acme")
     return list(vs["spec"]["http"])
 
 
-def weights(cluster: Any, ns: str) -> list[tuple[str, int]]:
+def weights(cluster: Cluster, ns: str) -> list[tuple[str, int]]:
     main = routes(cluster, ns)[-1]["route"]
     return [(d["headers"]["request"]["set"]["x-switchboard-revision"], d["weight"]) for d in main]
 
 
-def rollout_status(cluster: Any, ns: str, name: str) -> dict[str, Any]:
+def rollout_status(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
     body = cluster.get(API, "ModelRollout", ns, name) or {}
     return dict(body.get("status") or {})
 
 
-def ready_condition(cluster: Any, ns: str, name: str) -> dict[str, Any]:
+def ready_condition(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
     conditions = rollout_status(cluster, ns, name).get("conditions", [])
     return next((c for c in conditions if c["type"] == "Ready"), {})
 
 
-def ready_reason(cluster: Any, ns: str, name: str) -> str | None:
+def ready_reason(cluster: Cluster, ns: str, name: str) -> str | None:
     return ready_condition(cluster, ns, name).get("reason")
 
 
-def phase_is(cluster: Any, ns: str, name: str, phase: str) -> Any:
+def phase_is(cluster: Cluster, ns: str, name: str, phase: str) -> Any:
     return lambda: rollout_status(cluster, ns, name).get("phase") == phase
 
 
-def poll(what: str, probe: Any, timeout: float) -> Any:
-    """`cluster.wait_for` for tests that need no API server: until `probe` is not None."""
-    deadline = time.monotonic() + timeout
-    while (found := probe()) is None:
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.5)
-    return found
-
-
-def applications(cluster: Any, ns: str, name: str) -> tuple[str, str]:
+def applications(cluster: Cluster, ns: str, name: str) -> tuple[str, str]:
     """The Serve applications of the rollout's (candidate, stable) revisions, once known."""
     status = cluster.wait_for(
         "the rollout's revisions",
@@ -242,7 +234,9 @@ def applications(cluster: Any, ns: str, name: str) -> tuple[str, str]:
 # ------------------------------------------------------------------------------------------
 
 
-def test_builtin_queries_on_a_real_prometheus(prometheus: Any, traffic: Exporter) -> None:
+def test_builtin_queries_on_a_real_prometheus(
+    prometheus: PrometheusServer, traffic: Exporter
+) -> None:
     """Each built-in as the operator fills it in, against the exporter's series: a number for a
     candidate with traffic (0.0 for no failures, though their series do not exist), and no data
     for one without traffic, whether its series never existed or stood still in the window."""
@@ -269,7 +263,7 @@ def test_builtin_queries_on_a_real_prometheus(prometheus: Any, traffic: Exporter
         every = [v for app in seen.values() for v in app.values()]
         return seen if None not in every and seen["acme-failing"]["errorRate"] else None
 
-    seen = poll("both candidates judged", judged, timeout=30)
+    seen = wait_for("both candidates judged", judged, timeout=30)
     seen |= {app: values(app) for app in ("acme-stopped", "acme-quiet")}
     for app, found in seen.items():
         print(f"real Prometheus, {app}: {found}")
@@ -288,7 +282,7 @@ def test_builtin_queries_on_a_real_prometheus(prometheus: Any, traffic: Exporter
     assert seen["acme-quiet"] == {name: None for name in seen["acme-quiet"]}
 
 
-def test_manual_weight_holds_in_routes_and_serve_config(cluster: Any, operator: Any) -> None:
+def test_manual_weight_holds_in_routes_and_serve_config(cluster: Cluster, operator: Any) -> None:
     ns = "rollout-manual"
     quickstart(cluster, ns)
     cluster.create(rollout("manual", weight=30), ns)
@@ -326,7 +320,7 @@ def test_manual_weight_holds_in_routes_and_serve_config(cluster: Any, operator: 
 
 
 def test_healthy_candidate_steps_up_to_100_and_succeeds(
-    cluster: Any, operator: Any, prometheus: Any, traffic: Exporter
+    cluster: Cluster, operator: Any, prometheus: PrometheusServer, traffic: Exporter
 ) -> None:
     ns = "rollout-good"
     quickstart(cluster, ns)
@@ -374,7 +368,7 @@ def test_healthy_candidate_steps_up_to_100_and_succeeds(
 
 
 def test_failing_candidate_rolls_back_to_zero(
-    cluster: Any, operator: Any, prometheus: Any, traffic: Exporter
+    cluster: Cluster, operator: Any, prometheus: PrometheusServer, traffic: Exporter
 ) -> None:
     ns = "rollout-bad"
     quickstart(cluster, ns)
@@ -398,7 +392,7 @@ def test_failing_candidate_rolls_back_to_zero(
 
 
 def test_quiet_candidate_holds_says_why_and_resumes_with_traffic(
-    cluster: Any, operator: Any, prometheus: Any, traffic: Exporter
+    cluster: Cluster, operator: Any, prometheus: PrometheusServer, traffic: Exporter
 ) -> None:
     ns = "rollout-quiet"
     quickstart(cluster, ns)
@@ -424,7 +418,7 @@ def test_quiet_candidate_holds_says_why_and_resumes_with_traffic(
 
 
 def test_progress_deadline_bounds_the_wait_for_traffic(
-    cluster: Any, operator: Any, prometheus: Any
+    cluster: Cluster, operator: Any, prometheus: PrometheusServer
 ) -> None:
     ns = "rollout-deadline"
     quickstart(cluster, ns)
@@ -437,7 +431,7 @@ def test_progress_deadline_bounds_the_wait_for_traffic(
 
 
 def test_prometheus_outage_holds_the_weight_and_the_rollout_resumes(
-    cluster: Any, operator: Any, prometheus: Any, traffic: Exporter
+    cluster: Cluster, operator: Any, prometheus: PrometheusServer, traffic: Exporter
 ) -> None:
     ns = "rollout-outage"
     quickstart(cluster, ns)
@@ -472,7 +466,7 @@ def test_prometheus_outage_holds_the_weight_and_the_rollout_resumes(
     assert rollout_status(cluster, ns, "outage")["failures"] == 0
 
 
-def test_pause_holds_the_weight_and_resume_continues(cluster: Any, operator: Any) -> None:
+def test_pause_holds_the_weight_and_resume_continues(cluster: Cluster, operator: Any) -> None:
     ns = "rollout-pause"
     quickstart(cluster, ns)
     steps = progressive([30, 100], metrics=[], interval=1)  # steps by time alone
@@ -498,7 +492,7 @@ def test_pause_holds_the_weight_and_resume_continues(cluster: Any, operator: Any
     ],
 )
 def test_invalid_rollouts_are_conditioned(
-    cluster: Any, invalid_ns: str, name: str, spec: dict[str, Any], reason: str
+    cluster: Cluster, invalid_ns: str, name: str, spec: dict[str, Any], reason: str
 ) -> None:
     ns = invalid_ns
     body = rollout(name)
@@ -514,7 +508,7 @@ def test_invalid_rollouts_are_conditioned(
 
 
 def test_rollout_synced_before_its_agent_starts_once_the_agent_exists(
-    cluster: Any, operator: Any
+    cluster: Cluster, operator: Any
 ) -> None:
     """Argo CD may create the ModelRollout first: AgentNotFound is not a final verdict."""
     ns = cluster.namespace("rollout-early")
@@ -529,11 +523,13 @@ def test_rollout_synced_before_its_agent_starts_once_the_agent_exists(
     }
     time.sleep(3)  # the rollout timer ticks every 2 s: the Event is posted once all the same
     assert cluster.events(ns, "early").count(("Warning", "AgentNotFound")) == 1
-    cluster.apply_dir(REPO / "examples" / "quickstart", ns)
+    cluster.apply_dir(QUICKSTART, ns)
     cluster.wait_for("Succeeded", phase_is(cluster, ns, "early", "Succeeded"), timeout=60)
 
 
-def test_rollout_without_a_prometheus_url_uses_the_operators(cluster: Any, operator: Any) -> None:
+def test_rollout_without_a_prometheus_url_uses_the_operators(
+    cluster: Cluster, operator: Any
+) -> None:
     """No `prometheusUrl`: the operator's --prometheus-url, here a port where nothing listens.
     The weight holds and the status names the Prometheus at fault."""
     ns = "rollout-no-prometheus"
@@ -555,12 +551,12 @@ def test_rollout_without_a_prometheus_url_uses_the_operators(cluster: Any, opera
 
 
 @pytest.fixture(scope="module")
-def invalid_ns(cluster: Any, operator: Any) -> str:
+def invalid_ns(cluster: Cluster, operator: Any) -> str:
     quickstart(cluster, "rollout-invalid")
     return "rollout-invalid"
 
 
-def test_schema_rejects_weights_over_100(cluster: Any, installed_crds: Any) -> None:
+def test_schema_rejects_weights_over_100(cluster: Cluster, installed_crds: Any) -> None:
     body = rollout("too-much", weight=150)
     with pytest.raises(ApiException) as raised:
         cluster.objects.create_namespaced_custom_object(
@@ -569,7 +565,7 @@ def test_schema_rejects_weights_over_100(cluster: Any, installed_crds: Any) -> N
     assert raised.value.status == 422
 
 
-def test_git_flow_converges_without_a_traffic_gap(cluster: Any, operator: Any) -> None:
+def test_git_flow_converges_without_a_traffic_gap(cluster: Cluster, operator: Any) -> None:
     """Succeeded at 100%, then the user commits the candidate model into the SupportAgent and
     deletes the ModelRollout: every route state on the way serves an existing application."""
     ns = "rollout-gitops"

@@ -5,28 +5,29 @@ operator is running while this one stops.)"""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from support.cluster import Cluster
+from support.paths import EXAMPLES, QUICKSTART
+
 pytestmark = pytest.mark.envtest
 
-REPO = Path(__file__).resolve().parents[1]
 API = "switchboard.dev/v1alpha1"
 
 
-def rollout_status(cluster: Any, ns: str, name: str) -> dict[str, Any]:
+def rollout_status(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
     body = cluster.get(API, "ModelRollout", ns, name) or {}
     return dict(body.get("status") or {})
 
 
-def test_operator_restart_resumes_at_the_same_step(cluster: Any, run_operator: Any) -> None:
+def test_operator_restart_resumes_at_the_same_step(cluster: Cluster, run_operator: Any) -> None:
     ns = "rollout-restart"
     cluster.namespace(ns)
-    cluster.apply_dir(REPO / "examples" / "quickstart", ns)
-    body = yaml.safe_load((REPO / "examples" / "rollout" / "10-modelrollout.yaml").read_text())
+    cluster.apply_dir(QUICKSTART, ns)
+    body = yaml.safe_load((EXAMPLES / "rollout" / "10-modelrollout.yaml").read_text())
     body["spec"]["progressive"] = {"steps": [10, 40, 70, 100], "intervalSeconds": 6}
     # No analysis metrics: the steps go by time alone, with no Prometheus to ask.
     cluster.create(body, ns)

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,18 +27,13 @@ from typing import Any
 
 import pytest
 
+from support.ports import free_port, port_open
 from switchboard.serving.config import GATEWAY_CONFIG_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SWITCHBOARD = Path(sys.executable).with_name("switchboard")
 GRACE_SECONDS = 30  # the chart's terminationGracePeriodSeconds (Kubernetes' default)
 RAY_DUMP = "SIGTERM received"
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url: str, timeout: float = 5) -> tuple[int, bytes]:
@@ -52,12 +46,6 @@ def answers(url: str) -> bool:
         return get(url, timeout=2)[0] == 200
     except OSError:
         return False
-
-
-def port_open(port: int) -> bool:
-    with contextlib.closing(socket.socket()) as s:
-        s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 class Entrypoint:

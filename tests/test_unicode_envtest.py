@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from support.cluster import Cluster
+from support.manifests import quickstart_documents
 from switchboard.operator.kube import KubeError
 
 pytestmark = pytest.mark.envtest
 
-REPO = Path(__file__).resolve().parents[1]
 # A truck, Fraktur letters and a face: all above U+FFFF.
 ASTRAL = "\U0001f69a \U0001d518\U0001d52b\U0001d526 \U0001f600"
 
@@ -33,12 +33,7 @@ def operator(run_operator: Any) -> Iterator[dict[str, Any]]:
 
 
 def quickstart_with_astral_text() -> list[dict[str, Any]]:
-    docs = [
-        doc
-        for path in sorted((REPO / "examples" / "quickstart").glob("*.yaml"))
-        for doc in yaml.safe_load_all(path.read_text())
-        if doc
-    ]
+    docs = quickstart_documents()
     for doc in docs:
         if doc["kind"] == "ToolAdapter" and doc["metadata"]["name"] == "orders":
             # An input schema travels as it is in the gateway's configuration (an env var).
@@ -51,7 +46,7 @@ def quickstart_with_astral_text() -> list[dict[str, Any]]:
 
 
 def test_astral_plane_text_reaches_the_applied_children(
-    cluster: Any, operator: dict[str, Any]
+    cluster: Cluster, operator: dict[str, Any]
 ) -> None:
     ns = cluster.namespace("unicode")
     for doc in quickstart_with_astral_text():
