@@ -6,8 +6,9 @@ Prints one JSON document to stdout (progress to stderr). In one run, on this mac
 
 1. Chat turns/s and latency p50/p95 at 1 and 8 concurrent closed-loop clients (aiohttp, each
    run bounded by `--duration` seconds and `--max-turns` turns), for
-   - the Ray Serve pipeline (router app + revision app, `local.serve_plan`) without an LLM,
-   - the same with the tiny LLM (`build_tiny_llm`, transformers backend, an `llm` deployment),
+   - the Ray Serve pipeline (the revision's application at `/`: its Orchestrator deployment
+     runs the turn, `local.serve_plan`) without an LLM,
+   - the same with the tiny LLM (`build_tiny_llm`, transformers backend, an `LLM` deployment),
    - the same pipeline in ONE process, no Ray (`local.single_process_api` on uvicorn through
      `serve_in_thread`), without and with the LLM.
    The message mix exercises the real path: order status (NLU, tool call through the orders
@@ -15,13 +16,11 @@ Prints one JSON document to stdout (progress to stderr). In one run, on this mac
    when there is one), a three-turn slot fill ending in a mutating tool call, and a handoff (a
    ticket created through the ticketing gateway). Every reply is checked; a turn whose reply
    is not what that path produces counts as an error.
-2. The NLU deployment alone (`NLUDeployment`, one replica) called through a DeploymentHandle with
-   64 requests in flight: batched (max_batch_size 32 through `user_config`, at the
-   `max_ongoing_requests` the operator renders and at 64) and unbatched (max_batch_size 1).
-3. A profile of one turn at concurrency 1: the Serve proxy + router hop, a bare handle hop, NLU
-   and retriever through handles and in-process, the gateway call, the demo system behind it,
-   the orchestrator's own turn time (audit records) and the CPU seconds each process spent per
-   turn during the 8-client runs.
+2. A profile of one turn at concurrency 1: the Serve proxy and its hop to the Orchestrator, NLU
+   and retriever in-process, the gateway call, the demo system behind it, the orchestrator's
+   own turn time (audit records) and the CPU seconds each process spent per turn during the
+   8-client runs.
+3. The targets of the "flat and fast" issue, as ratios and latencies of this same run.
 
 Topology, the same for both pipelines: the demo systems and the tool gateways run in this
 process (as `switchboard serve` runs them); the load generator runs in a child process; the
@@ -62,12 +61,12 @@ QUICKSTART = REPO / "examples" / "quickstart"
 DEFAULT_NLU_MODEL = REPO / ".switchboard" / "demo-nlu"
 CPUS = 2
 CONCURRENCY = (1, 8)
-NLU_IN_FLIGHT = 64
-NLU_BENCH_APP = "nlu-bench"
+# The "flat and fast" issue's targets: Ray Serve against one process in the same run.
 TARGETS = {
-    "nlu_batched_req_per_s_min": 150.0,
-    "chat_no_llm_p95_ms_at_8_max": 60.0,
-    "ray_vs_single_process_throughput_min": 1.0,
+    "ray_vs_single_process_throughput_no_llm_c8_min": 0.6,
+    "ray_vs_single_process_throughput_tiny_llm_c8_min": 0.8,
+    "chat_no_llm_p50_ms_at_1_max": 20.0,
+    "chat_no_llm_p95_ms_at_8_max": 120.0,
 }
 
 # --- the message mix (plain data: the load-generator child imports nothing else) -------------
@@ -666,37 +665,26 @@ async def time_async(fn: Callable[[], Any], n: int, warmup: int = 5) -> dict[str
 
 
 def profile_hops(
-    plan: LocalPlan, router_url: str, gateway_urls: dict[str, str], demo: DemoSystems, n: int
+    plan: LocalPlan, agent_url: str, gateway_urls: dict[str, str], demo: DemoSystems, n: int
 ) -> dict[str, Any]:
     """Each piece of an order-status turn on its own, one call at a time."""
-    from ray import serve
-
-    from switchboard.serving.config import NLU_DEPLOYMENT, RETRIEVER_DEPLOYMENT
     from switchboard.serving.local import with_tool_urls
     from switchboard.serving.nlu_service import NluService
     from switchboard.serving.retriever import KnowledgeBase
     from switchboard.serving.workflow.tools import HttpToolCaller
 
     app = with_tool_urls(plan.agents[0].app, gateway_urls)  # as serve_plan deploys it
-    revision = revision_app_name(plan)
     text = f"Where is my order {SHIPPED}?"
+    question = "How long does standard delivery take?"
     out: dict[str, Any] = {}
 
     def healthz() -> None:
-        with urllib.request.urlopen(f"{router_url}/healthz", timeout=10) as response:
+        with urllib.request.urlopen(f"{agent_url}/healthz", timeout=10) as response:
             response.read()
 
-    out["http_proxy_to_router_healthz"] = time_calls(healthz, n)
-    ingress = serve.get_app_handle(revision)
-    out["handle_hop_ingress_healthz"] = time_calls(lambda: ingress.healthz.remote().result(), n)
-    nlu = serve.get_deployment_handle(NLU_DEPLOYMENT, app_name=revision)
-    out["nlu_via_handle"] = time_calls(lambda: nlu.classify.remote(text).result(), n)
-    retriever = serve.get_deployment_handle(RETRIEVER_DEPLOYMENT, app_name=revision)
-    question = "How long does standard delivery take?"
-    out["retriever_via_handle"] = time_calls(
-        lambda: retriever.search.remote(question, 3).result(), n
-    )
-    service = NluService(app.nlu)
+    # Serve's proxy and the one hop to the Orchestrator replica that runs the turn.
+    out["http_proxy_to_orchestrator_healthz"] = time_calls(healthz, n)
+    service = NluService(app.nlu.model_copy(update={"cache_size": 0}))
     out["nlu_model_in_process"] = time_calls(lambda: service.classify([text]), n)
     if app.knowledge_base:
         kb = KnowledgeBase.load(app.knowledge_base.path, top_k=app.knowledge_base.top_k)
@@ -727,96 +715,6 @@ def profile_hops(
     return out
 
 
-async def nlu_load(
-    handle: Any, texts: list[str], in_flight: int, duration_s: float
-) -> dict[str, Any]:
-    latencies: list[float] = []
-    started = time.perf_counter()
-    deadline = started + duration_s
-
-    async def worker(index: int) -> None:
-        n = index
-        while time.perf_counter() < deadline:
-            t0 = time.perf_counter()
-            await handle.classify.remote(texts[n % len(texts)])
-            latencies.append(time.perf_counter() - t0)
-            n += in_flight
-
-    await asyncio.gather(*(worker(i) for i in range(in_flight)))
-    elapsed = time.perf_counter() - started
-    return {
-        "requests": len(latencies),
-        "elapsed_s": round(elapsed, 2),
-        "req_per_s": round(len(latencies) / elapsed, 1),
-        **{k: v for k, v in summary_ms(latencies).items() if k != "n"},
-    }
-
-
-def bench_nlu_deployment(
-    plan: LocalPlan, metrics_url: str, args: argparse.Namespace
-) -> dict[str, Any]:
-    """NLUDeployment as its own app, one replica, 64 requests in flight from this process."""
-    from ray import serve
-
-    from switchboard.serving.app import NLUDeployment
-    from switchboard.serving.config import NLU_DEPLOYMENT
-
-    rendered = rendered_options(plan, NLU_DEPLOYMENT)
-    rendered_ongoing = int(rendered.get("max_ongoing_requests", 5))
-    texts = [v for turns in CONVERSATIONS.values() for variants, _ in turns for v in variants]
-    # max_ongoing_requests >= requests in flight measures batching itself; the rendered value
-    # (below 64) shows what a replica does when more requests arrive than it accepts.
-    variants = [
-        ("batched", 32, NLU_IN_FLIGHT),
-        ("unbatched", 1, NLU_IN_FLIGHT),
-        ("batched_as_rendered", 32, rendered_ongoing),
-        ("unbatched_as_rendered", 1, rendered_ongoing),
-    ]
-    out: dict[str, Any] = {
-        "replicas": 1,
-        "in_flight": NLU_IN_FLIGHT,
-        "rendered_max_ongoing_requests": rendered_ongoing,
-        "batch_wait_timeout_s": 0.005,
-    }
-    nlu_config = plan.agents[0].app.nlu.model_dump()
-    for name, batch, ongoing in variants:
-        deployment = NLUDeployment.options(
-            num_replicas=1,
-            max_ongoing_requests=ongoing,
-            ray_actor_options={"num_cpus": 1},
-            user_config={"max_batch_size": batch, "batch_wait_timeout_s": 0.005},
-        )
-        handle = serve.run(deployment.bind(nlu_config), name=NLU_BENCH_APP, route_prefix=None)
-        log(f"NLU {name}: max_batch_size {batch}, max_ongoing_requests {ongoing}")
-        asyncio.run(nlu_load(handle, texts, NLU_IN_FLIGHT, min(3.0, args.warmup)))
-        before_hist = settled_histogram(metrics_url, "nlu_inference_time_seconds", NLU_BENCH_APP)
-        state = system_state()
-        cpu0 = CpuSnapshot.take()
-        result = asyncio.run(nlu_load(handle, texts, NLU_IN_FLIGHT, args.duration))
-        cpu1 = CpuSnapshot.take()
-        after_hist = settled_histogram(metrics_url, "nlu_inference_time_seconds", NLU_BENCH_APP)
-        delta = histogram_delta(before_hist, after_hist)
-        if delta and delta[0] > 0:
-            result["batches"] = int(delta[0])
-            result["mean_batch_size"] = round(result["requests"] / delta[0], 1)
-            result["model_ms_per_batch"] = round(1000 * delta[1] / delta[0], 2)
-        result.update(max_batch_size=batch, max_ongoing_requests=ongoing, system_at_start=state)
-        result["cpu"] = cpu_breakdown(cpu0, cpu1, {}, result["requests"])
-        log(
-            f"NLU {name}: {result['req_per_s']} req/s, p50 {result['p50_ms']} ms, "
-            f"p95 {result['p95_ms']} ms, mean batch {result.get('mean_batch_size')}"
-        )
-        out[name] = result
-    serve.delete(NLU_BENCH_APP)
-    out["speedup_batched_vs_unbatched"] = ratio(
-        out["batched"]["req_per_s"], out["unbatched"]["req_per_s"]
-    )
-    out["speedup_batched_vs_unbatched_as_rendered"] = ratio(
-        out["batched_as_rendered"]["req_per_s"], out["unbatched_as_rendered"]["req_per_s"]
-    )
-    return out
-
-
 def bench_ray(
     plan: LocalPlan,
     args: argparse.Namespace,
@@ -825,9 +723,8 @@ def bench_ray(
     demo: DemoSystems,
     extras: bool,
 ) -> dict[str, Any]:
-    """`serve_plan` on an embedded Ray with 2 CPUs; with `extras`, the hop profile and the NLU
-    deployment benchmark run on the same Ray before it stops."""
-    from ray import serve
+    """`serve_plan` on an embedded Ray with 2 CPUs; with `extras`, the hop profile runs on the
+    same Ray before it stops."""
 
     from switchboard.serving import local
 
@@ -879,9 +776,6 @@ def bench_ray(
         if extras:
             log("profile: the pieces of one turn, one call at a time")
             result["profile"] = profile_hops(plan, run.url, run.gateway_urls, demo, n=200)
-            serve.delete(plan.agents[0].app.agent)
-            serve.delete(revision)
-            result["nlu_deployment"] = bench_nlu_deployment(plan, metrics_url, args)
         return result
     finally:
         if run is not None:
@@ -946,36 +840,29 @@ def assemble(result: dict[str, Any]) -> None:
             key = f"c{c}"
             ratios[f"{llm}_{key}"] = ratio(ray_run[key]["turns_per_s"], single[key]["turns_per_s"])
     result["ray_vs_single_process_throughput"] = ratios
-    nlu = result["ray"]["no_llm"].get("nlu_deployment", {})
-    nlu_rps = nlu.get("batched", {}).get("req_per_s")
-    rendered_rps = nlu.get("batched_as_rendered", {}).get("req_per_s")
-    nlu_min = TARGETS["nlu_batched_req_per_s_min"]
-    p95 = result["ray"]["no_llm"]["c8"]["p95_ms"]
-    tput = ratios.get("no_llm_c8")
+    no_llm = result["ray"]["no_llm"]
+
+    def target(measured: float | None, bound: float, most: bool) -> dict[str, Any]:
+        passed = measured is not None and (measured <= bound if most else measured >= bound)
+        return {"target": f"{'<=' if most else '>='} {bound}", "measured": measured, "pass": passed}
+
     result["targets"] = {
-        "nlu_batched_req_per_s": {
-            "target": f">= {nlu_min}",
-            "measured": nlu_rps,
-            "pass": nlu_rps is not None and nlu_rps >= nlu_min,
-            "setup": f"1 replica, {NLU_IN_FLIGHT} in flight, max_ongoing_requests {NLU_IN_FLIGHT}",
-        },
-        "nlu_batched_req_per_s_as_rendered": {
-            "target": f">= {nlu_min}",
-            "measured": rendered_rps,
-            "pass": rendered_rps is not None and rendered_rps >= nlu_min,
-            "setup": f"1 replica, {NLU_IN_FLIGHT} in flight, max_ongoing_requests "
-            f"{nlu.get('rendered_max_ongoing_requests')} as the operator renders it",
-        },
-        "chat_no_llm_p95_ms_at_8_concurrent": {
-            "target": f"<= {TARGETS['chat_no_llm_p95_ms_at_8_max']}",
-            "measured": p95,
-            "pass": p95 <= TARGETS["chat_no_llm_p95_ms_at_8_max"],
-        },
-        "ray_vs_single_process_throughput_no_llm_at_8": {
-            "target": f">= {TARGETS['ray_vs_single_process_throughput_min']}",
-            "measured": tput,
-            "pass": tput is not None and tput >= TARGETS["ray_vs_single_process_throughput_min"],
-        },
+        "ray_vs_single_process_throughput_no_llm_at_8": target(
+            ratios.get("no_llm_c8"),
+            TARGETS["ray_vs_single_process_throughput_no_llm_c8_min"],
+            False,
+        ),
+        "ray_vs_single_process_throughput_tiny_llm_at_8": target(
+            ratios.get("tiny_llm_c8"),
+            TARGETS["ray_vs_single_process_throughput_tiny_llm_c8_min"],
+            False,
+        ),
+        "chat_no_llm_p50_ms_at_1": target(
+            no_llm["c1"]["p50_ms"], TARGETS["chat_no_llm_p50_ms_at_1_max"], True
+        ),
+        "chat_no_llm_p95_ms_at_8": target(
+            no_llm["c8"]["p95_ms"], TARGETS["chat_no_llm_p95_ms_at_8_max"], True
+        ),
     }
 
 

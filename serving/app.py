@@ -115,6 +115,20 @@ class _ServeMetrics:
             "agent_conversations_resolved_total",
             description="Conversations the customer closed (thanks, goodbye) without a handoff.",
         )
+        self.nlu_seconds = serve.metrics.Histogram(
+            "nlu_inference_time_seconds",
+            description="NLU model time per batch.",
+            boundaries=LATENCY_BUCKETS,
+        )
+        self.nlu_lookups = serve.metrics.Counter(
+            "agent_nlu_cache_total",
+            description="NLU lookups of repeated messages, by result (hit, miss).",
+            tag_keys=("result",),
+        )
+        self.refusals = serve.metrics.Counter(
+            "agent_overload_refusals_total",
+            description="Turns refused with 503 because the replica ran max_turns_in_flight.",
+        )
 
     def turn(self, status: str, intent: str, seconds: float) -> None:
         self.requests.inc(tags={"status": status, "intent": intent})
@@ -135,6 +149,17 @@ class _ServeMetrics:
 
     def resolved(self) -> None:
         self.resolutions.inc()
+
+    def nlu_batch(self, seconds: float) -> None:
+        self.nlu_seconds.observe(seconds)
+
+    def nlu_cache(self, hits: int, misses: int) -> None:
+        for result, count in (("hit", hits), ("miss", misses)):
+            if count:
+                self.nlu_lookups.inc(count, tags={"result": result})
+
+    def refusal(self) -> None:
+        self.refusals.inc()
 
 
 class _RayTaskRunner:
@@ -193,22 +218,9 @@ class AgentIngress:
     def __init__(self, config: dict[str, Any], llm: DeploymentHandle[Any] | None) -> None:
         self.config = AgentAppConfig.model_validate(config)
         self.nlu = NluService(self.config.nlu)
-        self.nlu_seconds = serve.metrics.Histogram(
-            "nlu_inference_time_seconds",
-            description="NLU model time per batch.",
-            boundaries=LATENCY_BUCKETS,
-        )
-        self.nlu_cache = serve.metrics.Counter(
-            "agent_nlu_cache_total",
-            description="NLU lookups of repeated messages, by result (hit, miss).",
-            tag_keys=("result",),
-        )
+        self.metrics = _ServeMetrics()
         self._cache_seen = (0, 0)
         self._in_flight = 0
-        self.refusals = serve.metrics.Counter(
-            "agent_overload_refusals_total",
-            description="Turns refused with 503 because the replica ran max_turns_in_flight.",
-        )
         retriever = None
         if self.config.knowledge_base is not None:
             from .retriever import KnowledgeBase, KnowledgeBaseRetriever
@@ -230,7 +242,7 @@ class AgentIngress:
             tasks=_RayTaskRunner([t.model_dump() for t in self.config.tools]),
             generator=generator,
             retriever=retriever,
-            metrics=_ServeMetrics(),
+            metrics=self.metrics,
         )
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -244,13 +256,10 @@ class AgentIngress:
         # costs the other turns of this replica when they all wait for it anyway.
         started = time.perf_counter()
         results = self.nlu.classify(texts)
-        self.nlu_seconds.observe(time.perf_counter() - started)
+        self.metrics.nlu_batch(time.perf_counter() - started)
         hits, misses = self.nlu.cache.hits, self.nlu.cache.misses
         seen_hits, seen_misses = self._cache_seen
-        if hits > seen_hits:
-            self.nlu_cache.inc(hits - seen_hits, tags={"result": "hit"})
-        if misses > seen_misses:
-            self.nlu_cache.inc(misses - seen_misses, tags={"result": "miss"})
+        self.metrics.nlu_cache(hits - seen_hits, misses - seen_misses)
         self._cache_seen = (hits, misses)
         return results
 
@@ -264,7 +273,7 @@ class AgentIngress:
         Raises `Overloaded` when this replica already runs `max_turns_in_flight` turns: a
         prompt refusal the client can retry beats a queue whose waits keep growing."""
         if self._in_flight >= self.config.max_turns_in_flight:
-            self.refusals.inc()
+            self.metrics.refusal()
             raise Overloaded()
         self._in_flight += 1
         try:
