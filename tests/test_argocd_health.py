@@ -37,7 +37,7 @@ import yaml
 from lupa.lua51 import LuaRuntime, lua_type
 
 from support.cluster import Cluster
-from support.manifests import load_documents
+from support.manifests import example_documents
 from support.paths import EXAMPLES
 from support.schemas import K8S_VERSIONS, Schemas
 from switchboard.operator import prometheus
@@ -306,7 +306,7 @@ def reconcile(kube: InMemoryKube, kind: str, name: str) -> dict[str, Any]:
 
 def quickstart(children: dict[str, ChildStatus]) -> InMemoryKube:
     """examples/quickstart in memory, its ToolAdapters reconciled once."""
-    kube = InMemoryKube(load_documents(EXAMPLES / "quickstart"), children)
+    kube = InMemoryKube(example_documents("quickstart"), children)
     for adapter in ("orders", "ticketing"):
         reconcile(kube, "ToolAdapter", adapter)
     return kube
@@ -416,7 +416,7 @@ def break_agent_spec(kube: InMemoryKube) -> None:
 
 def start_canary(kube: InMemoryKube) -> None:
     """examples/rollout's ModelRollout, reconciled once: its first step, 10%."""
-    kube.add(load_documents(EXAMPLES / "rollout")[0])
+    kube.add(example_documents("rollout")[0])
     rollout = drive_rollout(kube, "acme-nlu-v2", [Tick(0)])
     assert rollout["status"]["currentWeight"] == 10
 
@@ -521,7 +521,7 @@ def agent_after(scenario: Scenario) -> dict[str, Any]:
 
 
 def adapter_after(scenario: Scenario) -> dict[str, Any]:
-    kube = InMemoryKube(load_documents(EXAMPLES / "quickstart"), scenario.children)
+    kube = InMemoryKube(example_documents("quickstart"), scenario.children)
     scenario.change(kube)
     return reconcile(kube, "ToolAdapter", "orders")
 
@@ -745,12 +745,12 @@ def drive_rollout(
 def rollout_world(**spec: Any) -> InMemoryKube:
     """The quickstart agent and examples/rollout's ModelRollout, analysed on one metric
     (error rate at most 2%), with `spec` merged in (None removes a field)."""
-    doc = copy.deepcopy(load_documents(EXAMPLES / "rollout")[0])
+    doc = copy.deepcopy(example_documents("rollout")[0])
     doc["spec"]["progressive"]["analysis"]["metrics"] = [
         {"name": "errors", "builtin": "errorRate", "thresholdRange": {"max": 0.02}}
     ]
     doc["spec"] = merge_patch(doc["spec"], spec)
-    return InMemoryKube([*load_documents(EXAMPLES / "quickstart"), doc], {})
+    return InMemoryKube([*example_documents("quickstart"), doc], {})
 
 
 def set_rollout(**changes: Any) -> Callable[[InMemoryKube], None]:

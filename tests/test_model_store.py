@@ -19,6 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
+from support.manifests import quickstart_documents
+from support.nlu import DEMO_INTENTS
+from support.s3 import S3Server
 from switchboard.operator.api.supportagent import SupportAgentSpec
 from switchboard.operator.api.validation import SpecError, validate_spec
 from switchboard.operator.render import Parent, RenderError, UnresolvedReference, render_agent
@@ -32,12 +35,11 @@ from switchboard.operator.resources.supportagent import missing_references
 from switchboard.serving import model_store
 from switchboard.serving.config import ModelStorageConfig, NluConfig
 
-BUCKET = "models"  # the bucket the s3_server fixture (conftest) creates
-REPO = Path(__file__).resolve().parents[1]
+BUCKET = S3Server.bucket  # created with the server
 
 
 @pytest.fixture
-def s3_env(s3_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3Server:
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv(model_store.CACHE_ENV, str(tmp_path / "cache"))
@@ -53,7 +55,7 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def pushed(s3_server: Any, demo_nlu_model: Path) -> str:
+def pushed(s3_server: S3Server, demo_nlu_model: Path) -> str:
     """The demo artifact, uploaded with `switchboard nlu push`."""
     uri = f"s3://{BUCKET}/nlu/demo/v1"
     env = {k: v for k, v in s3_server.env().items() if k != "AWS_ENDPOINT_URL"}
@@ -84,7 +86,7 @@ def _storage(server: Any) -> ModelStorageConfig:
 
 
 def test_push_uploads_every_file_and_the_manifest(
-    pushed: str, s3_server: Any, demo_nlu_model: Path
+    pushed: str, s3_server: S3Server, demo_nlu_model: Path
 ) -> None:
     local = sorted(p.relative_to(demo_nlu_model) for p in demo_nlu_model.rglob("*") if p.is_file())
     remote_root = s3_server.object_path(BUCKET, "nlu/demo/v1")
@@ -96,7 +98,7 @@ def test_push_uploads_every_file_and_the_manifest(
 
 
 def test_fetch_verifies_and_caches(
-    pushed: str, s3_env: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
+    pushed: str, s3_env: S3Server, monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:
     monkeypatch.setenv("TEST_S3_KEY", s3_env.access_key)
     monkeypatch.setenv("TEST_S3_SECRET", s3_env.secret_key)
@@ -118,7 +120,7 @@ def test_fetch_verifies_and_caches(
     assert "cache hit" in caplog.text and "downloading" not in caplog.text
 
 
-def test_nlu_service_loads_an_s3_model(pushed: str, s3_env: Any) -> None:
+def test_nlu_service_loads_an_s3_model(pushed: str, s3_env: S3Server) -> None:
     from switchboard.serving.nlu_service import NluService
 
     service = NluService(NluConfig(model_path=pushed, revision="r1"))
@@ -127,7 +129,7 @@ def test_nlu_service_loads_an_s3_model(pushed: str, s3_env: Any) -> None:
 
 
 def test_corrupt_object_fails_naming_the_file(
-    pushed: str, s3_env: Any, demo_nlu_model: Path, caplog: Any
+    pushed: str, s3_env: S3Server, demo_nlu_model: Path, caplog: Any
 ) -> None:
     uri = f"s3://{BUCKET}/nlu/corrupt"
     _upload(demo_nlu_model, "nlu/corrupt/")
@@ -147,14 +149,14 @@ def test_corrupt_object_fails_naming_the_file(
     assert not cache.exists() or not list(cache.iterdir()), "nothing half-published"
 
 
-def test_missing_prefix_fails_clearly(s3_env: Any) -> None:
+def test_missing_prefix_fails_clearly(s3_env: S3Server) -> None:
     uri = f"s3://{BUCKET}/nlu/does-not-exist"
     with pytest.raises(model_store.ModelStoreError, match="no objects under this prefix"):
         model_store.fetch(uri)
 
 
 def test_missing_bucket_and_unset_credentials_fail_clearly(
-    pushed: str, s3_env: Any, monkeypatch: pytest.MonkeyPatch
+    pushed: str, s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with pytest.raises(model_store.ModelStoreError, match="cannot list the model: NoSuchBucket"):
         model_store.fetch("s3://no-such-bucket/x")
@@ -162,19 +164,19 @@ def test_missing_bucket_and_unset_credentials_fail_clearly(
         model_store.fetch(pushed, ModelStorageConfig(access_key_id_env="TEST_UNSET_SECRET_ENV"))
 
 
-def test_manifest_without_files_is_not_served(s3_env: Any, demo_nlu_model: Path) -> None:
+def test_manifest_without_files_is_not_served(s3_env: S3Server, demo_nlu_model: Path) -> None:
     """An upload still in flight (files, no manifest yet) is refused, not half-loaded."""
     _upload(demo_nlu_model, "nlu/partial/", skip="manifest.json")
     with pytest.raises(model_store.ModelStoreError, match=r"no manifest\.json under this prefix"):
         model_store.fetch(f"s3://{BUCKET}/nlu/partial")
 
 
-def test_cli_predict_and_eval_read_s3(pushed: str, s3_env: Any, tmp_path: Path) -> None:
+def test_cli_predict_and_eval_read_s3(pushed: str, s3_env: S3Server, tmp_path: Path) -> None:
     env = {**s3_env.env(), model_store.CACHE_ENV: str(tmp_path / "cli-cache")}
     done = _cli("predict", "--model", pushed, "--json", "where is my order?", env=env)
     assert done.returncode == 0, done.stderr
     assert '"intent"' in done.stdout
-    rows = (REPO / "examples" / "nlu" / "ecommerce-intents.csv").read_text().splitlines()
+    rows = DEMO_INTENTS.read_text().splitlines()
     data = tmp_path / "few.csv"
     data.write_text("\n".join([rows[0], *rows[1::25]]) + "\n")
     evaluated = _cli("eval", "--model", pushed, "--data", str(data), "--json", "--quiet",
@@ -188,7 +190,7 @@ def test_cli_predict_and_eval_read_s3(pushed: str, s3_env: Any, tmp_path: Path) 
 
 
 def test_push_refuses_a_corrupt_directory(
-    s3_env: Any, demo_nlu_model: Path, tmp_path: Path
+    s3_env: S3Server, demo_nlu_model: Path, tmp_path: Path
 ) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(demo_nlu_model, bad)
@@ -315,12 +317,7 @@ def test_local_plan_leaves_s3_models_to_the_replica_with_credentials_from_the_se
     and verifies it as on a cluster; the Secret's keys become the variables the pods get."""
     from switchboard.operator.localrun import LocalOverrides, local_plan
 
-    docs = [
-        doc
-        for path in sorted((REPO / "examples" / "quickstart").glob("*.yaml"))
-        for doc in yaml.safe_load_all(path.read_text())
-        if doc
-    ]
+    docs = quickstart_documents()
     agent = next(d for d in docs if d["kind"] == "SupportAgent")
     agent["spec"]["nlu"]["modelUri"] = "s3://models/nlu/acme/v1"
     agent["spec"]["modelStorage"] = {

@@ -19,10 +19,12 @@ import pytest
 import yaml
 from kubernetes.client.rest import ApiException
 
-pytestmark = pytest.mark.envtest
+from support.cluster import GROUP, VERSION, Cluster
+from support.envtest import EnvTest
+from support.helm import OperatorInstall
+from support.paths import EXAMPLES, QUICKSTART
 
-REPO = Path(__file__).resolve().parents[1]
-GROUP, VERSION = "switchboard.dev", "v1alpha1"
+pytestmark = pytest.mark.envtest
 
 
 def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> bool:
@@ -51,14 +53,14 @@ def operator(run_operator: Any) -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def quickstart(cluster: Any, operator: dict[str, Any]) -> str:
+def quickstart(cluster: Cluster, operator: dict[str, Any]) -> str:
     namespace = cluster.namespace("quickstart")
-    cluster.apply_dir(REPO / "examples" / "quickstart", namespace)
+    cluster.apply_dir(QUICKSTART, namespace)
     return namespace
 
 
 def test_quickstart_creates_every_child_with_owner_and_field_manager(
-    cluster: Any, quickstart: str
+    cluster: Cluster, quickstart: str
 ) -> None:
     ns = quickstart
     agent = cluster.agent(ns, "acme")
@@ -129,7 +131,7 @@ def test_quickstart_creates_every_child_with_owner_and_field_manager(
     }
 
 
-def test_agent_ready_once_kuberay_and_gateways_report(cluster: Any, quickstart: str) -> None:
+def test_agent_ready_once_kuberay_and_gateways_report(cluster: Cluster, quickstart: str) -> None:
     ns = quickstart
     cluster.wait_for(
         "gateway Deployments", lambda: len(cluster.list("apps/v1", "Deployment", ns)) == 2
@@ -182,7 +184,7 @@ def test_agent_ready_once_kuberay_and_gateways_report(cluster: Any, quickstart: 
     assert int(after["metadata"]["resourceVersion"]) > int(version)  # only the label moved it
 
 
-def test_spec_edit_updates_children_in_place(cluster: Any, quickstart: str) -> None:
+def test_spec_edit_updates_children_in_place(cluster: Cluster, quickstart: str) -> None:
     ns = quickstart
     cluster.patch(
         f"{GROUP}/{VERSION}",
@@ -233,7 +235,7 @@ def test_spec_edit_updates_children_in_place(cluster: Any, quickstart: str) -> N
     )
 
 
-def test_deleted_children_are_recreated(cluster: Any, quickstart: str) -> None:
+def test_deleted_children_are_recreated(cluster: Cluster, quickstart: str) -> None:
     ns = quickstart
     for api_version, kind, name in (
         ("networking.istio.io/v1", "VirtualService", "acme"),
@@ -253,7 +255,7 @@ def test_deleted_children_are_recreated(cluster: Any, quickstart: str) -> None:
 
 
 def test_missing_tooladapter_condition_clears_when_created(
-    cluster: Any, operator: dict[str, Any]
+    cluster: Cluster, operator: dict[str, Any]
 ) -> None:
     ns = cluster.namespace("late-adapter")
     agent = {
@@ -342,7 +344,7 @@ def test_missing_tooladapter_condition_clears_when_created(
     ],
 )
 def test_wrong_but_schema_valid_agent_is_conditioned(
-    cluster: Any,
+    cluster: Cluster,
     operator: dict[str, Any],
     invalid_ns: str,
     name: str,
@@ -367,7 +369,7 @@ def test_wrong_but_schema_valid_agent_is_conditioned(
     )
 
 
-def test_unknown_operation_is_conditioned(cluster: Any, quickstart: str) -> None:
+def test_unknown_operation_is_conditioned(cluster: Cluster, quickstart: str) -> None:
     spec = {
         "nlu": {"modelUri": "file:///m"},
         "tools": [{"adapter": "orders", "operations": ["get_order", "drop_tables"]}],
@@ -386,7 +388,7 @@ def test_unknown_operation_is_conditioned(cluster: Any, quickstart: str) -> None
 
 
 def test_intent_coverage_is_reported_from_the_model_manifest(
-    cluster: Any, operator: dict[str, Any], tmp_path: Path
+    cluster: Cluster, operator: dict[str, Any], tmp_path: Path
 ) -> None:
     """The operator reads the NLU manifest's labels (a file:// model it can reach: the
     operator runs in this process) and reports plans for unknown intents, then intents without
@@ -442,7 +444,9 @@ def test_intent_coverage_is_reported_from_the_model_manifest(
     assert cluster.condition("SupportAgent", ns, "partial")["reason"] != "UnknownIntents"
 
 
-def test_model_labels_out_of_reach_are_unknown_not_guessed(cluster: Any, quickstart: str) -> None:
+def test_model_labels_out_of_reach_are_unknown_not_guessed(
+    cluster: Cluster, quickstart: str
+) -> None:
     # The quickstart's model lives in the Ray image (file:///models/...), not here.
     found = cluster.wait_for(
         "IntentsCovered",
@@ -452,7 +456,7 @@ def test_model_labels_out_of_reach_are_unknown_not_guessed(cluster: Any, quickst
     assert "/models/nlu/acme-v1/manifest.json" in found["message"]
 
 
-def test_schema_rejects_invalid_agent(cluster: Any, invalid_ns: str) -> None:
+def test_schema_rejects_invalid_agent(cluster: Cluster, invalid_ns: str) -> None:
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "SupportAgent",
@@ -467,10 +471,12 @@ def test_schema_rejects_invalid_agent(cluster: Any, invalid_ns: str) -> None:
     assert "quantization" in raised.value.body
 
 
-def test_every_example_is_accepted_and_reconciled(cluster: Any, operator: dict[str, Any]) -> None:
+def test_every_example_is_accepted_and_reconciled(
+    cluster: Cluster, operator: dict[str, Any]
+) -> None:
     ns = cluster.namespace("examples")
-    cluster.apply_dir(REPO / "examples" / "quickstart", ns)
-    cluster.apply_dir(REPO / "examples" / "gpu-llm", ns)
+    cluster.apply_dir(QUICKSTART, ns)
+    cluster.apply_dir(EXAMPLES / "gpu-llm", ns)
     rs = cluster.wait_for(
         "RayService acme-llm", lambda: cluster.get("ray.io/v1", "RayService", ns, "acme-llm")
     )
@@ -488,7 +494,7 @@ def test_operator_metrics_are_exported(operator: dict[str, Any], quickstart: str
 
 
 def test_no_forbidden_call_under_the_charts_role(
-    envtest: Any, operator_install: Any, operator: dict[str, Any], quickstart: str
+    envtest: EnvTest, operator_install: OperatorInstall, operator: dict[str, Any], quickstart: str
 ) -> None:
     """Runs last in this module: every request the operator made so far was allowed."""
     events = envtest.audit_events()[operator["audit_start"] :]
@@ -503,5 +509,5 @@ def test_no_forbidden_call_under_the_charts_role(
 
 
 @pytest.fixture(scope="module")
-def invalid_ns(cluster: Any, operator: dict[str, Any]) -> str:
+def invalid_ns(cluster: Cluster, operator: dict[str, Any]) -> str:
     return cluster.namespace("invalid")

@@ -33,6 +33,8 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from support.manifests import example_documents
+from support.schemas import K8S_VERSIONS
 from switchboard.operator import yamlio
 from switchboard.operator.api.base import API_VERSION
 from switchboard.operator.api.supportagent import SupportAgentSpec
@@ -64,7 +66,6 @@ from switchboard.operator.render.serve_config import (
 from switchboard.serving import config as contract
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO / "examples"
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 UPDATE_GOLDEN = os.environ.get("SWITCHBOARD_UPDATE_GOLDEN") == "1"
 
@@ -74,11 +75,9 @@ EXAMPLE_SETS: dict[str, tuple[str, ...]] = {
     "gpu-llm": ("quickstart", "gpu-llm"),
     "rollout": ("quickstart", "rollout"),
 }
-# Oldest Kubernetes with CEL validation of CRDs, and the newest the validator bundles.
-K8S_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
 # The last Kubernetes that serves `autoscaling/v2beta2`.
 K8S_WITH_HPA_V2BETA2 = "1.25.0"
-# Validated against the upstream CRDs (tests/conftest.py CRD_FILES, from ../shared).
+# Validated against the upstream CRDs (tests/support/schemas.py CRD_FILES, from ../shared).
 UPSTREAM_KINDS = {("ray.io/v1", "RayService"), ("networking.istio.io/v1", "VirtualService")}
 BUILTIN_KINDS = {
     ("apps/v1", "Deployment"),
@@ -89,16 +88,7 @@ BUILTIN_KINDS = {
 
 
 # --------------------------------------------------------------------------------------------
-# Helpers (kept here: test modules cannot import each other)
-
-
-def load_documents(*folders: str) -> list[dict[str, Any]]:
-    """Every YAML document of the example folders, in path order (as `switchboard render`)."""
-    documents = []
-    for folder in folders:
-        for path in sorted((EXAMPLES / folder).rglob("*.yaml")):
-            documents += [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
-    return documents
+# Helpers
 
 
 def own_resources(documents: list[dict[str, Any]]) -> set[tuple[str, str]]:
@@ -122,14 +112,14 @@ def parent_of(obj: dict[str, Any]) -> tuple[str, str]:
 
 def render_set(name: str, hpa_api_version: str = "autoscaling/v2") -> list[dict[str, Any]]:
     """All objects rendered from an example set (its folders together)."""
-    documents = load_documents(*EXAMPLE_SETS[name])
+    documents = example_documents(*EXAMPLE_SETS[name])
     objects: list[dict[str, Any]] = render_manifests(documents, hpa_api_version=hpa_api_version)
     return objects
 
 
 def golden_objects(name: str) -> list[dict[str, Any]]:
     """The objects of an example set that its golden file holds (see the module docstring)."""
-    wanted = own_resources(load_documents(EXAMPLE_SETS[name][-1]))
+    wanted = own_resources(example_documents(EXAMPLE_SETS[name][-1]))
     return [obj for obj in render_set(name) if parent_of(obj) in wanted]
 
 
@@ -348,7 +338,7 @@ def test_golden(name: str) -> None:
 def test_rendering_is_deterministic() -> None:
     first = yamlio.dump_all(render_set("gpu-llm"))
     again = yamlio.dump_all(
-        render_manifests(list(reversed(load_documents("quickstart", "gpu-llm"))))
+        render_manifests(list(reversed(example_documents("quickstart", "gpu-llm"))))
     )
     assert first == again
 
@@ -898,7 +888,7 @@ def test_adapter_secrets_appear_only_in_their_gateway() -> None:
     a RayService or VirtualService, and each is mounted only by its own gateway."""
     checked = 0
     cases: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = [
-        (render_set("gpu-llm"), load_documents("quickstart", "gpu-llm")),
+        (render_set("gpu-llm"), example_documents("quickstart", "gpu-llm")),
         (variant_objects(), [{"kind": "ToolAdapter", "spec": s} for s in ADAPTER_SPECS.values()]),
     ]
     for objects, docs in cases:

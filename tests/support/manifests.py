@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from .paths import QUICKSTART
+from .paths import EXAMPLES, QUICKSTART
 
 
 def yaml_files(path: Path) -> list[Path]:
@@ -25,6 +25,11 @@ def load_documents(*paths: Path) -> list[dict[str, Any]]:
         for doc in yaml.safe_load_all(file.read_text(encoding="utf-8"))
         if doc
     ]
+
+
+def example_documents(*folders: str) -> list[dict[str, Any]]:
+    """Every document of the ``examples/`` folders named, one folder after the other."""
+    return load_documents(*(EXAMPLES / folder for folder in folders))
 
 
 def quickstart_documents() -> list[dict[str, Any]]:
