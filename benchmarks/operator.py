@@ -9,12 +9,13 @@ Prints one JSON document to stdout (progress goes to stderr). In one run it meas
    ``render_manifests`` of ``examples/quickstart``: median and p95 in ms.
 2. Scale: etcd + kube-apiserver 1.20 from ``tests/envtest/start.sh`` (binaries as for the tests:
    ``SWITCHBOARD_ENVTEST_BIN`` or ``~/.cache/switchboard/envtest-1.20``) in a temporary RUN dir,
-   the project's CRDs plus Istio's VirtualService and the RayService stand-in, and the operator as
-   a subprocess (``switchboard operator -A``) under the operator's own token bound only to the
-   chart's ClusterRole (``charts/switchboard``, rendered by helm), as the envtest suite runs
-   it. One shared ToolAdapter (2 operations) is created and made Ready by patching its gateway
-   Deployment's status; then N SupportAgents (CPU-only, granted that adapter) are created from a
-   thread pool while a fake KubeRay thread marks each RayService running as soon as it appears.
+   the CRDs the envtest suite installs, the chart (``charts/switchboard``) installed by ``helm
+   install``, and the operator as a subprocess (``switchboard operator -A``) under a token of the
+   chart's ServiceAccount (TokenRequest), so it holds exactly the chart's RBAC: all set up by
+   the envtest suite's own helpers (``tests/support``). One shared ToolAdapter (2 operations)
+   is created and made Ready by patching its gateway Deployment's status; then N SupportAgents
+   (CPU-only, granted that adapter) are created from a thread pool while a fake KubeRay thread
+   marks each RayService running as soon as it appears.
    Reported: wall time from the first create to all agents Ready, agents/s, per-agent latencies,
    the operator's peak RSS (VmHWM, its process tree included) and CPU time, its own reconcile
    metrics from ``/metrics``, and the API requests it made (from the server's audit log).
@@ -37,10 +38,8 @@ import json
 import math
 import os
 import platform
-import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,39 +52,40 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import yaml
-from kubernetes import client, config, watch
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
+# The helpers the test suite uses (tests/support): tests/ goes on the path, never the repository
+# root, whose operator/ would shadow the stdlib module (hence `python -P` too).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from support.cluster import (
+    API_VERSION,
+    GROUP,
+    VERSION,
+    Cluster,
+    condition_of,
+    running_rayservice_status,
+)
+from support.crds import install_envtest_crds
+from support.envtest import EnvTest, new_api_client, start_envtest, stop_envtest
+from support.errors import SetupError
+from support.helm import CHART_RELEASE, OPERATOR_NAMESPACE, helm_binary, install_chart
+from support.manifests import quickstart_documents
+from support.paths import REPO_ROOT
+from support.ports import pick_ports
 from switchboard.operator.api.supportagent import SupportAgentSpec
 from switchboard.operator.api.tooladapter import ToolAdapterSpec
 from switchboard.operator.api.validation import validate_spec
 from switchboard.operator.render import Parent, render_agent, render_manifests
 
-REPO = Path(__file__).resolve().parents[1]
-ENVTEST_SCRIPTS = REPO / "tests" / "envtest"
-DEFAULT_ENVTEST_BIN = Path.home() / ".cache" / "switchboard" / "envtest-1.20"
-SHARED = Path(os.environ.get("SWITCHBOARD_SHARED_DIR", REPO.parent / "shared"))
-ISTIO_VS_CRD = SHARED / "schemas" / "crds" / "networking.istio.io" / "virtualservices.yaml"
-RAYSERVICE_STANDIN_CRD = ENVTEST_SCRIPTS / "rayservice-standin-crd.yaml"
-CHART = REPO / "charts" / "switchboard"
-HELM = Path(
-    os.environ.get("SWITCHBOARD_HELM") or Path.home() / ".cache/switchboard/helm-3.6.2/helm"
-)
-QUICKSTART = REPO / "examples" / "quickstart"
-
-GROUP, VERSION = "switchboard.dev", "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-ADMIN_TOKEN = "admin-token"
-OPERATOR_TOKEN = "operator-token"
-OPERATOR_USER = "system:serviceaccount:switchboard-system:switchboard-operator"
-OPERATOR_GROUPS = "system:serviceaccounts,system:serviceaccounts:switchboard-system"
+REPO = REPO_ROOT
 NAMESPACE = "bench"
 ADAPTER = "crm"
 ADAPTER_OPERATIONS = ("lookup_customer", "create_ticket")
@@ -134,30 +134,6 @@ def summary_s(seconds: list[float]) -> dict[str, float | int]:
         "p95_s": round(percentile(seconds, 95), 3),
         "max_s": round(max(seconds), 3),
     }
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def pick_ports(count: int, *, taken: set[int] | None = None) -> list[int]:
-    """Free loopback ports below the ephemeral range (32768+), as tests/conftest.py picks them."""
-    rng = random.SystemRandom()
-    chosen: list[int] = []
-    avoid = set(taken or ())
-    for _ in range(1000):
-        port = rng.randrange(20000, 32000)
-        if port in avoid or port in chosen or not port_is_free(port):
-            continue
-        chosen.append(port)
-        if len(chosen) == count:
-            return chosen
-    raise RuntimeError("no free loopback ports")
 
 
 def cpu_model() -> str:
@@ -268,12 +244,7 @@ def bench_adapter_spec() -> dict[str, Any]:
 
 
 def bench_render(iterations: int) -> dict[str, Any]:
-    documents = [
-        doc
-        for path in sorted(QUICKSTART.glob("*.yaml"))
-        for doc in yaml.safe_load_all(path.read_text())
-        if doc
-    ]
+    documents = quickstart_documents()
     agent_doc = next(d for d in documents if d["kind"] == "SupportAgent")
     adapters = {
         d["metadata"]["name"]: validate_spec(ToolAdapterSpec, d["spec"])
@@ -318,187 +289,6 @@ def bench_render(iterations: int) -> dict[str, Any]:
             "every iteration, so a memoising validate_spec answers from its memo)"
         ),
     }
-
-
-# --------------------------------------------------------------------------------------------
-# 2a. The API server
-
-
-# Keys whose values are maps of field names (not schema keywords) or plain data.
-_NAME_MAPS = frozenset({"properties", "patternProperties", "definitions"})
-_DATA_KEYS = frozenset({"default", "example", "enum"})
-
-
-def strip_schema(node: Any, *, names: bool = False) -> Any:
-    """Drop ``x-kubernetes-validations`` and ``default: ""`` (as tests/conftest.py does)."""
-    if isinstance(node, list):
-        return [strip_schema(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if names:
-            out[key] = strip_schema(value)
-        elif key == "x-kubernetes-validations" or (key == "default" and value == ""):
-            continue
-        elif key in _DATA_KEYS:
-            out[key] = value
-        else:
-            out[key] = strip_schema(value, names=key in _NAME_MAPS)
-    return out
-
-
-def load_crds() -> list[dict[str, Any]]:
-    paths = [*sorted((REPO / "crds").glob("*.yaml")), ISTIO_VS_CRD, RAYSERVICE_STANDIN_CRD]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise SystemExit(f"benchmark: CRD files missing: {', '.join(missing)}")
-    crds = []
-    for path in paths:
-        for doc in yaml.safe_load_all(path.read_text()):
-            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
-                doc = copy.deepcopy(doc)
-                doc.get("metadata", {}).pop("resourceVersion", None)
-                doc.pop("status", None)
-                for version in doc["spec"]["versions"]:
-                    schema = version.get("schema", {})
-                    if "openAPIV3Schema" in schema:
-                        schema["openAPIV3Schema"] = strip_schema(schema["openAPIV3Schema"])
-                crds.append(doc)
-    return crds
-
-
-@dataclass
-class EnvTest:
-    run_dir: Path
-    bin_dir: Path
-    api_port: int = 0
-    kubeconfig: Path | None = None
-    pids: dict[str, int] = field(default_factory=dict)
-
-    def _script(
-        self, name: str, env: dict[str, str], timeout: float
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["bash", str(ENVTEST_SCRIPTS / name)],
-            env={**os.environ, "RUN": str(self.run_dir), **env},
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-    def start(self) -> None:
-        missing = [
-            b for b in ("kube-apiserver", "etcd") if not os.access(self.bin_dir / b, os.X_OK)
-        ]
-        if missing:
-            raise SystemExit(
-                f"benchmark: envtest binaries missing in {self.bin_dir}: {', '.join(missing)} "
-                "(build them with `make envtest`, or set SWITCHBOARD_ENVTEST_BIN)"
-            )
-        (self.run_dir / "tokens.csv").write_text(
-            f'{ADMIN_TOKEN},admin,admin,"system:masters"\n'
-            f'{OPERATOR_TOKEN},{OPERATOR_USER},uid-op,"{OPERATOR_GROUPS},system:authenticated"\n'
-        )
-        for _ in range(5):
-            api, etcd = pick_ports(2)
-            if port_is_free(etcd + 1) and etcd + 1 != api:
-                break
-        else:
-            raise RuntimeError("no free ports for etcd + kube-apiserver")
-        self.api_port = api
-        env = {"BIN": str(self.bin_dir), "API_PORT": str(api), "ETCD_PORT": str(etcd)}
-        started = self._script("start.sh", env, timeout=180)
-        for name in ("etcd", "apiserver"):  # known as soon as start.sh launched them
-            pid_file = self.run_dir / f"{name}.pid"
-            if pid_file.exists():
-                self.pids[name] = int(pid_file.read_text().strip())
-        if started.returncode != 0:
-            raise RuntimeError(f"start.sh failed ({started.returncode}): {started.stderr[-3000:]}")
-        self.kubeconfig = Path(started.stdout.strip().splitlines()[-1])
-
-    def stop(self) -> None:
-        self._script("stop.sh", {}, timeout=90)
-
-    def kubeconfig_for(self, token: str, user: str) -> Path:
-        assert self.kubeconfig is not None
-        doc = yaml.safe_load(self.kubeconfig.read_text())
-        doc["users"] = [{"name": user, "user": {"token": token}}]
-        for context in doc["contexts"]:
-            context["context"]["user"] = user
-        path = self.run_dir / f"kubeconfig-{user}"
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        return path
-
-    def audit_events(self) -> Iterator[dict[str, Any]]:
-        audit = self.run_dir / "audit.log"
-        if not audit.exists():
-            return
-        with audit.open() as lines:
-            for line in lines:
-                with suppress(json.JSONDecodeError):
-                    yield json.loads(line)
-
-
-def api_client(kubeconfig: Path, pool: int) -> client.ApiClient:
-    configuration = client.Configuration()
-    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-    configuration.connection_pool_maxsize = pool
-    return client.ApiClient(configuration)
-
-
-def install_crds(api: client.ApiClient, crds: list[dict[str, Any]]) -> None:
-    ext = client.ApiextensionsV1Api(api)
-    for crd in crds:
-        ext.create_custom_resource_definition(
-            body=client.V1CustomResourceDefinition.model_validate(crd)
-        )
-    objects = client.CustomObjectsApi(api)
-    deadline = time.monotonic() + 60
-    pending = {c["metadata"]["name"]: c for c in crds}
-    while pending:
-        for name, crd in list(pending.items()):
-            spec = crd["spec"]
-            try:
-                for version in spec["versions"]:
-                    objects.list_cluster_custom_object(
-                        spec["group"], version["name"], spec["names"]["plural"], limit=1
-                    )
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-                continue
-            del pending[name]
-        if pending:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"CRDs not served after 60 s: {sorted(pending)}")
-            time.sleep(0.2)
-
-
-def bind_operator_role(api: client.ApiClient) -> None:
-    """The chart's ClusterRole (`helm template`, `make helm` obtains helm), bound to the
-    operator's token: the least privilege the envtest suite proves."""
-    only = ["--show-only", "templates/rbac.yaml"]
-    rendered = subprocess.run(
-        [str(HELM), "template", "switchboard-operator", str(CHART), *only],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    [role] = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "ClusterRole"]
-    rbac = client.RbacAuthorizationV1Api(api)
-    rbac.create_cluster_role(role)
-    rbac.create_cluster_role_binding(
-        {
-            "metadata": {"name": "switchboard-operator"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": role["metadata"]["name"],
-            },
-            "subjects": [{"kind": "User", "name": OPERATOR_USER}],
-        }
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -760,35 +550,8 @@ def parse_metrics(text: str) -> dict[str, Any]:
 
 
 def ready_status(body: dict[str, Any]) -> str | None:
-    for cond in (body.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Ready":
-            status: str | None = cond.get("status")
-            return status
-    return None
-
-
-def running_rayservice_status(rayservice: dict[str, Any]) -> dict[str, Any]:
-    """The status KubeRay 1.x writes once every Serve application runs (as the envtest suite)."""
-    serve = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
-    apps = {
-        app["name"]: {"status": "RUNNING", "health_last_update_time": "2026-01-01T00:00:00Z"}
-        for app in serve["applications"]
-    }
-    return {
-        "observedGeneration": rayservice["metadata"]["generation"],
-        "serviceStatus": "Running",
-        "numServeEndpoints": 1,
-        "conditions": [
-            {
-                "type": "Ready",
-                "status": "True",
-                "reason": "NonZeroServeEndpoints",
-                "message": "Number of serve endpoints is greater than 0",
-                "lastTransitionTime": "2026-01-01T00:00:00Z",
-            }
-        ],
-        "activeServiceStatus": {"applicationStatuses": apps},
-    }
+    status: str | None = (condition_of(body) or {}).get("status")
+    return status
 
 
 class Watcher(threading.Thread):
@@ -862,8 +625,9 @@ class AgentTimes:
 class Load:
     """N SupportAgents created at once, KubeRay played, readiness timed per agent."""
 
-    def __init__(self, api: client.ApiClient, agents: int, workers: int) -> None:
-        self.api = api
+    def __init__(self, cluster: Cluster, agents: int, workers: int) -> None:
+        self.cluster = cluster
+        api = cluster.api
         self.objects = client.CustomObjectsApi(api)
         self.names = [f"agent-{i:04d}" for i in range(agents)]
         self.times = {name: AgentTimes() for name in self.names}
@@ -1037,7 +801,7 @@ class Load:
         for phase, replicas, wanted in (("down", 0, "False"), ("up", GATEWAY_REPLICAS, "True")):
             log(f"adapter fan-out: gateway replicas -> {replicas}; waiting for Ready={wanted}")
             started = time.monotonic()
-            set_gateway_available(self.api, replicas)
+            set_gateway_available(self.cluster, replicas)
             deadline = started + timeout
             while time.monotonic() < deadline:
                 with self.lock:
@@ -1071,71 +835,45 @@ class Load:
         self.kuberay_pool.shutdown(wait=True, cancel_futures=True)
 
 
-def set_gateway_available(api: client.ApiClient, replicas: int) -> bool:
+def set_gateway_available(cluster: Cluster, available: int) -> bool:
     """Play the Deployment controller for the adapter's gateway; False while it does not exist."""
-    apps = client.AppsV1Api(api)
     gateway = f"{ADAPTER}-gateway"
-    try:
-        deployment = apps.read_namespaced_deployment(gateway, NAMESPACE)
-    except ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise
-    generation = deployment.metadata.generation if deployment.metadata else 1
-    apps.patch_namespaced_deployment_status(
-        gateway,
-        NAMESPACE,
-        {
-            "status": {
-                "observedGeneration": generation,
-                "replicas": GATEWAY_REPLICAS,
-                "updatedReplicas": GATEWAY_REPLICAS,
-                "readyReplicas": replicas,
-                "availableReplicas": replicas,
-                "unavailableReplicas": GATEWAY_REPLICAS - replicas or None,
-            }
-        },
-        _content_type="application/merge-patch+json",
-    )
-    return True
+    return cluster.make_deployment_available(NAMESPACE, gateway, available, GATEWAY_REPLICAS)
 
 
-def prepare_adapter(api: client.ApiClient, timeout: float = 60) -> None:
+def prepare_adapter(cluster: Cluster, timeout: float = 60) -> None:
     """One shared ToolAdapter, Ready: its gateway Deployment's status patched to available."""
-    objects = client.CustomObjectsApi(api)
-    objects.create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        NAMESPACE,
-        "tooladapters",
-        {
-            "apiVersion": API_VERSION,
-            "kind": "ToolAdapter",
-            "metadata": {"name": ADAPTER},
-            "spec": bench_adapter_spec(),
-        },
+    adapter = {
+        "apiVersion": API_VERSION,
+        "kind": "ToolAdapter",
+        "metadata": {"name": ADAPTER},
+        "spec": bench_adapter_spec(),
+    }
+    cluster.create(adapter, NAMESPACE)
+    cluster.wait_for(
+        f"the gateway of ToolAdapter {NAMESPACE}/{ADAPTER}",
+        lambda: set_gateway_available(cluster, GATEWAY_REPLICAS),
+        timeout,
     )
-    deadline = time.monotonic() + timeout
-    patched = False
-    while time.monotonic() < deadline:
-        patched = patched or set_gateway_available(api, GATEWAY_REPLICAS)
-        if patched:
-            adapter = objects.get_namespaced_custom_object(
-                GROUP, VERSION, NAMESPACE, "tooladapters", ADAPTER
-            )
-            if ready_status(adapter) == "True":
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"ToolAdapter {NAMESPACE}/{ADAPTER} not Ready after {timeout:.0f} s")
+
+    def ready() -> bool:
+        return (
+            ready_status(cluster.get(API_VERSION, "ToolAdapter", NAMESPACE, ADAPTER) or {})
+            == "True"
+        )
+
+    cluster.wait_for(f"ToolAdapter {NAMESPACE}/{ADAPTER} Ready", ready, timeout)
 
 
-def audit_summary(envtest: EnvTest, since: str, until: str | None, agents: int) -> dict[str, Any]:
-    """The operator's API requests between two audit timestamps (RFC 3339, microseconds)."""
+def audit_summary(
+    envtest: EnvTest, user: str, since: str, until: str | None, agents: int
+) -> dict[str, Any]:
+    """``user``'s API requests between two audit timestamps (RFC 3339, microseconds)."""
     by_call: Counter[str] = Counter()
     codes: Counter[str] = Counter()
     total = watches = 0
     for event in envtest.audit_events():
-        if event.get("user", {}).get("username") != OPERATOR_USER:
+        if event.get("user", {}).get("username") != user:
             continue
         stamp = event.get("requestReceivedTimestamp", "")
         if stamp < since or (until and stamp > until):
@@ -1167,10 +905,6 @@ def audit_now() -> str:
 # Orchestration
 
 
-def ensure_namespace(api: client.ApiClient) -> None:
-    client.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
-
-
 @contextmanager
 def terminate_as_exit() -> Iterator[None]:
     """SIGTERM/SIGHUP → SystemExit, so the clean-up in `finally` runs."""
@@ -1200,9 +934,9 @@ def pid_running(pid: int) -> bool:
 
 
 def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
-    bin_dir = Path(os.environ.get("SWITCHBOARD_ENVTEST_BIN", DEFAULT_ENVTEST_BIN)).expanduser()
+    helm = helm_binary()
     run_dir = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
-    envtest = EnvTest(run_dir=run_dir, bin_dir=bin_dir)
+    server_pids: dict[str, int] = {}
     operator: OperatorProcess | None = None
     load: Load | None = None
     profiler: Profiler | None = None
@@ -1211,31 +945,31 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
     cleanup: dict[str, Any] = {}
     try:
         log(f"starting etcd + kube-apiserver in {run_dir}")
-        envtest.start()
-        assert envtest.kubeconfig is not None
-        admin = api_client(envtest.kubeconfig, pool=args.create_workers + 8)
-        install_crds(admin, load_crds())
-        bind_operator_role(admin)
-        ensure_namespace(admin)
-        log("CRDs installed, ClusterRole bound; starting the operator")
+        envtest = start_envtest(run_dir, timeout=180)
+        server_pids = envtest.server_pids()  # stop.sh removes the pid files
+        admin = new_api_client(envtest.kubeconfig, pool_size=args.create_workers + 8)
+        install_envtest_crds(admin)
+        cluster = Cluster(admin)
+        cluster.namespace(NAMESPACE)
+        install = install_chart(envtest, helm, CHART_RELEASE, OPERATOR_NAMESPACE)
+        log(f"CRDs and the chart installed; starting the operator as {install.user}")
 
         metrics_port, liveness_port = pick_ports(2, taken={envtest.api_port})
-        operator_kubeconfig = envtest.kubeconfig_for(OPERATOR_TOKEN, "switchboard-operator")
-        operator = OperatorProcess(operator_kubeconfig, run_dir, metrics_port, liveness_port)
+        operator = OperatorProcess(install.kubeconfig, run_dir, metrics_port, liveness_port)
         operator.wait_live(60)
-        prepare_adapter(admin)
+        prepare_adapter(cluster)
         time.sleep(1.0)  # let the adapter's follow-up events settle before measuring
         idle = operator.memory()
         idle_cpu = cpu_seconds(operator.pid)
         log(f"operator live (pid {operator.pid}, {idle['vm_rss_mb']} MB RSS); ToolAdapter Ready")
 
-        load = Load(admin, args.agents, args.create_workers)
+        load = Load(cluster, args.agents, args.create_workers)
         load.start_watching()
         if args.profile:
             profiler = Profiler(operator.pid, args.profile.resolve())
             helper_pids["py-spy"] = profiler.proc.pid
             time.sleep(1.0)  # py-spy attaches
-        servers_before = {n: cpu_seconds(p) for n, p in envtest.pids.items()}
+        servers_before = {n: cpu_seconds(p) for n, p in server_pids.items()}
         self_before = self_cpu_seconds()
         since = audit_now()
         scale = load.run(args.timeout)
@@ -1243,7 +977,7 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
         busy_cpu = cpu_seconds(operator.pid) - idle_cpu
         cpu_until_ready = {
             "operator": round(busy_cpu, 2),
-            **{n: round(cpu_seconds(p) - servers_before[n], 2) for n, p in envtest.pids.items()},
+            **{n: round(cpu_seconds(p) - servers_before[n], 2) for n, p in server_pids.items()},
             "benchmark_client": round(self_cpu_seconds() - self_before, 2),
         }
         log(
@@ -1272,8 +1006,12 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
                 },
                 "operator_metrics": parse_metrics(operator.scrape()),
                 "api_requests": {
-                    "until_all_ready": audit_summary(envtest, since, until, args.agents),
-                    "including_settle": audit_summary(envtest, since, None, args.agents),
+                    "until_all_ready": audit_summary(
+                        envtest, install.user, since, until, args.agents
+                    ),
+                    "including_settle": audit_summary(
+                        envtest, install.user, since, None, args.agents
+                    ),
                 },
                 "targets": {
                     "agents": TARGET_AGENTS,
@@ -1297,7 +1035,9 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
             result["adapter_fanout"] = {
                 **phases,
                 "operator_cpu_s": round(cpu_seconds(operator.pid) - fanout_cpu, 2),
-                "api_requests": audit_summary(envtest, fanout_since, None, args.agents),
+                "api_requests": audit_summary(
+                    envtest, install.user, fanout_since, None, args.agents
+                ),
                 "operator_metrics_after": parse_metrics(operator.scrape()),
                 "operator_memory_after": operator.memory(),
                 "note": (
@@ -1318,8 +1058,8 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
             if not result.get("scale") or not result["scale"].get("all_ready"):
                 log("operator log tail:\n" + operator.log_tail())
         log("stopping the servers")
-        envtest.stop()
-        pids = {**envtest.pids, **helper_pids}
+        stop_envtest(run_dir)
+        pids = {**server_pids, **helper_pids}
         if operator is not None:
             pids["operator"] = operator.pid
             pids.update({f"operator-child-{p}": p for p in operator.children_seen})
@@ -1368,7 +1108,10 @@ def main(argv: list[str] | None = None) -> int:
     with terminate_as_exit():
         document["render"] = bench_render(args.render_iterations)
         if not args.skip_scale:
-            document.update(bench_scale(args))
+            try:
+                document.update(bench_scale(args))
+            except SetupError as exc:  # a missing binary or a server that did not start
+                raise SystemExit(f"benchmark: {exc}") from None
     document["concurrent_pytest_at_end"] = concurrent_pytest()
     document["busy_processes_at_end"] = busy_processes()
     document["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]

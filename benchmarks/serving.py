@@ -40,7 +40,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,12 +51,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+# The helpers the test suite uses (tests/support): tests/ goes on the path, never the repository
+# root, whose operator/ would shadow the stdlib module (hence `python -P` too).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from support import manifests
+from support.errors import SetupError
+from support.nlu import train_demo_nlu_model
+from support.paths import REPO_ROOT
+from support.serving import embedded_serve
+
 if TYPE_CHECKING:
     from switchboard.serving.config import AgentAppConfig, LocalPlan
     from switchboard.serving.demo import DemoSystems
 
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = REPO / "examples" / "quickstart"
+REPO = REPO_ROOT
 DEFAULT_NLU_MODEL = REPO / ".switchboard" / "demo-nlu"
 CPUS = 2
 CONCURRENCY = (1, 8)
@@ -143,12 +151,6 @@ def summary_ms(seconds: list[float]) -> dict[str, float | int]:
         "p95_ms": round(percentile(ms, 95), 2),
         "mean_ms": round(sum(ms) / len(ms), 2) if ms else float("nan"),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cpu_model() -> str:
@@ -429,14 +431,7 @@ def measure_chat(
 
 
 def quickstart_documents(with_llm: bool) -> list[dict[str, Any]]:
-    import yaml
-
-    docs = [
-        doc
-        for path in sorted(QUICKSTART.glob("*.yaml"))
-        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8"))
-        if doc
-    ]
+    docs = manifests.quickstart_documents()
     if with_llm:
         for doc in docs:
             if doc.get("kind") == "SupportAgent":
@@ -728,23 +723,11 @@ def bench_ray(
 
     from switchboard.serving import local
 
-    # Ray's socket paths must stay short (AF_UNIX limit): a temp dir directly under /tmp.
-    ray_dir = Path(tempfile.mkdtemp(prefix="sbbench-ray-", dir="/tmp"))
-    os.environ["RAY_metrics_report_interval_ms"] = "1000"  # noqa: SIM112 - Ray reads this name
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    metrics_port = free_port()
-    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     started = time.monotonic()
-    run = None
-    try:
-        run = local.serve_plan(
-            plan,
-            host="127.0.0.1",
-            port=free_port(),
-            cpus=CPUS,
-            temp_dir=str(ray_dir),
-            metrics_port=metrics_port,
-        )
+    with embedded_serve(plan, cpus=CPUS, prefix="sbbench-ray-") as served:
+        run, ray_dir = served.run, served.ray_dir
+        metrics_url = f"http://127.0.0.1:{served.metrics_port}/metrics"
         url = f"{run.url}/v1/chat"
         revision = revision_app_name(plan)
         result: dict[str, Any] = {
@@ -777,10 +760,6 @@ def bench_ray(
             log("profile: the pieces of one turn, one call at a time")
             result["profile"] = profile_hops(plan, run.url, run.gateway_urls, demo, n=200)
         return result
-    finally:
-        if run is not None:
-            run.stop()
-        shutil.rmtree(ray_dir, ignore_errors=True)
 
 
 # --- main -------------------------------------------------------------------------------------
@@ -790,21 +769,10 @@ def ensure_nlu_model(path: Path) -> Path:
     if (path / "manifest.json").exists():
         return path
     log(f"training the demo NLU model into {path} (1-2 minutes)")
-    subprocess.run(
-        [
-            str(Path(sys.executable).parent / "switchboard"),
-            "nlu",
-            "train",
-            "--data",
-            str(REPO / "examples" / "nlu" / "ecommerce-intents.csv"),
-            "--out",
-            str(path),
-            "--quiet",
-        ],
-        check=True,
-        stdout=sys.stderr,
-    )
-    return path
+    try:
+        return train_demo_nlu_model(path)
+    except SetupError as exc:
+        raise SystemExit(f"benchmark: {exc}") from None
 
 
 def ratio(a: float, b: float) -> float | None:
