@@ -225,7 +225,9 @@ def test_rendered_rayservice_carries_s3_uris_and_secret_env(schemas: Any) -> Non
     rayservice = render_agent(PARENT, spec, {})[0]
     assert schemas.crd_errors(rayservice) == []
     for container in _containers(rayservice):
-        env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+        env = {
+            e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e
+        }
         assert env[MODEL_STORAGE_ACCESS_KEY_ENV] == {"name": "model-store", "key": "accessKeyId"}
         assert env[MODEL_STORAGE_SECRET_KEY_ENV] == {
             "name": "model-store",
@@ -268,7 +270,11 @@ def test_ambient_credentials_and_custom_secret_keys() -> None:
     args = serve_config(PARENT, keys, {})["applications"][0]["args"]
     assert "storage" not in args["nlu"]  # file:// needs none
     env = render_agent(PARENT, keys, {})[0]
-    refs = [e["valueFrom"]["secretKeyRef"]["key"] for e in _containers(env)[0]["env"]]
+    refs = [
+        e["valueFrom"]["secretKeyRef"]["key"]
+        for e in _containers(env)[0]["env"]
+        if "valueFrom" in e
+    ]
     assert refs == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
 
 
