@@ -26,8 +26,8 @@ a token of the chart's ServiceAccount (``operator_install.user``). Every request
 ``envtest.audit_events()`` returns the events (user, verb, URI, status code).
 
 Tests that use these fixtures are marked ``envtest`` automatically (``-m "not envtest"`` skips
-them deliberately). A helper that cannot set something up raises ``SetupError``; a fixture
-reports it as a plain failure (its message, no traceback into the helper).
+them deliberately). A helper that cannot set something up raises ``SetupError``; the test
+fails (never skips) with its message alone.
 """
 
 from __future__ import annotations
@@ -71,13 +71,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_fixture_setup() -> Generator[None, Any, Any]:
-    """A fixture whose helper could not set up its server or tool fails with the helper's
-    message alone (as ``pytest.fail`` would), not a traceback through the helper."""
-    try:
-        return (yield)
-    except SetupError as exc:
-        pytest.fail(str(exc), pytrace=False)
+def pytest_runtest_makereport(
+    call: pytest.CallInfo[None],
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A helper that could not set up its server or tool fails the test with its message
+    alone, as ``pytest.fail(..., pytrace=False)`` did, not a traceback through the helper.
+    (Here, not in ``pytest_fixture_setup``: this file's hooks do not reach session fixtures'
+    setup, which runs at the rootdir's level.)"""
+    report = yield
+    if call.excinfo is not None and call.excinfo.errisinstance(SetupError):
+        report.longrepr = str(call.excinfo.value)
+    return report
 
 
 # --------------------------------------------------------------------------------------------
