@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+# The helpers the test suite uses (tests/support): tests/ goes on the path, never the repository
+# root, whose operator/ would shadow the stdlib module (hence `python -P` too).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from support.paths import REPO_ROOT as REPO
+from support.report import emit, run_facts
+
 DEFAULT_STORAGE = Path.home() / ".cache" / "switchboard" / "containers"
 
 
@@ -75,13 +80,6 @@ def starts(storage: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in Path(timings.name).read_text().splitlines()]
 
 
-def revision() -> str:
-    done = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    )
-    return done.stdout.strip()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage", type=Path, help="container storage for the cold build")
@@ -89,10 +87,7 @@ def main() -> None:
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
 
-    result: dict[str, Any] = {
-        "commit": revision(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-    }
+    result: dict[str, Any] = run_facts()
     scratch = None
     if args.skip_cold:
         storage = DEFAULT_STORAGE
@@ -119,10 +114,7 @@ def main() -> None:
                 check=False,
             )
             shutil.rmtree(scratch, ignore_errors=True)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json_out:
-        args.json_out.write_text(text + "\n")
+    emit(result, args.json_out)
 
 
 if __name__ == "__main__":

@@ -15,21 +15,22 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import os
-import platform
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+# The helpers the test suite uses (tests/support): tests/ goes on the path, never the repository
+# root, whose operator/ would shadow the stdlib module (hence `python -P` too).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from support.paths import REPO_ROOT as REPO
+from support.paths import SHARED_DIR as SHARED
+from support.report import emit, run_facts
 from switchboard.serving.config import NluConfig
 from switchboard.serving.nlu_service import NluService
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SWITCHBOARD_SHARED_DIR", REPO.parent / "shared"))
 BATCH = 8  # turns in flight that one NLU batch takes, a busy replica's typical batch
 
 
@@ -91,16 +92,12 @@ def main() -> None:
     head = read_texts(REPO / "examples" / "nlu" / "ecommerce-intents.csv")
     tail = read_texts(args.tail)
     messages = stream(head, tail, args.messages, args.tail_share, seed=7)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
         print(f"cache size {size} ...", file=sys.stderr, flush=True)
         rows.append(run(args.nlu_model, messages, size))
     result = {
-        "commit": commit,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        **run_facts(),
         "messages": len(messages),
         "distinct_folded": len({" ".join(m.casefold().split()) for m in messages}),
         "distinct_exact": len(set(messages)),
@@ -108,10 +105,7 @@ def main() -> None:
         "batch": BATCH,
         "rows": rows,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json_out:
-        args.json_out.write_text(text + "\n")
+    emit(result, args.json_out)
 
 
 if __name__ == "__main__":
