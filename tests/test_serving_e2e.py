@@ -10,6 +10,7 @@ long-running operation.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import re
 import time
@@ -302,9 +303,11 @@ def test_every_data_plane_metric_the_chart_queries_is_served(
     # Recording rules' own names carry colons (`namespace_agent:ray_...:ratio_rate5m`).
     queried = set(re.findall(r"(?<![\w:])((?:ray|tool)_[a-z_]+)\b", text))
     assert {"ray_agent_request_total", "tool_call_total"} <= queried
-    # Series that exist only once something happened: a knowledge lookup, a closing.
+    # Series that exist only once something happened: a knowledge lookup, a closing, a turn
+    # refused for overload.
     agent.chat("metrics-kb", "What shipping options do you have?")
     agent.chat("metrics-kb", "thanks, bye")
+    assert any(status == 503 for status, *_ in send_burst(agent, 100))
     deadline = time.monotonic() + 30
     missing = queried
     while missing and time.monotonic() < deadline:
@@ -320,16 +323,14 @@ def test_every_data_plane_metric_the_chart_queries_is_served(
     assert missing == set()
 
 
-def test_a_burst_is_answered_or_refused_at_once_with_retry_after(agent: Any) -> None:
-    """More turns than a replica may run at once (`max_turns_in_flight`, 64 here): the rest
-    are refused at once with a JSON 503 and Retry-After, never queued without end. The orders
-    system answers after 2 s meanwhile, so the first turns really are all in flight."""
-    import concurrent.futures
-    import json
-    import urllib.error
-    import urllib.request
+Refusal = tuple[int, dict[str, Any], str | None, float]
 
-    def turn(i: int) -> tuple[int, dict[str, Any], str | None, float]:
+
+def send_burst(agent: Any, turns: int) -> list[Refusal]:
+    """`turns` order-status turns at once while the orders system answers after 2 s, so the
+    first ones really are all in flight: (status, body, Retry-After, seconds) of each."""
+
+    def turn(i: int) -> Refusal:
         request = urllib.request.Request(
             f"{agent.url}/v1/chat",
             data=json.dumps(
@@ -348,10 +349,16 @@ def test_a_burst_is_answered_or_refused_at_once_with_retry_after(agent: Any) -> 
     faults = agent.demo.orders_faults
     faults.configure(delay_seconds=2)
     try:
-        with concurrent.futures.ThreadPoolExecutor(120) as pool:
-            results = list(pool.map(turn, range(120)))
+        with concurrent.futures.ThreadPoolExecutor(turns) as pool:
+            return list(pool.map(turn, range(turns)))
     finally:
         faults.clear()
+
+
+def test_a_burst_is_answered_or_refused_at_once_with_retry_after(agent: Any) -> None:
+    """More turns than a replica may run at once (`max_turns_in_flight`, 64 here): the rest
+    are refused at once with a JSON 503 and Retry-After, never queued without end."""
+    results = send_burst(agent, 120)
     answered = [r for r in results if r[0] == 200]
     refused = [r for r in results if r[0] == 503]
     assert len(answered) + len(refused) == len(results), [r[:2] for r in results if r[0] > 200]
