@@ -1,6 +1,13 @@
-"""kopf registrations and settings: a thin list that delegates to one module per kind.
+"""kopf registrations and settings: a thin list that delegates to one module per concern.
 
-Run with `switchboard operator`, or `kopf run -m switchboard.operator.main -A`.
+- **indexes** (`indexes.py`): ToolAdapters, SupportAgents (and the adapters each is granted),
+  ModelRollouts by agent, and the children of each owner, kept in memory by kopf from its watches;
+- **workers** (`workers.py`): one kopf daemon per SupportAgent, ToolAdapter and ModelRollout,
+  which reconciles its object (`resources/`) when marked and on a deadline;
+- **events**: every watch event only marks the objects it concerns.
+
+Run with `switchboard operator`, or `kopf run -m switchboard.operator.main -A` (configuration from
+the environment then, see `config.py`).
 """
 
 from __future__ import annotations
@@ -11,62 +18,71 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import kopf
 from prometheus_client import start_http_server
 
 from . import metrics
-from .api.base import API_VERSION, GROUP, VERSION
+from .api.base import GROUP, VERSION
+from .config import OperatorConfig
+from .indexes import (
+    INDEX_NAMES,
+    Lookup,
+    adapter_entries,
+    agent_entries,
+    child_entries,
+    grant_entries,
+    owner_of,
+    rollout_entries,
+)
 from .kube import Kube, KubeError
 from .render.names import MANAGED_BY
 from .resources import modelrollout, supportagent, tooladapter
-from .resources.common import (
-    EventRecorder,
-    Outcome,
-    apply_failed_status,
-    child_changed,
-    write_status,
+from .resources.common import Outcome, apply_failed_status, write_status
+from .workers import (
+    Key,
+    Marks,
+    References,
+    Retry,
+    Worker,
+    agent_references,
+    no_references,
+    rollout_references,
 )
 
-METRICS_PORT_ENV = "SWITCHBOARD_METRICS_PORT"
-DRIFT_INTERVAL_SECONDS = 60.0
 MANAGED_LABEL = "app.kubernetes.io/managed-by"
 MANAGED = {MANAGED_LABEL: MANAGED_BY}
-CHILD_RESOURCES = (
-    ("ray.io", "rayservices"),
-    ("networking.istio.io", "virtualservices"),
-    ("apps", "deployments"),
-    ("", "services"),
-    ("autoscaling", "horizontalpodautoscalers"),
-)
+# (group, plural) of each kind of child, and how kopf's decorators name it. The children whose
+# status an owner reports are indexed: RayServices (agents) and Deployments (adapters). The others
+# are watched only for deletions: an index holds back every handler of the operator until its
+# first listing succeeds, and a narrowed Role that forbids, say, HPAs must cost the adapters
+# that need one an ApplyFailed condition, not the whole operator its start.
+INDEXED_CHILDREN = {
+    ("ray.io", "rayservices"): ("ray.io", "v1", "rayservices"),
+    ("apps", "deployments"): ("apps", "v1", "deployments"),
+}
+WATCHED_CHILDREN = {
+    ("networking.istio.io", "virtualservices"): ("networking.istio.io", "v1", "virtualservices"),
+    ("", "services"): ("services",),
+    ("autoscaling", "horizontalpodautoscalers"): ("horizontalpodautoscalers.autoscaling",),
+}
+CHILD_RESOURCES = {**INDEXED_CHILDREN, **WATCHED_CHILDREN}
 AGENTS: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": "supportagents"}
 ADAPTERS: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": "tooladapters"}
 ROLLOUTS: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": "modelrollouts"}
-PROMETHEUS_URL_ENV = "SWITCHBOARD_PROMETHEUS_URL"
-# Rollout steps are measured in seconds: the timer that advances them ticks often.
-ROLLOUT_TICK_SECONDS = 2.0
-
-Reconcile = Callable[[Kube, dict[str, Any], EventRecorder], Outcome]
-
-
-def _reconcile_rollout(kube: Kube, body: dict[str, Any], record: EventRecorder) -> Outcome:
-    context = modelrollout.RolloutContext(prometheus_url=os.environ.get(PROMETHEUS_URL_ENV))
-    outcome = modelrollout.reconcile(kube, body, record, context)
-    return outcome
-
-
-RECONCILERS: dict[str, Reconcile] = {
-    supportagent.KIND: supportagent.reconcile,
-    tooladapter.KIND: tooladapter.reconcile,
-    modelrollout.KIND: _reconcile_rollout,
-}
+# A worker is cancelled when its object goes (or the operator stops); a reconcile then in a
+# thread finishes on its own.
+WORKER_CANCELLATION_SECONDS = 10.0
 
 log = logging.getLogger("switchboard.operator")
 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config: OperatorConfig = memo.get("config") or OperatorConfig.from_environment(os.environ)
+    memo.config = config
     # Our own names for kopf's bookkeeping, and none of it in status.
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -80,17 +96,23 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         settings.scanning.disabled = True
     # Events are posted deliberately (on condition transitions), not for every log line.
     settings.posting.level = logging.ERROR
-    settings.execution.max_workers = 16
     settings.networking.request_timeout = 60
     settings.watching.server_timeout = 300
     # Watch only our own children, filtered by the API server: a `labels=` filter on a handler
     # alone would stream every Deployment and Service of the cluster to the operator.
     for group, plural in CHILD_RESOURCES:
         settings.watching.label_selectors[group, plural] = f"{MANAGED_LABEL}={MANAGED_BY}"
-    memo.kube = Kube.from_environment()
-    port = int(os.environ.get(METRICS_PORT_ENV, "8080"))
-    if port:
-        start_http_server(port)
+    memo.kube = Kube.from_environment(pool_size=config.reconcile_threads)
+    memo.executor = ThreadPoolExecutor(config.reconcile_threads, thread_name_prefix="reconcile")
+    memo.marks = Marks()
+    memo.gauges = metrics.ObjectGauges()
+    if config.metrics_port:
+        start_http_server(config.metrics_port)
+
+
+@kopf.on.cleanup()
+def release(memo: kopf.Memo, **_: Any) -> None:
+    memo.executor.shutdown(wait=False, cancel_futures=True)
 
 
 @kopf.on.login()
@@ -114,171 +136,227 @@ def in_cluster_server(env: Mapping[str, str]) -> str:
     return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
-def plain(obj: Any) -> Any:
-    """kopf's body views → plain dicts and lists (for comparison and JSON)."""
-    if isinstance(obj, Mapping):
-        return {k: plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [plain(v) for v in obj]
-    return obj
-
-
 def record_event(body: dict[str, Any], *, type: str, reason: str, message: str) -> None:
     kopf.event(cast(kopf.Body, body), type=type, reason=reason, message=message)
 
 
-def run_reconcile(kube: Kube, kind: str, body: dict[str, Any]) -> Outcome:
-    """Reconcile, count the outcome, and turn API failures into kopf's retry with backoff."""
+def counted(
+    kind: str, kube: Kube, body: dict[str, Any], reconcile: Callable[[], Outcome]
+) -> Outcome:
+    """`reconcile()` with its outcome and duration counted, and API failures turned into a
+    `Retry`; one that retrying cannot fix (forbidden, invalid) is reported in status and an
+    Event first, and retried slowly."""
     started = time.perf_counter()
     try:
-        outcome = RECONCILERS[kind](kube, body, record_event)
+        outcome = reconcile()
     except KubeError as exc:
         metrics.RECONCILES.labels(kind=kind, outcome="error").inc()
-        if not exc.retryable:  # forbidden, invalid: say so in status and an Event, retry slowly
+        if not exc.retryable:
             try:
                 write_status(kube, body, apply_failed_status(kind, body, exc), record_event)
             except KubeError as status_exc:
                 log.warning("could not report ApplyFailed on %s: %s", kind, status_exc)
-        raise kopf.TemporaryError(str(exc), delay=5 if exc.retryable else 60) from None
+        raise Retry(str(exc), delay=5 if exc.retryable else 60) from None
     finally:
         metrics.RECONCILE_SECONDS.labels(kind=kind).observe(time.perf_counter() - started)
     metrics.RECONCILES.labels(kind=kind, outcome=outcome.result).inc()
-    if kind == supportagent.KIND:
-        meta = body["metadata"]
-        metrics.set_agent_ready(meta["namespace"], meta["name"], outcome.ready)
     return outcome
+
+
+Reconciler = Callable[[Kube, dict[str, Any], Lookup, OperatorConfig], Outcome]
+
+
+def _agent(kube: Kube, body: dict[str, Any], lookup: Lookup, config: OperatorConfig) -> Outcome:
+    return supportagent.reconcile(kube, body, record_event, lookup)
+
+
+def _adapter(kube: Kube, body: dict[str, Any], lookup: Lookup, config: OperatorConfig) -> Outcome:
+    return tooladapter.reconcile(kube, body, record_event)
+
+
+def _rollout(kube: Kube, body: dict[str, Any], lookup: Lookup, config: OperatorConfig) -> Outcome:
+    context = modelrollout.RolloutContext(config.prometheus_url)
+    return modelrollout.reconcile(kube, body, record_event, lookup, context)
+
+
+RECONCILERS: dict[str, Reconciler] = {
+    supportagent.KIND: _agent,
+    tooladapter.KIND: _adapter,
+    modelrollout.KIND: _rollout,
+}
+
+
+def lookup_of(indices: Mapping[str, Any]) -> Lookup:
+    """The reconcilers' view of kopf's indexes (kopf hands every handler all of them)."""
+    return Lookup({name: indices[name] for name in INDEX_NAMES})
+
+
+async def work(
+    kind: str,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    indices: Mapping[str, Any],
+    *,
+    interval: float,
+    references: References,
+) -> None:
+    """The worker of one object (see `workers.py`)."""
+    meta = body["metadata"]
+    kube: Kube = memo.kube
+    config: OperatorConfig = memo.config
+    lookup = lookup_of(indices)
+    reconcile = RECONCILERS[kind]
+
+    def on_outcome(outcome: Outcome) -> None:
+        if kind == supportagent.KIND and outcome.result != "deleted":
+            memo.gauges.agent_ready(meta["namespace"], meta["name"], outcome.ready)
+
+    worker = Worker(
+        key=(kind, meta["namespace"], meta["name"]),
+        body=body,
+        lookup=lookup,
+        marks=memo.marks,
+        executor=memo.executor,
+        reconcile=lambda b: counted(kind, kube, b, lambda: reconcile(kube, b, lookup, config)),
+        references=references,
+        interval=interval,
+        logger=logger,
+        on_outcome=on_outcome,
+    )
+    await worker.run(stopped)
+
+
+def mark(memo: kopf.Memo, key: Key, forced: bool = False) -> None:
+    memo.marks.mark(key, forced)
+
+
+# --- indexes ------------------------------------------------------------------------------
+
+
+@kopf.index(**ADAPTERS)
+async def adapters(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return adapter_entries(body)
+
+
+@kopf.index(**AGENTS)
+async def agents(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return agent_entries(body)
+
+
+@kopf.index(**AGENTS)
+async def grants(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return grant_entries(body)
+
+
+@kopf.index(**ROLLOUTS)
+async def rollouts(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return rollout_entries(body)
+
+
+async def children(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return child_entries(body)
 
 
 # --- SupportAgent ----------------------------------------------------------------------
 
 
-@kopf.on.resume(**AGENTS)
-@kopf.on.create(**AGENTS)
-@kopf.on.update(**AGENTS)
-def agent_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    run_reconcile(memo.kube, supportagent.KIND, plain(body))
+@kopf.daemon(**AGENTS, cancellation_timeout=WORKER_CANCELLATION_SECONDS)
+async def agent_worker(
+    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: Any, **indices: Any
+) -> None:
+    await work(
+        supportagent.KIND, body, memo, stopped, logger, indices,
+        interval=memo.config.drift_seconds, references=agent_references,
+    )  # fmt: skip
 
 
-@kopf.timer(**AGENTS, interval=DRIFT_INTERVAL_SECONDS, initial_delay=DRIFT_INTERVAL_SECONDS)
-def agent_drift(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    run_reconcile(memo.kube, supportagent.KIND, plain(body))
-
-
-@kopf.on.delete(**AGENTS, optional=True)
-def agent_deleted(meta: kopf.Meta, **_: Any) -> None:
-    # Children go with their owner references; only our bookkeeping is left to drop.
-    metrics.set_agent_ready(str(meta["namespace"]), str(meta["name"]), None)
+@kopf.on.event(**AGENTS)
+async def agent_event(event: kopf.RawEvent, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+    namespace, name = str(meta["namespace"]), str(meta["name"])
+    if event.get("type") == "DELETED":
+        memo.gauges.agent_ready(namespace, name, None)
+    mark(memo, (supportagent.KIND, namespace, name))
 
 
 # --- ToolAdapter -----------------------------------------------------------------------
 
 
-@kopf.on.resume(**ADAPTERS)
-@kopf.on.create(**ADAPTERS)
-@kopf.on.update(**ADAPTERS)
-def adapter_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    run_reconcile(memo.kube, tooladapter.KIND, plain(body))
-
-
-@kopf.timer(**ADAPTERS, interval=DRIFT_INTERVAL_SECONDS, initial_delay=DRIFT_INTERVAL_SECONDS)
-def adapter_drift(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    run_reconcile(memo.kube, tooladapter.KIND, plain(body))
-
-
-_adapter_seen: dict[tuple[str, str], tuple[Any, ...]] = {}
+@kopf.daemon(**ADAPTERS, cancellation_timeout=WORKER_CANCELLATION_SECONDS)
+async def adapter_worker(
+    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: Any, **indices: Any
+) -> None:
+    await work(
+        tooladapter.KIND, body, memo, stopped, logger, indices,
+        interval=memo.config.drift_seconds, references=no_references,
+    )  # fmt: skip
 
 
 @kopf.on.event(**ADAPTERS)
-def adapter_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Agents follow their adapters: one that appears, changes, turns ready or goes away
-    re-reconciles every agent granted it (a missing adapter's condition then clears)."""
-    meta = body["metadata"]
-    key = (meta["namespace"], meta["name"])
-    ready = next(
-        (
-            c.get("status")
-            for c in (body.get("status") or {}).get("conditions") or []
-            if c.get("type") == "Ready"
-        ),
-        None,
-    )
-    fingerprint = (event.get("type") == "DELETED", meta.get("generation"), ready)
-    if _adapter_seen.get(key) == fingerprint:
-        return
-    _adapter_seen[key] = fingerprint
-    kube: Kube = memo.kube
-    for agent in kube.list_objects(API_VERSION, supportagent.KIND, key[0]):
-        if any(t.get("adapter") == key[1] for t in (agent.get("spec") or {}).get("tools") or []):
-            _reconcile_quietly(kube, supportagent.KIND, agent)
+async def adapter_event(meta: kopf.Meta, memo: kopf.Memo, **indices: Any) -> None:
+    """An adapter that appears, changes, turns ready or goes away concerns every agent granted
+    it (each agent's worker decides whether what it reads of the adapter changed)."""
+    namespace, name = str(meta["namespace"]), str(meta["name"])
+    mark(memo, (tooladapter.KIND, namespace, name))
+    for agent in lookup_of(indices).agents_granted(namespace, name):
+        mark(memo, (supportagent.KIND, namespace, agent))
 
 
 # --- ModelRollout ----------------------------------------------------------------------
 
 
-@kopf.on.resume(**ROLLOUTS)
-@kopf.on.create(**ROLLOUTS)
-@kopf.on.update(**ROLLOUTS)
-def rollout_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    run_reconcile(memo.kube, modelrollout.KIND, plain(body))
-
-
-@kopf.timer(**ROLLOUTS, interval=ROLLOUT_TICK_SECONDS, initial_delay=ROLLOUT_TICK_SECONDS)
-def rollout_tick(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    run_reconcile(memo.kube, modelrollout.KIND, plain(body))
+@kopf.daemon(**ROLLOUTS, cancellation_timeout=WORKER_CANCELLATION_SECONDS)
+async def rollout_worker(
+    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: Any, **indices: Any
+) -> None:
+    await work(
+        modelrollout.KIND, body, memo, stopped, logger, indices,
+        interval=memo.config.rollout_tick_seconds, references=rollout_references,
+    )  # fmt: skip
 
 
 @kopf.on.event(**ROLLOUTS)
-def rollout_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def rollout_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The agent follows its rollout: a new weight, a rollback or a deletion re-renders its
     RayService and routes (a deleted rollout returns all traffic to stable)."""
     meta = body["metadata"]
+    namespace, name = str(meta["namespace"]), str(meta["name"])
     status = body.get("status") or {}
+    agent = str((body.get("spec") or {}).get("agentRef"))
     deleted = event.get("type") == "DELETED"
-    agent_name = (body.get("spec") or {}).get("agentRef")
-    metrics.set_rollout(
-        meta["namespace"], meta["name"], str(agent_name), None if deleted else status.get("phase"),
+    memo.gauges.rollout(
+        namespace, name, agent, None if deleted else status.get("phase"),
         int(status.get("currentWeight") or 0),
     )  # fmt: skip
-    kube: Kube = memo.kube
-    agent = kube.get(API_VERSION, supportagent.KIND, meta["namespace"], str(agent_name))
-    if agent and not agent["metadata"].get("deletionTimestamp"):
-        _reconcile_quietly(kube, supportagent.KIND, agent)
+    mark(memo, (modelrollout.KIND, namespace, name))
+    mark(memo, (supportagent.KIND, namespace, agent))
 
 
-# --- children: status changes and deletions bring the owner back to its desired state ------
+# --- children: a status change or a deletion concerns the owner ------------------------
 
 
-def _reconcile_owner(kube: Kube, child: Mapping[str, Any]) -> None:
-    meta = child["metadata"]
-    for ref in meta.get("ownerReferences") or []:
-        if ref.get("apiVersion") == API_VERSION and ref.get("kind") in RECONCILERS:
-            owner = kube.get(API_VERSION, ref["kind"], meta["namespace"], ref["name"])
-            if owner and not owner["metadata"].get("deletionTimestamp"):
-                _reconcile_quietly(kube, ref["kind"], owner)
+async def child_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """An indexed child's change reaches its owner's inputs through the index."""
+    owner = owner_of(body)
+    if owner is not None:
+        mark(memo, (owner[0], str(body["metadata"]["namespace"]), owner[1]))
 
 
-def _reconcile_quietly(kube: Kube, kind: str, body: dict[str, Any]) -> None:
-    try:
-        run_reconcile(kube, kind, body)
-    except kopf.TemporaryError as exc:  # the drift timer retries
-        log.warning(
-            "reconcile of %s %s/%s failed: %s",
-            kind,
-            body["metadata"]["namespace"],
-            body["metadata"]["name"],
-            exc,
-        )
+async def unindexed_child_event(
+    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    """No index shows this child: its deletion forces the owner to re-create it."""
+    owner = owner_of(body)
+    if owner is not None and event.get("type") == "DELETED":
+        mark(memo, (owner[0], str(body["metadata"]["namespace"]), owner[1]), forced=True)
 
 
-@kopf.on.event("ray.io", "v1", "rayservices", labels=MANAGED)
-@kopf.on.event("networking.istio.io", "v1", "virtualservices", labels=MANAGED)
-@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-@kopf.on.event("services", labels=MANAGED)
-@kopf.on.event("horizontalpodautoscalers.autoscaling", labels=MANAGED)
-def child_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    child = plain(body)
-    if child_changed(child, deleted=event.get("type") == "DELETED"):
-        _reconcile_owner(memo.kube, child)
+for _indexed in INDEXED_CHILDREN.values():
+    kopf.index(*_indexed, labels=MANAGED)(children)
+    kopf.on.event(*_indexed, labels=MANAGED)(child_event)
+for _watched in WATCHED_CHILDREN.values():
+    kopf.on.event(*_watched, labels=MANAGED)(unindexed_child_event)
 
 
 def run(
@@ -298,9 +376,7 @@ def run(
     highest priority acts; the others stand by and resume when it stops. Each replica draws its
     own priority unless given one: equal priorities would pause them all (kopf's rule).
     """
-    os.environ[METRICS_PORT_ENV] = str(metrics_port)
-    if prometheus_url:
-        os.environ[PROMETHEUS_URL_ENV] = prometheus_url
+    config = OperatorConfig(metrics_port=metrics_port, prometheus_url=prometheus_url or None)
     # Each line about an object names it ("[namespace/name] ..."); probes are not news.
     kopf.configure(verbose=verbose, log_prefix=True)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
@@ -313,5 +389,6 @@ def run(
         peering_name=peering or None,
         priority=priority,
         liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz",
+        memo=kopf.Memo(config=config),
     )
     return 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 from prometheus_client import Counter, Gauge, Histogram
 
 RECONCILES = Counter(
@@ -29,24 +27,6 @@ AGENT_READY = Gauge(
     ["namespace", "agent"],
 )
 
-_agent_ready: dict[tuple[str, str], bool] = {}
-_agent_lock = threading.Lock()
-
-
-def set_agent_ready(namespace: str, name: str, ready: bool | None) -> None:
-    """Record an agent's readiness (None: the agent is gone) and refresh the gauge."""
-    with _agent_lock:
-        if ready is None:
-            if _agent_ready.pop((namespace, name), None) is not None:
-                AGENT_READY.remove(namespace, name)
-        else:
-            _agent_ready[(namespace, name)] = ready
-            AGENT_READY.labels(namespace=namespace, agent=name).set(1 if ready else 0)
-        ready_count = sum(_agent_ready.values())
-        AGENTS.labels(ready="true").set(ready_count)
-        AGENTS.labels(ready="false").set(len(_agent_ready) - ready_count)
-
-
 ROLLOUT_WEIGHT = Gauge(
     "switchboard_rollout_weight",
     "Percent of an agent's traffic a ModelRollout's candidate receives.",
@@ -60,26 +40,42 @@ ROLLOUT_PHASE = Gauge(
 ROLLOUT_PHASES = ("Initializing", "Progressing", "Holding", "Paused", "Succeeded", "Failed")
 
 
-def set_rollout(namespace: str, name: str, agent: str, phase: str | None, weight: int) -> None:
-    """Record a rollout's phase and weight; `phase=None` removes its series (deleted)."""
-    if phase is None:
+class ObjectGauges:
+    """The per-object series: set from the operator's event loop only (no lock), kept in its
+    memo, and each series removed with its object."""
+
+    def __init__(self) -> None:
+        self._agent_ready: dict[tuple[str, str], bool] = {}
+        self._rollouts: dict[tuple[str, str], str] = {}  # (namespace, rollout) → its agent
+
+    def agent_ready(self, namespace: str, name: str, ready: bool | None) -> None:
+        """Record an agent's readiness (None: the agent is gone) and refresh the totals."""
+        if ready is None:
+            if self._agent_ready.pop((namespace, name), None) is not None:
+                AGENT_READY.remove(namespace, name)
+        else:
+            self._agent_ready[(namespace, name)] = ready
+            AGENT_READY.labels(namespace=namespace, agent=name).set(1 if ready else 0)
+        ready_count = sum(self._agent_ready.values())
+        AGENTS.labels(ready="true").set(ready_count)
+        AGENTS.labels(ready="false").set(len(self._agent_ready) - ready_count)
+
+    def rollout(
+        self, namespace: str, name: str, agent: str, phase: str | None, weight: int
+    ) -> None:
+        """Record a rollout's phase and weight; `phase=None` removes its series (deleted)."""
+        previous_agent = self._rollouts.pop((namespace, name), None)
+        if previous_agent is not None:
+            if previous_agent != agent or phase is None:
+                ROLLOUT_WEIGHT.remove(namespace, name, previous_agent)
+            if phase is None:
+                for p in ROLLOUT_PHASES:
+                    ROLLOUT_PHASE.remove(namespace, name, p)
+        if phase is None:
+            return
+        self._rollouts[(namespace, name)] = agent
+        ROLLOUT_WEIGHT.labels(namespace=namespace, rollout=name, agent=agent).set(weight)
         for p in ROLLOUT_PHASES:
-            ROLLOUT_PHASE.remove(namespace, name, p) if (
-                namespace,
-                name,
-                p,
-            ) in _phase_keys else None
-            _phase_keys.discard((namespace, name, p))
-        if (namespace, name, agent) in _weight_keys:
-            ROLLOUT_WEIGHT.remove(namespace, name, agent)
-            _weight_keys.discard((namespace, name, agent))
-        return
-    ROLLOUT_WEIGHT.labels(namespace=namespace, rollout=name, agent=agent).set(weight)
-    _weight_keys.add((namespace, name, agent))
-    for p in ROLLOUT_PHASES:
-        ROLLOUT_PHASE.labels(namespace=namespace, rollout=name, phase=p).set(1 if p == phase else 0)
-        _phase_keys.add((namespace, name, p))
-
-
-_weight_keys: set[tuple[str, str, str]] = set()
-_phase_keys: set[tuple[str, str, str]] = set()
+            ROLLOUT_PHASE.labels(namespace=namespace, rollout=name, phase=p).set(
+                1 if p == phase else 0
+            )

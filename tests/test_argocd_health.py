@@ -42,9 +42,9 @@ from support.paths import EXAMPLES
 from support.schemas import K8S_VERSIONS, Schemas
 from switchboard.operator import prometheus
 from switchboard.operator.api.base import API_VERSION
+from switchboard.operator.indexes import Lookup
 from switchboard.operator.kube import Kube
 from switchboard.operator.resources import modelrollout, supportagent, tooladapter
-from switchboard.operator.resources.common import Outcome
 
 REPO = Path(__file__).resolve().parents[1]
 ARGOCD_DIR = REPO / "charts" / "switchboard" / "argocd"
@@ -285,6 +285,10 @@ class InMemoryKube:
     def hpa_api_version(self) -> str:
         return "autoscaling/v2"
 
+    def lookup(self) -> Lookup:
+        """What the operator's indexes would hold of these objects."""
+        return Lookup.of(copy.deepcopy(list(self.objects.values())))
+
 
 def record_nothing(body: dict[str, Any], *, type: str, reason: str, message: str) -> None:
     """Events are the reconcilers' business, not the health checks'."""
@@ -292,13 +296,12 @@ def record_nothing(body: dict[str, Any], *, type: str, reason: str, message: str
 
 def reconcile(kube: InMemoryKube, kind: str, name: str) -> dict[str, Any]:
     """One reconcile of a SupportAgent or ToolAdapter; the object as the API server then has it."""
-    reconcilers: dict[str, Callable[[Kube, dict[str, Any], Any], Outcome]] = {
-        "SupportAgent": supportagent.reconcile,
-        "ToolAdapter": tooladapter.reconcile,
-    }
     body = kube.get(API_VERSION, kind, NAMESPACE, name)
     assert body is not None
-    reconcilers[kind](cast(Kube, kube), body, record_nothing)
+    if kind == "SupportAgent":
+        supportagent.reconcile(cast(Kube, kube), body, record_nothing, kube.lookup())
+    else:
+        tooladapter.reconcile(cast(Kube, kube), body, record_nothing)
     found = kube.get(API_VERSION, kind, NAMESPACE, name)
     assert found is not None
     return found
@@ -734,7 +737,7 @@ def drive_rollout(
             clock["now"] = T0 + timedelta(seconds=tick.at)
             body = kube.get(API_VERSION, "ModelRollout", NAMESPACE, name)
             assert body is not None
-            modelrollout.reconcile(cast(Kube, kube), body, record_nothing, context)
+            modelrollout.reconcile(cast(Kube, kube), body, record_nothing, kube.lookup(), context)
     finally:
         prometheus.query = original
     found = kube.get(API_VERSION, "ModelRollout", NAMESPACE, name)

@@ -1,67 +1,34 @@
-"""What the per-kind reconcilers share: the status write, events on transitions, per-object
-serialisation and the outcome counted in metrics."""
+"""What the per-kind reconcilers share: the status write, events on transitions and the outcome
+counted in metrics. One reconcile at a time per object is the caller's promise (one worker per
+object, `operator/workers.py`), so nothing here locks."""
 
 from __future__ import annotations
 
-import json
-import threading
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..indexes import ChildView
 from ..kube import Kube
 from .conditions import READY, Check, condition, failed_spec, merge_conditions, now_rfc3339
-
-_locks: defaultdict[tuple[str, str, str], threading.Lock] = defaultdict(threading.Lock)
-_locks_guard = threading.Lock()
-
-
-@contextmanager
-def serialized(kind: str, namespace: str, name: str) -> Iterator[None]:
-    """One reconcile at a time per object: kopf's own handlers and the ones triggered by a
-    child's event may otherwise race on the same status."""
-    with _locks_guard:
-        lock = _locks[(kind, namespace, name)]
-    with lock:
-        yield
-
-
-# The last state the operator saw of each child, so that watch events that change nothing it
-# acts on (the echo of its own apply, metadata touched by others) cost no reconcile.
-_children_seen: dict[tuple[str, str, str], tuple[Any, ...]] = {}
-_children_lock = threading.Lock()
-
-
-def child_fingerprint(obj: Mapping[str, Any]) -> tuple[Any, ...]:
-    meta = obj["metadata"]
-    status = json.dumps(obj.get("status"), sort_keys=True, default=str)
-    return (meta.get("uid"), meta.get("generation"), status)
-
-
-def child_changed(obj: Mapping[str, Any], deleted: bool = False) -> bool:
-    """Record `obj` as seen; True when it differs from the last sighting (or is gone)."""
-    meta = obj["metadata"]
-    key = (str(obj.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
-    with _children_lock:
-        if deleted:
-            _children_seen.pop(key, None)
-            return True
-        fingerprint = child_fingerprint(obj)
-        changed = _children_seen.get(key) != fingerprint
-        _children_seen[key] = fingerprint
-        return changed
 
 
 def apply_children(kube: Kube, objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Server-side apply each child; the live objects by kind."""
-    live = {}
-    for obj in objects:
-        applied = kube.apply(obj)
-        child_changed(applied)
-        live[obj["kind"]] = applied
-    return live
+    return {obj["kind"]: kube.apply(obj) for obj in objects}
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What one reconcile arrived at: the status to write, and the children as the API server
+    answered their apply (so the caller knows which child events are only echoes of it)."""
+
+    status: dict[str, Any]
+    children: frozenset[ChildView] = frozenset()
+
+    @classmethod
+    def applied(cls, status: dict[str, Any], live: dict[str, dict[str, Any]]) -> Desired:
+        return cls(status, frozenset(ChildView.of(child) for child in live.values()))
 
 
 class EventRecorder(Protocol):
@@ -75,6 +42,7 @@ class Outcome:
     result: str  # "ready", "progressing", "degraded", "failed", "error"
     ready: bool
     status_written: bool
+    children: frozenset[ChildView] = frozenset()
 
 
 def build_status(
@@ -146,7 +114,7 @@ def _comparable(status: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in status.items() if k != "kopf"}
 
 
-DesiredStatus = Callable[[Kube, dict[str, Any]], dict[str, Any]]
+DesiredStatus = Callable[[Kube, dict[str, Any]], Desired]
 
 
 def reconcile_object(
@@ -161,22 +129,19 @@ def reconcile_object(
     advisories: tuple[str, ...] = (),
 ) -> Outcome:
     """Apply what `desired_status` renders (it does the applying) and write the status it
-    returns, one reconcile at a time per object. `fresh` re-reads the object first: a state
-    machine must not step twice from the same stale status (kopf may hand two handlers the
-    same body, e.g. resume and a timer right after a restart)."""
+    returns. `fresh` re-reads the object first: a state machine must not step twice from a
+    status that its own last write has already replaced."""
     meta = body["metadata"]
-    with serialized(kind, meta["namespace"], meta["name"]):
-        if fresh:
-            current = kube.get(body["apiVersion"], kind, meta["namespace"], meta["name"])
-            if current is None:  # deleted meanwhile: nothing to reconcile
-                return Outcome("deleted", False, False)
-            body = current
-        status = desired_status(kube, body)
-        written = write_status(
-            kube, body, status, record if transition_events else None, advisories
-        )
+    if fresh:
+        current = kube.get(body["apiVersion"], kind, meta["namespace"], meta["name"])
+        if current is None:  # deleted meanwhile: nothing to reconcile
+            return Outcome("deleted", False, False)
+        body = current
+    desired = desired_status(kube, body)
+    status = desired.status
+    written = write_status(kube, body, status, record if transition_events else None, advisories)
     phase = status.get("phase", "")
-    return Outcome(phase.lower() or "unknown", phase == "Ready", written)
+    return Outcome(phase.lower() or "unknown", phase == "Ready", written, desired.children)
 
 
 def apply_failed_status(kind: str, body: dict[str, Any], error: Exception) -> dict[str, Any]:

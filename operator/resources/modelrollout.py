@@ -14,16 +14,16 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from ..api.base import API_VERSION
 from ..api.modelrollout import AnalysisMetric, ModelRolloutSpec
 from ..api.supportagent import SupportAgentSpec
 from ..api.validation import SpecError, validate_spec
+from ..indexes import Lookup
 from ..kube import Kube
 from ..render import Canary, UnresolvedReference
 from ..render.names import revision_app_name
 from ..render.rollout import canary_of, steps_of
 from ..render.serve_config import agent_revision, candidate_spec
-from .common import EventRecorder, Outcome, build_status, reconcile_object
+from .common import Desired, EventRecorder, Outcome, build_status, reconcile_object
 from .conditions import READY, Check, Status, condition, failed_spec
 
 KIND = "ModelRollout"
@@ -283,17 +283,21 @@ class RolloutContext:
 
 
 def reconcile(
-    kube: Kube, body: dict[str, Any], record: EventRecorder, context: RolloutContext
+    kube: Kube,
+    body: dict[str, Any],
+    record: EventRecorder,
+    lookup: Lookup,
+    context: RolloutContext,
 ) -> Outcome:
-    def desired(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
-        return _desired_status(kube, body, record, context)
+    def desired(kube: Kube, body: dict[str, Any]) -> Desired:
+        return Desired(_desired_status(body, record, lookup, context))
 
     # The step function posts an Event per step, promotion and rollback itself.
     return reconcile_object(KIND, desired, kube, body, record, fresh=True, transition_events=False)
 
 
 def _desired_status(
-    kube: Kube, body: dict[str, Any], record: EventRecorder, context: RolloutContext
+    body: dict[str, Any], record: EventRecorder, lookup: Lookup, context: RolloutContext
 ) -> dict[str, Any]:
     meta = body["metadata"]
     namespace = meta["namespace"]
@@ -318,13 +322,13 @@ def _desired_status(
     ):
         state = RolloutState()  # a changed spec after a rollback, or a fixed reference, starts over
 
-    agent = kube.get(API_VERSION, "SupportAgent", namespace, spec.agent_ref)
+    agent = lookup.agent(namespace, spec.agent_ref)
     problem = None
-    if agent is None:
+    if agent is None or agent.deleting:
         problem = ("AgentNotFound", f"SupportAgent {namespace}/{spec.agent_ref} does not exist")
     else:
         try:
-            agent_spec = validate_spec(SupportAgentSpec, agent.get("spec"))
+            agent_spec = validate_spec(SupportAgentSpec, agent.spec)
             stable = agent_revision(agent_spec)
             candidate = agent_revision(candidate_spec(agent_spec, canary_of(spec, 0)))
         except SpecError:
@@ -413,25 +417,15 @@ class AnalysisUnavailable(Exception):
     """Metrics cannot be read at all (no Prometheus configured, unreachable, or erroring)."""
 
 
-def active_canary(kube: Kube, namespace: str, agent: str) -> tuple[Canary | None, str | None]:
+def active_canary(lookup: Lookup, namespace: str, agent: str) -> tuple[Canary | None, str | None]:
     """The canary the agent serves now — from its oldest live ModelRollout's status — and
     that rollout's name. A failed, deleted or not yet started rollout serves nothing."""
-    rollouts = sorted(
-        (
-            r
-            for r in kube.list_objects(API_VERSION, KIND, namespace)
-            if (r.get("spec") or {}).get("agentRef") == agent
-            and not r["metadata"].get("deletionTimestamp")
-        ),
-        key=lambda r: (r["metadata"].get("creationTimestamp") or "", r["metadata"]["name"]),
-    )
-    for rollout in rollouts:
-        status = rollout.get("status") or {}
-        if status.get("phase") not in ACTIVE_PHASES:
+    for rollout in lookup.rollouts(namespace, agent):
+        if rollout.deleting or rollout.phase not in ACTIVE_PHASES:
             continue
         try:
-            spec = validate_spec(ModelRolloutSpec, rollout.get("spec"))
+            spec = validate_spec(ModelRolloutSpec, rollout.spec)
         except SpecError:
             continue
-        return canary_of(spec, int(status.get("currentWeight") or 0)), rollout["metadata"]["name"]
+        return canary_of(spec, rollout.weight), rollout.name
     return None, None

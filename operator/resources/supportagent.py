@@ -10,16 +10,17 @@ from typing import Any
 
 from switchboard.serving.config import OOS_INTENT
 
-from ..api.base import API_VERSION
 from ..api.supportagent import SupportAgentSpec
 from ..api.tooladapter import ToolAdapterSpec
 from ..api.validation import SpecError, validate_spec
+from ..indexes import Lookup
 from ..kube import Kube
 from ..models import ModelUnreadable, model_labels
 from ..render import Parent, UnresolvedReference, render_agent, revision_traffic
 from ..render.names import serve_service_name, service_url
 from ..render.serve_config import fallback_config
 from .common import (
+    Desired,
     EventRecorder,
     Outcome,
     apply_children,
@@ -27,7 +28,7 @@ from .common import (
     invalid_spec_status,
     reconcile_object,
 )
-from .conditions import READY, Check, condition, failed_spec, summarize
+from .conditions import Check, condition, failed_spec, summarize
 from .modelrollout import active_canary
 
 KIND = "SupportAgent"
@@ -73,22 +74,22 @@ def missing_references(
 
 
 def load_adapters(
-    kube: Kube, namespace: str, spec: SupportAgentSpec
-) -> tuple[dict[str, ToolAdapterSpec], dict[str, dict[str, Any]]]:
-    """Valid specs and live bodies of the ToolAdapters the agent is granted. Missing or invalid
-    ones are left out; rendering then names them."""
+    lookup: Lookup, namespace: str, spec: SupportAgentSpec
+) -> tuple[dict[str, ToolAdapterSpec], dict[str, bool]]:
+    """Valid specs and readiness of the ToolAdapters the agent is granted, as the index has
+    them. Missing or invalid ones are left out; rendering then names them."""
     specs: dict[str, ToolAdapterSpec] = {}
-    bodies: dict[str, dict[str, Any]] = {}
+    ready: dict[str, bool] = {}
     for grant in spec.tools:
-        body = kube.get(API_VERSION, "ToolAdapter", namespace, grant.adapter)
-        if body is None:
+        adapter = lookup.adapter(namespace, grant.adapter)
+        if adapter is None:
             continue
-        bodies[grant.adapter] = body
+        ready[grant.adapter] = adapter.ready
         try:
-            specs[grant.adapter] = validate_spec(ToolAdapterSpec, body.get("spec"))
+            specs[grant.adapter] = validate_spec(ToolAdapterSpec, adapter.spec)
         except SpecError:
             continue
-    return specs, bodies
+    return specs, ready
 
 
 def rayservice_check(rayservice: dict[str, Any]) -> Check:
@@ -126,13 +127,9 @@ def rayservice_check(rayservice: dict[str, Any]) -> Check:
 
 
 def tools_check(
-    namespace: str, spec: SupportAgentSpec, adapters: dict[str, dict[str, Any]]
+    namespace: str, spec: SupportAgentSpec, adapters_ready: dict[str, bool]
 ) -> tuple[Check, str]:
-    not_ready = []
-    for grant in spec.tools:
-        ready = condition((adapters[grant.adapter].get("status") or {}).get("conditions"), READY)
-        if not ready or ready.get("status") != "True":
-            not_ready.append(grant.adapter)
+    not_ready = [g.adapter for g in spec.tools if not adapters_ready.get(g.adapter)]
     summary = f"{len(spec.tools) - len(not_ready)}/{len(spec.tools)}"
     if not_ready:
         names = ", ".join(f"ToolAdapter {namespace}/{n}" for n in not_ready)
@@ -192,22 +189,25 @@ def _labels(spec: SupportAgentSpec) -> list[str] | ModelUnreadable:
         return exc
 
 
-def reconcile(kube: Kube, body: dict[str, Any], record: EventRecorder) -> Outcome:
-    return reconcile_object(KIND, _desired_status, kube, body, record, advisories=(INTENTS,))
+def reconcile(kube: Kube, body: dict[str, Any], record: EventRecorder, lookup: Lookup) -> Outcome:
+    def desired(kube: Kube, body: dict[str, Any]) -> Desired:
+        return _desired_status(kube, body, lookup)
+
+    return reconcile_object(KIND, desired, kube, body, record, advisories=(INTENTS,))
 
 
-def _desired_status(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
+def _desired_status(kube: Kube, body: dict[str, Any], lookup: Lookup) -> Desired:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     try:
         spec = validate_spec(SupportAgentSpec, body.get("spec"))
     except SpecError as exc:
-        return invalid_spec_status(KIND, body, exc)
+        return Desired(invalid_spec_status(KIND, body, exc))
 
-    adapter_specs, adapter_bodies = load_adapters(kube, namespace, spec)
+    adapter_specs, adapters_ready = load_adapters(lookup, namespace, spec)
     parent = Parent(KIND, name, namespace, meta.get("uid"))
     missing = missing_references(kube, namespace, spec)
-    canary, rollout = active_canary(kube, namespace, name)
+    canary, rollout = active_canary(lookup, namespace, name)
     try:
         children = render_agent(parent, spec, adapter_specs, canary)
     except UnresolvedReference as exc:
@@ -215,10 +215,10 @@ def _desired_status(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
     if missing:
         # Leave what runs untouched: a deleted Secret must not take a serving agent down.
         checks, phase = failed_spec(*missing)
-        return build_status(body, checks, phase, {})
+        return Desired(build_status(body, checks, phase, {}))
 
     live = apply_children(kube, children)
-    tools, ready_tools = tools_check(namespace, spec, adapter_bodies)
+    tools, ready_tools = tools_check(namespace, spec, adapters_ready)
     parts = [rayservice_check(live["RayService"]), routes_check(namespace, name, spec), tools]
     ready, progressing, degraded, phase = summarize(parts, progressing_reasons=PROGRESSING_REASONS)
     coverage = coverage_check(namespace, name, spec, _labels(spec))
@@ -227,7 +227,7 @@ def _desired_status(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
         {"revision": rev, "percent": percent, "tag": "stable" if i == 0 else "candidate"}
         for i, (rev, percent) in enumerate(revisions)
     ]
-    return build_status(
+    status = build_status(
         body,
         [ready, progressing, degraded, *parts, coverage],
         phase,
@@ -239,3 +239,4 @@ def _desired_status(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
             "readyTools": ready_tools,
         },
     )
+    return Desired.applied(status, live)

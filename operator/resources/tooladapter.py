@@ -13,6 +13,7 @@ from ..kube import Kube
 from ..render import Parent, render_adapter
 from ..render.names import gateway_name, service_url
 from .common import (
+    Desired,
     EventRecorder,
     Outcome,
     apply_children,
@@ -63,20 +64,20 @@ def reconcile(kube: Kube, body: dict[str, Any], record: EventRecorder) -> Outcom
     return reconcile_object(KIND, _desired_status, kube, body, record)
 
 
-def _desired_status(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
+def _desired_status(kube: Kube, body: dict[str, Any]) -> Desired:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     try:
         spec = validate_spec(ToolAdapterSpec, body.get("spec"))
     except SpecError as exc:
-        return invalid_spec_status(KIND, body, exc)
+        return Desired(invalid_spec_status(KIND, body, exc))
     secret = spec.credentials.secret_ref
     if secret and not kube.exists("v1", "Secret", namespace, secret):
         checks, phase = failed_spec(
             "SecretNotFound",
             f"Secret {namespace}/{secret} (spec.credentials.secretRef) does not exist",
         )
-        return build_status(body, checks, phase, {})
+        return Desired(build_status(body, checks, phase, {}))
 
     parent = Parent(KIND, name, namespace, meta.get("uid"))
     live = apply_children(kube, render_adapter(parent, spec, kube.hpa_api_version()))
@@ -85,7 +86,7 @@ def _desired_status(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
     ready, progressing, degraded, phase = summarize(
         [gateway], progressing_reasons=PROGRESSING_REASONS
     )
-    return build_status(
+    status = build_status(
         body,
         [ready, progressing, degraded, gateway],
         phase,
@@ -97,3 +98,4 @@ def _desired_status(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
             "operations": len(spec.operations),
         },
     )
+    return Desired.applied(status, live)
