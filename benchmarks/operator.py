@@ -336,7 +336,12 @@ class OperatorProcess:
     """`switchboard operator -A` as a subprocess; samples its process tree's memory."""
 
     def __init__(
-        self, kubeconfig: Path, run_dir: Path, metrics_port: int, liveness_port: int
+        self,
+        kubeconfig: Path,
+        run_dir: Path,
+        metrics_port: int,
+        liveness_port: int,
+        pythonpath: Path | None = None,
     ) -> None:
         self.metrics_port = metrics_port
         self.liveness_port = liveness_port
@@ -352,7 +357,12 @@ class OperatorProcess:
                 "--liveness-port",
                 str(liveness_port),
             ],
-            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+            env={
+                **os.environ,
+                "KUBECONFIG": str(kubeconfig),
+                # Another build of the package first on the path: an earlier commit's operator.
+                **({"PYTHONPATH": str(pythonpath)} if pythonpath else {}),
+            },
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -955,7 +965,9 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
         log(f"CRDs and the chart installed; starting the operator as {install.user}")
 
         metrics_port, liveness_port = pick_ports(2, taken={envtest.api_port})
-        operator = OperatorProcess(install.kubeconfig, run_dir, metrics_port, liveness_port)
+        operator = OperatorProcess(
+            install.kubeconfig, run_dir, metrics_port, liveness_port, args.operator_pythonpath
+        )
         operator.wait_live(60)
         prepare_adapter(cluster)
         time.sleep(1.0)  # let the adapter's follow-up events settle before measuring
@@ -1043,8 +1055,8 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
                 "note": (
                     "after the scale run: the shared ToolAdapter's gateway Deployment status is "
                     "patched to 0 available replicas, then back; times from each patch until "
-                    "every agent's Ready condition followed (adapter_event re-reconciles every "
-                    "agent granted the adapter). Not part of the targets."
+                    "every agent's Ready condition followed (each agent granted the adapter is "
+                    "marked and reconciles in its own worker). Not part of the targets."
                 ),
             }
         result["operator_alive_at_end"] = operator.alive()
@@ -1087,6 +1099,14 @@ def main(argv: list[str] | None = None) -> int:
         help="skip flipping the shared adapter's readiness after the scale run",
     )
     parser.add_argument("--keep", action="store_true", help="keep the RUN dir (logs, audit log)")
+    parser.add_argument(
+        "--operator-pythonpath",
+        type=Path,
+        metavar="DIR",
+        help="run the operator with DIR first on PYTHONPATH: another commit's package, e.g. "
+        "`git worktree add /tmp/old REV && pip install --no-deps --target DIR /tmp/old`, for a "
+        "before/after comparison on the same machine (the chart and CRDs stay this commit's)",
+    )
     parser.add_argument("--json-out", type=Path, help="also write the JSON document here")
     parser.add_argument(
         "--profile",

@@ -1,7 +1,8 @@
 """SupportAgent reconciler: validate → resolve references → render → apply → report.
 
-Level-based: every call recomputes the whole desired state from the spec and what exists now,
-so create, update, resume, the drift timer and child events all run this same function.
+Level-based: every call recomputes the whole desired state from the spec and what exists now
+(other objects as the operator's indexes hold them), so the first reconcile, a spec edit, a
+child's or an adapter's change and the drift deadline all run this same function.
 """
 
 from __future__ import annotations
