@@ -186,9 +186,10 @@ RECONCILERS: dict[str, Reconciler] = {
 }
 
 
-def lookup_of(indices: Mapping[str, Any]) -> Lookup:
-    """The reconcilers' view of kopf's indexes (kopf hands every handler all of them)."""
-    return Lookup({name: indices[name] for name in INDEX_NAMES})
+def lookup_of(kwargs: Mapping[str, Any]) -> Lookup:
+    """The reconcilers' view of kopf's indexes (kopf hands every handler all of them, by name,
+    among its keyword arguments)."""
+    return Lookup({name: kwargs[name] for name in INDEX_NAMES})
 
 
 async def work(
@@ -197,7 +198,7 @@ async def work(
     memo: kopf.Memo,
     stopped: kopf.DaemonStopped,
     logger: logging.Logger | logging.LoggerAdapter[Any],
-    indices: Mapping[str, Any],
+    kwargs: Mapping[str, Any],
     *,
     interval: float,
     references: References,
@@ -206,7 +207,7 @@ async def work(
     meta = body["metadata"]
     kube: Kube = memo.kube
     config: OperatorConfig = memo.config
-    lookup = lookup_of(indices)
+    lookup = lookup_of(kwargs)
     reconcile = RECONCILERS[kind]
 
     def on_outcome(outcome: Outcome) -> None:
@@ -264,10 +265,10 @@ async def children(body: kopf.Body, **_: Any) -> dict[Any, Any]:
 
 @kopf.daemon(**AGENTS, cancellation_timeout=WORKER_CANCELLATION_SECONDS)
 async def agent_worker(
-    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: Any, **indices: Any
+    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: Any, **kwargs: Any
 ) -> None:
     await work(
-        supportagent.KIND, body, memo, stopped, logger, indices,
+        supportagent.KIND, body, memo, stopped, logger, kwargs,
         interval=memo.config.drift_seconds, references=agent_references,
     )  # fmt: skip
 
@@ -285,21 +286,21 @@ async def agent_event(event: kopf.RawEvent, meta: kopf.Meta, memo: kopf.Memo, **
 
 @kopf.daemon(**ADAPTERS, cancellation_timeout=WORKER_CANCELLATION_SECONDS)
 async def adapter_worker(
-    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: Any, **indices: Any
+    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: Any, **kwargs: Any
 ) -> None:
     await work(
-        tooladapter.KIND, body, memo, stopped, logger, indices,
+        tooladapter.KIND, body, memo, stopped, logger, kwargs,
         interval=memo.config.drift_seconds, references=no_references,
     )  # fmt: skip
 
 
 @kopf.on.event(**ADAPTERS)
-async def adapter_event(meta: kopf.Meta, memo: kopf.Memo, **indices: Any) -> None:
+async def adapter_event(meta: kopf.Meta, memo: kopf.Memo, **kwargs: Any) -> None:
     """An adapter that appears, changes, turns ready or goes away concerns every agent granted
     it (each agent's worker decides whether what it reads of the adapter changed)."""
     namespace, name = str(meta["namespace"]), str(meta["name"])
     mark(memo, (tooladapter.KIND, namespace, name))
-    for agent in lookup_of(indices).agents_granted(namespace, name):
+    for agent in lookup_of(kwargs).agents_granted(namespace, name):
         mark(memo, (supportagent.KIND, namespace, agent))
 
 
@@ -308,10 +309,10 @@ async def adapter_event(meta: kopf.Meta, memo: kopf.Memo, **indices: Any) -> Non
 
 @kopf.daemon(**ROLLOUTS, cancellation_timeout=WORKER_CANCELLATION_SECONDS)
 async def rollout_worker(
-    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: Any, **indices: Any
+    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: Any, **kwargs: Any
 ) -> None:
     await work(
-        modelrollout.KIND, body, memo, stopped, logger, indices,
+        modelrollout.KIND, body, memo, stopped, logger, kwargs,
         interval=memo.config.rollout_tick_seconds, references=rollout_references,
     )  # fmt: skip
 
