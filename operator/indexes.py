@@ -46,12 +46,11 @@ def _frozen(value: Any) -> str:
 
 
 @dataclass(frozen=True)
-class AdapterView:
-    """A ToolAdapter as the agents granted it see it: its spec and whether it is Ready."""
+class _SpecView:
+    """An object by name, its spec kept as canonical JSON (hashable, compared cheaply)."""
 
     name: str
     spec_json: str
-    ready: bool
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -59,32 +58,27 @@ class AdapterView:
 
 
 @dataclass(frozen=True)
-class RolloutView:
+class AdapterView(_SpecView):
+    """A ToolAdapter as the agents granted it see it: its spec and whether it is Ready."""
+
+    ready: bool
+
+
+@dataclass(frozen=True)
+class RolloutView(_SpecView):
     """A ModelRollout as its agent sees it: which canary it serves, at what weight."""
 
-    name: str
     created: str
-    spec_json: str
     phase: str | None
     weight: int
     deleting: bool
 
-    @property
-    def spec(self) -> dict[str, Any]:
-        return dict(json.loads(self.spec_json))
-
 
 @dataclass(frozen=True)
-class AgentView:
+class AgentView(_SpecView):
     """A SupportAgent as its ModelRollouts see it."""
 
-    name: str
-    spec_json: str
     deleting: bool
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        return dict(json.loads(self.spec_json))
 
 
 @dataclass(frozen=True)

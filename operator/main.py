@@ -192,41 +192,46 @@ def lookup_of(kwargs: Mapping[str, Any]) -> Lookup:
     return Lookup({name: kwargs[name] for name in INDEX_NAMES})
 
 
-async def work(
+def register_worker(
     kind: str,
-    body: kopf.Body,
-    memo: kopf.Memo,
-    stopped: kopf.DaemonStopped,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
-    kwargs: Mapping[str, Any],
-    *,
-    interval: float,
+    resource: Mapping[str, Any],
+    interval: Callable[[OperatorConfig], float],
     references: References,
 ) -> None:
-    """The worker of one object (see `workers.py`)."""
-    meta = body["metadata"]
-    kube: Kube = memo.kube
-    config: OperatorConfig = memo.config
-    lookup = lookup_of(kwargs)
-    reconcile = RECONCILERS[kind]
+    """One kopf daemon per object of `resource`: the object's worker (see `workers.py`), which
+    reconciles it when marked and at least every `interval(config)` seconds."""
 
-    def on_outcome(outcome: Outcome) -> None:
-        if kind == supportagent.KIND and outcome.result != "deleted":
-            memo.gauges.agent_ready(meta["namespace"], meta["name"], outcome.ready)
+    async def worker(
+        body: kopf.Body,
+        memo: kopf.Memo,
+        stopped: kopf.DaemonStopped,
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+        **kwargs: Any,
+    ) -> None:
+        meta = body["metadata"]
+        kube: Kube = memo.kube
+        config: OperatorConfig = memo.config
+        lookup = lookup_of(kwargs)
+        reconcile = RECONCILERS[kind]
 
-    worker = Worker(
-        key=(kind, meta["namespace"], meta["name"]),
-        body=body,
-        lookup=lookup,
-        marks=memo.marks,
-        executor=memo.executor,
-        reconcile=lambda b: counted(kind, kube, b, lambda: reconcile(kube, b, lookup, config)),
-        references=references,
-        interval=interval,
-        logger=logger,
-        on_outcome=on_outcome,
-    )
-    await worker.run(stopped)
+        def on_outcome(outcome: Outcome) -> None:
+            if kind == supportagent.KIND and outcome.result != "deleted":
+                memo.gauges.agent_ready(meta["namespace"], meta["name"], outcome.ready)
+
+        await Worker(
+            key=(kind, meta["namespace"], meta["name"]),
+            body=body,
+            lookup=lookup,
+            marks=memo.marks,
+            executor=memo.executor,
+            reconcile=lambda b: counted(kind, kube, b, lambda: reconcile(kube, b, lookup, config)),
+            references=references,
+            interval=interval(config),
+            logger=logger,
+            on_outcome=on_outcome,
+        ).run(stopped)
+
+    kopf.daemon(**resource, id="worker", cancellation_timeout=WORKER_CANCELLATION_SECONDS)(worker)
 
 
 def mark(memo: kopf.Memo, key: Key, forced: bool = False) -> None:
@@ -236,41 +241,30 @@ def mark(memo: kopf.Memo, key: Key, forced: bool = False) -> None:
 # --- indexes ------------------------------------------------------------------------------
 
 
-@kopf.index(**ADAPTERS)
-async def adapters(body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return adapter_entries(body)
+def register_index(
+    name: str,
+    entries: Callable[[kopf.Body], Mapping[Any, Any]],
+    *selector: str,
+    **resource: Any,
+) -> None:
+    """The kopf index `name`: each object of the resource → `entries(body)` (see `indexes.py`)."""
+
+    async def index(body: kopf.Body, **_: Any) -> Mapping[Any, Any]:
+        return entries(body)
+
+    kopf.index(*selector, id=name, **resource)(index)
 
 
-@kopf.index(**AGENTS)
-async def agents(body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return agent_entries(body)
-
-
-@kopf.index(**AGENTS)
-async def grants(body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return grant_entries(body)
-
-
-@kopf.index(**ROLLOUTS)
-async def rollouts(body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return rollout_entries(body)
-
-
-async def children(body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return child_entries(body)
+register_index("adapters", adapter_entries, **ADAPTERS)
+register_index("agents", agent_entries, **AGENTS)
+register_index("grants", grant_entries, **AGENTS)
+register_index("rollouts", rollout_entries, **ROLLOUTS)
 
 
 # --- SupportAgent ----------------------------------------------------------------------
 
 
-@kopf.daemon(**AGENTS, cancellation_timeout=WORKER_CANCELLATION_SECONDS)
-async def agent_worker(
-    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: Any, **kwargs: Any
-) -> None:
-    await work(
-        supportagent.KIND, body, memo, stopped, logger, kwargs,
-        interval=memo.config.drift_seconds, references=agent_references,
-    )  # fmt: skip
+register_worker(supportagent.KIND, AGENTS, lambda c: c.drift_seconds, agent_references)
 
 
 @kopf.on.event(**AGENTS)
@@ -284,14 +278,7 @@ async def agent_event(event: kopf.RawEvent, meta: kopf.Meta, memo: kopf.Memo, **
 # --- ToolAdapter -----------------------------------------------------------------------
 
 
-@kopf.daemon(**ADAPTERS, cancellation_timeout=WORKER_CANCELLATION_SECONDS)
-async def adapter_worker(
-    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: Any, **kwargs: Any
-) -> None:
-    await work(
-        tooladapter.KIND, body, memo, stopped, logger, kwargs,
-        interval=memo.config.drift_seconds, references=no_references,
-    )  # fmt: skip
+register_worker(tooladapter.KIND, ADAPTERS, lambda c: c.drift_seconds, no_references)
 
 
 @kopf.on.event(**ADAPTERS)
@@ -307,14 +294,7 @@ async def adapter_event(meta: kopf.Meta, memo: kopf.Memo, **kwargs: Any) -> None
 # --- ModelRollout ----------------------------------------------------------------------
 
 
-@kopf.daemon(**ROLLOUTS, cancellation_timeout=WORKER_CANCELLATION_SECONDS)
-async def rollout_worker(
-    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: Any, **kwargs: Any
-) -> None:
-    await work(
-        modelrollout.KIND, body, memo, stopped, logger, kwargs,
-        interval=memo.config.rollout_tick_seconds, references=rollout_references,
-    )  # fmt: skip
+register_worker(modelrollout.KIND, ROLLOUTS, lambda c: c.rollout_tick_seconds, rollout_references)
 
 
 @kopf.on.event(**ROLLOUTS)
@@ -354,7 +334,7 @@ async def unindexed_child_event(
 
 
 for _indexed in INDEXED_CHILDREN.values():
-    kopf.index(*_indexed, labels=MANAGED)(children)
+    register_index("children", child_entries, *_indexed, labels=MANAGED)
     kopf.on.event(*_indexed, labels=MANAGED)(child_event)
 for _watched in WATCHED_CHILDREN.values():
     kopf.on.event(*_watched, labels=MANAGED)(unindexed_child_event)

@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import copy
 import os
+import resource
 import shutil
 import socket
 import tempfile
@@ -159,6 +160,30 @@ def _free_ports(count: int) -> list[int]:
         return [int(sock.getsockname()[1]) for sock in sockets]
 
 
+# HAProxy's default, 4096 connections, wants about 10,300 open files; it refuses to start below.
+HAPROXY_DEFAULT_OPEN_FILES = 10_300
+
+
+def _raise_open_files_limit() -> int:
+    """Raise this process's open-files limit to its hard limit (Ray's processes inherit it);
+    the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return HAPROXY_DEFAULT_OPEN_FILES if soft == resource.RLIM_INFINITY else soft
+
+
+def _haproxy_connection_limit(open_files: int) -> dict[str, str]:
+    """HAProxy's connection limit for a process allowed `open_files`: its default where that
+    is enough, else about a third of it (two descriptors a connection, and a margin) — a
+    container run with the common limit of 1024 gets 256 connections instead of no HAProxy."""
+    if open_files >= HAPROXY_DEFAULT_OPEN_FILES:
+        return {}
+    return {"RAY_SERVE_HAPROXY_MAXCONN": str(max(64, (open_files - 256) // 3))}
+
+
 def local_front_end_env() -> dict[str, str]:
     """Where Serve's HAProxy front end (`SERVE_FRONT_END_ENV`) keeps its files and ports for a
     Ray of its own on this machine.
@@ -169,12 +194,14 @@ def local_front_end_env() -> dict[str, str]:
     a replica that stops stays reachable for a drain period so that every node's HAProxy can
     deregister it (30 s by default); here the one HAProxy is on the same node and retries a
     refused connection on another replica, so two seconds lose nothing and let a stop finish
-    within a container's grace period. (The folder is short on purpose: Ray adds a 40-character
+    within a container's grace period. Under a low open-files limit HAProxy gets fewer
+    connections rather than none (`_haproxy_connection_limit`). (The folder is short on purpose: Ray adds a 40-character
     hash under it, and HAProxy refuses socket paths over 97 characters.)"""
     base = tempfile.mkdtemp(prefix="sb-haproxy-", dir="/tmp")
     atexit.register(shutil.rmtree, base, True)
     stats, metrics = _free_ports(2)
     return {
+        **_haproxy_connection_limit(_raise_open_files_limit()),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": os.path.join(base, "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": os.path.join(base, "admin.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": base,
