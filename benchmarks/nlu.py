@@ -23,20 +23,22 @@ status.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+# The helpers the test suite uses (tests/support): tests/ goes on the path, never the repository
+# root, whose operator/ would shadow the stdlib module (hence `python -P` too).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from support.report import machine_facts
 from switchboard.serving.nlu.data import Example, read_csv
 from switchboard.serving.nlu.evaluate import FP32, INT8, INT8_TORCH, evaluate
 from switchboard.serving.nlu.metrics import accuracy, macro_f1, percentiles_ms
@@ -66,22 +68,11 @@ def machine_info() -> dict[str, Any]:
     import sklearn
     import torch
 
-    cpu = platform.processor() or "unknown"
-    with suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "scikit_learn": sklearn.__version__,
-        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+    return machine_facts(
+        torch=torch.__version__,
+        onnxruntime=onnxruntime.__version__,
+        scikit_learn=sklearn.__version__,
+    )
 
 
 def speed(

@@ -35,9 +35,7 @@ import copy
 import datetime
 import itertools
 import json
-import math
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -80,6 +78,7 @@ from support.helm import CHART_RELEASE, OPERATOR_NAMESPACE, helm_binary, install
 from support.manifests import quickstart_documents
 from support.paths import REPO_ROOT
 from support.ports import pick_ports
+from support.report import concurrent_pytest, machine_facts, percentile, summary_ms, time_calls
 from switchboard.operator.api.supportagent import SupportAgentSpec
 from switchboard.operator.api.tooladapter import ToolAdapterSpec
 from switchboard.operator.api.validation import validate_spec
@@ -104,27 +103,6 @@ def log(message: str) -> None:
 # Small helpers
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def summary_ms(seconds: list[float]) -> dict[str, float | int]:
-    """median / p95 / min / max of durations given in seconds, in ms."""
-    if not seconds:
-        return {"n": 0}
-    ms = [s * 1000 for s in seconds]
-    return {
-        "n": len(ms),
-        "median_ms": round(statistics.median(ms), 3),
-        "p95_ms": round(percentile(ms, 95), 3),
-        "min_ms": round(min(ms), 3),
-        "max_ms": round(max(ms), 3),
-    }
-
-
 def summary_s(seconds: list[float]) -> dict[str, float | int]:
     if not seconds:
         return {"n": 0}
@@ -133,31 +111,6 @@ def summary_s(seconds: list[float]) -> dict[str, float | int]:
         "p50_s": round(statistics.median(seconds), 3),
         "p95_s": round(percentile(seconds, 95), 3),
         "max_s": round(max(seconds), 3),
-    }
-
-
-def cpu_model() -> str:
-    with suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def machine_info() -> dict[str, Any]:
-    mem_kb = 0
-    with suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "mem_total_gb": round(mem_kb / 1024 / 1024, 1),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 
@@ -201,27 +154,8 @@ def git_revision() -> dict[str, Any]:
     return {"commit": git("rev-parse", "--short", "HEAD"), "operator_changes_uncommitted": changed}
 
 
-def concurrent_pytest() -> bool:
-    """Whether a pytest run is going on beside us (the figures are then noisier)."""
-    found = subprocess.run(
-        ["pgrep", "-f", "pytest"], capture_output=True, text=True, check=False
-    ).stdout.split()
-    return any(int(pid) != os.getpid() for pid in found)
-
-
 # --------------------------------------------------------------------------------------------
 # 1. Render time
-
-
-def time_calls(fn: Callable[[], object], iterations: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(iterations):
-        started = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - started)
-    return samples
 
 
 def bench_agent_spec() -> dict[str, Any]:
@@ -1121,7 +1055,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "switchboard operator",
         "command": " ".join([".venv/bin/python", "benchmarks/operator.py", *sys.argv[1:]]),
         "git": git_revision(),
-        "machine": machine_info(),
+        "machine": machine_facts(),
         "concurrent_pytest_at_start": concurrent_pytest(),
         "busy_processes_at_start": busy_processes(),
     }

@@ -34,10 +34,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -59,6 +57,7 @@ from support import manifests
 from support.errors import SetupError
 from support.nlu import train_demo_nlu_model
 from support.paths import REPO_ROOT
+from support.report import concurrent_pytest, machine_facts, percentile, summary_ms, time_calls
 from support.serving import embedded_serve
 
 if TYPE_CHECKING:
@@ -132,52 +131,10 @@ def log(message: str) -> None:
     print(f"[serving-bench] {message}", file=sys.stderr, flush=True)
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def summary_ms(seconds: list[float]) -> dict[str, float | int]:
-    ms = [s * 1000 for s in seconds]
-    return {
-        "n": len(ms),
-        "p50_ms": round(percentile(ms, 50), 2),
-        "p95_ms": round(percentile(ms, 95), 2),
-        "mean_ms": round(sum(ms) / len(ms), 2) if ms else float("nan"),
-    }
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def machine_info() -> dict[str, Any]:
+def ray_version() -> str:
     import ray
 
-    mem_gb = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "mem_total_gb": mem_gb,
-        "python": platform.python_version(),
-        "ray": ray.__version__,
-        "platform": platform.platform(),
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+    return str(ray.__version__)
 
 
 def git_commit() -> str | None:
@@ -188,11 +145,6 @@ def git_commit() -> str | None:
         check=False,
     )
     return found.stdout.strip() or None
-
-
-def concurrent_pytest() -> bool:
-    found = subprocess.run(["pgrep", "-f", "pytest"], capture_output=True, text=True, check=False)
-    return bool(found.stdout.strip())
 
 
 def system_state() -> dict[str, Any]:
@@ -637,15 +589,8 @@ def histogram_delta(
     return after[0] - before[0], after[1] - before[1]
 
 
-def time_calls(fn: Callable[[], object], n: int, warmup: int = 5) -> dict[str, float | int]:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return summary_ms(samples)
+def timed_ms(fn: Callable[[], object], n: int) -> dict[str, float | int]:
+    return summary_ms(time_calls(fn, n))
 
 
 async def time_async(fn: Callable[[], Any], n: int, warmup: int = 5) -> dict[str, float | int]:
@@ -678,12 +623,12 @@ def profile_hops(
             response.read()
 
     # Serve's proxy and the one hop to the Orchestrator replica that runs the turn.
-    out["http_proxy_to_orchestrator_healthz"] = time_calls(healthz, n)
+    out["http_proxy_to_orchestrator_healthz"] = timed_ms(healthz, n)
     service = NluService(app.nlu.model_copy(update={"cache_size": 0}))
-    out["nlu_model_in_process"] = time_calls(lambda: service.classify([text]), n)
+    out["nlu_model_in_process"] = timed_ms(lambda: service.classify([text]), n)
     if app.knowledge_base:
         kb = KnowledgeBase.load(app.knowledge_base.path, top_k=app.knowledge_base.top_k)
-        out["retriever_in_process"] = time_calls(lambda: kb.search(question, 3), n)
+        out["retriever_in_process"] = timed_ms(lambda: kb.search(question, 3), n)
 
     async def tools() -> None:
         import aiohttp
@@ -872,7 +817,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "switchboard serving",
         "command": command,
         "commit": git_commit(),
-        "machine": machine_info(),
+        "machine": machine_facts(ray=ray_version()),
         "system_at_start": system_state(),
         "settings": {
             "duration_s": args.duration,

@@ -175,7 +175,7 @@ def _raise_open_files_limit() -> int:
     return HAPROXY_DEFAULT_OPEN_FILES if soft == resource.RLIM_INFINITY else soft
 
 
-def _haproxy_connection_limit(open_files: int) -> dict[str, str]:
+def haproxy_connection_limit(open_files: int) -> dict[str, str]:
     """HAProxy's connection limit for a process allowed `open_files`: its default where that
     is enough, else about a third of it (two descriptors a connection, and a margin) — a
     container run with the common limit of 1024 gets 256 connections instead of no HAProxy."""
@@ -195,13 +195,14 @@ def local_front_end_env() -> dict[str, str]:
     deregister it (30 s by default); here the one HAProxy is on the same node and retries a
     refused connection on another replica, so two seconds lose nothing and let a stop finish
     within a container's grace period. Under a low open-files limit HAProxy gets fewer
-    connections rather than none (`_haproxy_connection_limit`). (The folder is short on purpose: Ray adds a 40-character
-    hash under it, and HAProxy refuses socket paths over 97 characters.)"""
+    connections rather than none (`haproxy_connection_limit`). The folder is short on
+    purpose: Ray adds a 40-character hash under it, and HAProxy refuses socket paths over 97
+    characters."""
     base = tempfile.mkdtemp(prefix="sb-haproxy-", dir="/tmp")
     atexit.register(shutil.rmtree, base, True)
     stats, metrics = _free_ports(2)
     return {
-        **_haproxy_connection_limit(_raise_open_files_limit()),
+        **haproxy_connection_limit(_raise_open_files_limit()),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": os.path.join(base, "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": os.path.join(base, "admin.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": base,

@@ -332,3 +332,17 @@ def test_serve_stops_cleanly_on_sigterm_while_ray_starts(
         serve.kill()
     output = assert_clean_stop(serve, code, seconds)
     assert "agent ready" not in output, output
+
+
+@pytest.mark.parametrize(
+    ("open_files", "maxconn"), [(1_048_576, None), (10_300, None), (4096, "1280"), (1024, "256")]
+)
+def test_haproxy_gets_fewer_connections_under_a_low_open_files_limit(
+    open_files: int, maxconn: str | None
+) -> None:
+    """HAProxy refuses to start when its connections need more descriptors than allowed (a
+    container's 1024): a local run then gives it fewer. tests/test_images.py runs the runtime
+    image so, for real."""
+    from switchboard.serving.local import haproxy_connection_limit
+
+    assert haproxy_connection_limit(open_files).get("RAY_SERVE_HAPROXY_MAXCONN") == maxconn
