@@ -19,6 +19,7 @@ MAX_BODY_BYTES = 16 * 1024
 log = logging.getLogger("switchboard.http")
 
 # (request, HTTP headers) -> response dict
+IDEMPOTENCY_HEADER = "idempotency-key"
 ChatDispatch = Callable[[ChatRequest, Mapping[str, str]], Awaitable[dict[str, Any]]]
 
 
@@ -57,6 +58,9 @@ async def parse_chat_request(request: Request) -> ChatRequest | JSONResponse:
         return error(400, "malformed_json", "the body is not valid JSON")
     if not isinstance(data, dict):
         return error(400, "malformed_request", "the body must be a JSON object")
+    # The usual HTTP way to name a retry; the body's own request_id wins.
+    if "request_id" not in data and IDEMPOTENCY_HEADER in request.headers:
+        data["request_id"] = request.headers[IDEMPOTENCY_HEADER]
     try:
         return ChatRequest.model_validate(data)
     except ValidationError as exc:

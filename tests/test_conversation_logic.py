@@ -9,6 +9,7 @@ rules end to end on the real demo agent (Ray Serve, the trained model, MiniLM, g
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -457,3 +458,133 @@ def test_a_failing_session_store_is_a_failed_turn_in_the_metrics() -> None:
     with pytest.raises(ConnectionError):
         _talk(orchestrator, "where is my order")
     assert metrics.turns == ["error"]
+
+
+# --- retries and idempotency ----------------------------------------------------------------
+
+
+@dataclass
+class KeyRecordingTools(RecordingTools):
+    keys: list[str | None]
+
+    async def call(
+        self, adapter: str, operation: str, payload: dict[str, Any], idempotency_key: str | None
+    ) -> ToolResult:
+        self.keys.append(idempotency_key)
+        return await super().call(adapter, operation, payload, idempotency_key)
+
+
+class DiesBeforeSaving(MemorySessionStore):
+    """A replica that dies after the turn's action and before the session is saved, once."""
+
+    def __init__(self) -> None:
+        super().__init__(3600)
+        self.crashes = 1
+
+    async def put(self, session: Any) -> None:
+        if self.crashes:
+            self.crashes -= 1
+            raise ConnectionError("replica died")
+        await super().put(session)
+
+
+def _with_keys(orchestrator: Orchestrator) -> KeyRecordingTools:
+    tools = KeyRecordingTools([], [])
+    orchestrator.tools = tools
+    return tools
+
+
+def _send(orchestrator: Orchestrator, *requests: ChatRequest) -> list[Any]:
+    async def run() -> list[Any]:
+        answers: list[Any] = []
+        for request in requests:
+            try:
+                answers.append(await orchestrator.turn(request))
+            except ConnectionError as exc:
+                answers.append(exc)
+        return answers
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("request_id", [None, "msg-7"])
+def test_a_turn_retried_after_a_crash_repeats_its_action_with_the_same_key(
+    request_id: str | None,
+) -> None:
+    """The gateway and the system behind it deduplicate by the key: the same key on a retry
+    means one cancellation. (The key used to be drawn per attempt, from the trace id.)"""
+    orchestrator, _ = _orchestrator()
+    tools = _with_keys(orchestrator)
+    orchestrator.sessions = DiesBeforeSaving()
+    request = ChatRequest(session_id="s1", message="cancel ORD-10001", request_id=request_id)
+    failed, answered = _send(orchestrator, request, request)
+    assert isinstance(failed, ConnectionError) and answered.reply == "Order ORD-10001 is cancelled."
+    assert len(tools.keys) == 2 and tools.keys[0] == tools.keys[1] and tools.keys[0]
+
+
+def test_a_retry_of_an_answered_request_gets_the_same_answer_and_runs_nothing() -> None:
+    orchestrator, _ = _orchestrator()
+    tools = _with_keys(orchestrator)
+    first, again, _ = _send(
+        orchestrator,
+        ChatRequest(session_id="s1", message="cancel ORD-10001", request_id="msg-1"),
+        ChatRequest(session_id="s1", message="cancel ORD-10001", request_id="msg-1"),
+        ChatRequest(session_id="s1", message="cancel ORD-10001", request_id="msg-2"),
+    )
+    assert again == first  # the same reply, trace id included
+    assert len(tools.keys) == 2 and tools.keys[0] != tools.keys[1]  # msg-2 is a new request
+
+
+def test_two_turns_without_request_ids_are_two_actions() -> None:
+    orchestrator, _ = _orchestrator()
+    tools = _with_keys(orchestrator)
+    _talk(orchestrator, "cancel ORD-10001", "cancel ORD-10001")
+    assert len(tools.keys) == 2 and tools.keys[0] != tools.keys[1]
+
+
+def test_the_idempotency_key_header_names_the_request() -> None:
+    from starlette.requests import Request
+
+    from switchboard.serving.http import parse_chat_request
+
+    def request(body: bytes, headers: dict[str, str]) -> Request:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        return Request({"type": "http", "method": "POST", "headers": raw}, receive)
+
+    body = b'{"session_id": "s1", "message": "hi"}'
+    parsed = asyncio.run(parse_chat_request(request(body, {"Idempotency-Key": "k-1"})))
+    assert isinstance(parsed, ChatRequest) and parsed.request_id == "k-1"
+    own = b'{"session_id": "s1", "message": "hi", "request_id": "k-2"}'
+    parsed = asyncio.run(parse_chat_request(request(own, {"Idempotency-Key": "k-1"})))
+    assert isinstance(parsed, ChatRequest) and parsed.request_id == "k-2"
+    refused = asyncio.run(parse_chat_request(request(body, {"Idempotency-Key": "no spaces"})))
+    assert not isinstance(refused, ChatRequest) and refused.status_code == 422
+
+
+# --- policy.piiRedaction --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("redaction", "kept"), [(True, False), (False, True)])
+def test_pii_redaction_follows_the_policy(redaction: bool, kept: bool) -> None:
+    """`policy.piiRedaction: false` used to be carried to the data plane and ignored."""
+    policy = PolicyConfig(handoff_adapter="ticketing", pii_redaction=redaction)
+    orchestrator, tools = _orchestrator(policy=policy)
+    records: list[dict[str, Any]] = []
+    orchestrator.audit = records.append
+    _talk(orchestrator, "gibberish, get me a human jane@example.com")
+    ticket = tools.calls[-1][2]["body"]
+    for text in (records[0]["message"], ticket):
+        assert ("jane@example.com" in text) is kept, text
+
+
+def test_the_ticket_carries_the_message_that_brought_the_handoff() -> None:
+    orchestrator, tools = _orchestrator()
+    _talk(orchestrator, "my payment failed", "gibberish, get me a human")
+    transcript = json.loads(tools.calls[-1][2]["body"])["transcript"]
+    assert [t["text"] for t in transcript if t["role"] == "customer"] == [
+        "my payment failed",
+        "gibberish, get me a human",
+    ]

@@ -1,12 +1,19 @@
 """One conversation turn: understand → plan → policy gate → act → answer, or hand off.
 
 Every turn records an explicit plan (the steps taken and why) in the audit trail. Customer data
-is redacted before it reaches an LLM prompt, a log line or an audit record; raw slot values stay
-only in the session, where the agent needs them to act.
+is redacted before it reaches an LLM prompt, a log line, a ticket or an audit record (unless the
+agent's `policy.piiRedaction` is off); raw slot values stay only in the session, where the agent
+needs them to act.
+
+A mutating tool call carries an idempotency key derived from the session and the client's
+request id, or the turn's number when the client sends none, never from anything drawn per
+attempt: a client that retries a message (a timeout, a replica that died mid-turn) must not
+refund twice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -27,6 +34,7 @@ from .types import (
     ChatResponse,
     Handoff,
     PendingPlan,
+    Replay,
     ReplyKind,
     Session,
     Source,
@@ -34,6 +42,7 @@ from .types import (
 )
 
 TRANSCRIPT_TURNS = 20
+REPLAYS_KEPT = 8
 HANDOFF_OPERATION = "create_ticket"
 REPHRASE_PROMPT = (
     "Sorry, I didn't quite understand that. Could you say it another way? For example: "
@@ -134,6 +143,10 @@ class Turn:
     """What happened in one turn, for the response and the audit record."""
 
     trace_id: str
+    message: str = ""
+    """The customer's message this turn answers."""
+    key_base: str = ""
+    """What this turn's idempotency keys derive from (`action_key`)."""
     understanding: Understanding | None = None
     steps: list[str] = field(default_factory=list)
     actions: list[Action] = field(default_factory=list)
@@ -145,6 +158,21 @@ class Turn:
     reply_kind: ReplyKind = "answer"
     retrieval: dict[str, Any] | None = None
     """Top score, threshold and cited passages of a knowledge-base lookup (for the audit)."""
+
+    def action_key(self, action: str) -> str:
+        """The idempotency key of one action of this turn: the same on every retry of it."""
+        return hashlib.sha256(f"{self.key_base}\0{action}".encode()).hexdigest()[:40]
+
+
+def turn_key_base(session_id: str, request_id: str | None, turn_number: int) -> str:
+    """A turn's identity across retries: the client's request id, else the turn's number in
+    its session (unchanged when a turn is retried because the first attempt never finished)."""
+    which = f"request:{request_id}" if request_id else f"turn:{turn_number}"
+    return f"{session_id}\0{which}"
+
+
+def _as_is(value: Any) -> Any:
+    return value
 
 
 class Orchestrator:
@@ -170,6 +198,11 @@ class Orchestrator:
         self.metrics = metrics or NoMetrics()
         self.audit = audit or write_audit_line
         self.plans = {p.intent: p for p in config.intents}
+        # policy.piiRedaction off keeps customer text as written everywhere it goes.
+        self.redact: Callable[[str], str] = redact if config.policy.pii_redaction else _as_is
+        self.redact_value: Callable[[Any], Any] = (
+            redact_value if config.policy.pii_redaction else _as_is
+        )
         self.operations: dict[str, tuple[str, ToolOperationConfig]] = {
             f"{t.adapter}.{op.name}": (t.adapter, op) for t in config.tools for op in t.operations
         }
@@ -178,7 +211,7 @@ class Orchestrator:
 
     async def turn(self, request: ChatRequest) -> ChatResponse:
         started = time.perf_counter()
-        turn = Turn(trace_id=uuid.uuid4().hex)
+        turn = Turn(trace_id=uuid.uuid4().hex, message=request.message)
         session: Session | None = None
         status = "ok"
         was_resolved = False
@@ -188,6 +221,10 @@ class Orchestrator:
             session = await self.sessions.get(request.session_id) or Session(
                 session_id=request.session_id, customer_id=request.customer_id
             )
+            replayed = self._replayed(session, request.request_id)
+            if replayed is not None:
+                return replayed
+            turn.key_base = turn_key_base(session.session_id, request.request_id, session.turns)
             was_resolved = session.resolved
             await self._collect_finished_tasks(session, turn)
             reply = await self._respond(session, request.message, turn)
@@ -195,9 +232,14 @@ class Orchestrator:
                 reply = " ".join([*turn.updates, reply])
             session.transcript = [
                 *session.transcript,
-                {"role": "customer", "text": redact(request.message)},
-                {"role": "agent", "text": redact(reply)},
+                {"role": "customer", "text": self.redact(request.message)},
+                {"role": "agent", "text": self.redact(reply)},
             ][-TRANSCRIPT_TURNS:]
+            response = self._response(turn, reply, session)
+            session.turns += 1
+            if request.request_id:
+                replay = Replay(request_id=request.request_id, response=response)
+                session.replays = [*session.replays, replay][-REPLAYS_KEPT:]
             await self.sessions.put(session)
         except Exception:
             status = "error"
@@ -206,6 +248,15 @@ class Orchestrator:
             seconds = time.perf_counter() - started
             self._count(turn, status, seconds, session, was_resolved)
         self._audit(request, turn, reply, seconds)
+        return response
+
+    def _replayed(self, session: Session, request_id: str | None) -> ChatResponse | None:
+        """The answer already given to this request id in this session, if any."""
+        if not request_id:
+            return None
+        return next((r.response for r in session.replays if r.request_id == request_id), None)
+
+    def _response(self, turn: Turn, reply: str, session: Session) -> ChatResponse:
         u = turn.understanding
         return ChatResponse(
             reply=reply,
@@ -423,9 +474,11 @@ class Orchestrator:
         if plan.operation in policy.approval_required:
             turn.policy.append(f"{plan.operation} needs human approval")
             turn.actions.append(
-                Action(operation=plan.operation, status="proposed", detail=redact_value(payload))  # type: ignore[arg-type]
+                Action(
+                    operation=plan.operation, status="proposed", detail=self.redact_value(payload)
+                )  # type: ignore[arg-type]
             )
-            proposed = {"operation": plan.operation, "input": redact_value(payload)}
+            proposed = {"operation": plan.operation, "input": self.redact_value(payload)}
             return await self._handoff(session, "approval_required", turn, proposed)
         if len(turn.tool_calls) >= policy.max_tool_calls_per_turn:
             turn.policy.append(f"tool call limit {policy.max_tool_calls_per_turn} reached")
@@ -442,7 +495,7 @@ class Orchestrator:
                 f"I've started that ({plan.operation}); it takes a little while. "
                 f"I'll tell you here as soon as it's done (reference {task_id})."
             )
-        key = f"{turn.trace_id}-{len(turn.tool_calls)}" if op.mutating else None
+        key = turn.action_key(f"{plan.operation}#{len(turn.tool_calls)}") if op.mutating else None
         started = time.perf_counter()
         result = await self.tools.call(adapter, op.name, payload, key)
         turn.tool_calls.append(
@@ -509,10 +562,10 @@ class Orchestrator:
                 turn.steps.append("answer from template")
                 return filled
         if self.generator is not None:
-            facts = json.dumps(redact_value({"slots": slots, "result": result}), default=str)
+            facts = json.dumps(self.redact_value({"slots": slots, "result": result}), default=str)
             prompt = (
                 "You are a customer-support agent. Answer the customer in two sentences at most, "
-                f"using only these facts.\nFacts: {facts}\nCustomer: {redact(message)}\nAgent:"
+                f"using only these facts.\nFacts: {facts}\nCustomer: {self.redact(message)}\nAgent:"
             )
             return await self._generate(prompt, turn) or "Done."
         turn.steps.append("answer: generic confirmation")
@@ -544,7 +597,8 @@ class Orchestrator:
             context = "\n".join(f"[{p.id}] {p.text}" for p in passages)
             prompt = (
                 "You are a customer-support agent. Answer from the passages only, in two "
-                f"sentences at most.\nPassages:\n{context}\nCustomer: {redact(message)}\nAgent:"
+                f"sentences at most.\nPassages:\n{context}\n"
+                f"Customer: {self.redact(message)}\nAgent:"
             )
             generated = await self._generate(prompt, turn)
             if generated:
@@ -581,10 +635,15 @@ class Orchestrator:
                 "reason": reason,
                 "intent": u.intent if u else None,
                 "confidence": round(u.confidence, 3) if u else None,
-                "slots": redact_value(u.slots if u else {}),
+                "slots": self.redact_value(u.slots if u else {}),
                 "attempted_actions": [a.model_dump() for a in turn.actions],
                 "proposed_action": proposed,
-                "transcript": session.transcript[-10:],
+                # The conversation so far and the message that brought it to a human (the
+                # session's transcript gets this turn only once it is answered).
+                "transcript": [
+                    *session.transcript[-9:],
+                    {"role": "customer", "text": self.redact(turn.message)},
+                ],
                 "trace_id": turn.trace_id,
             }
             payload = {
@@ -593,7 +652,7 @@ class Orchestrator:
                 "body": json.dumps(body, indent=1, default=str),
                 "priority": "high" if reason in ("tool_failure", "approval_required") else "normal",
             }
-            key = f"{turn.trace_id}-handoff"
+            key = turn.action_key("handoff")
             result = await self.tools.call(adapter, HANDOFF_OPERATION, payload, key)
             turn.tool_calls.append(
                 {
@@ -627,7 +686,7 @@ class Orchestrator:
             "revision": self.config.revision,
             "session_id": request.session_id,
             "channel": request.channel,
-            "message": redact(request.message),
+            "message": self.redact(request.message),
             "intent": u.intent if u else None,
             "confidence": round(u.confidence, 4) if u else None,
             "plan": turn.steps,
@@ -636,10 +695,10 @@ class Orchestrator:
             "handoff": turn.handoff.model_dump() if turn.handoff else None,
             "reply_kind": "handoff" if turn.handoff else turn.reply_kind,
             "retrieval": turn.retrieval,
-            "reply": redact(reply),
+            "reply": self.redact(reply),
             "latency_ms": round(seconds * 1000, 1),
         }
-        self.audit(redact_value(record))  # type: ignore[arg-type]
+        self.audit(self.redact_value(record))
 
 
 def _describe_refusal(result: ToolResult) -> str:

@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 MAX_MESSAGE_CHARS = 4000
 
 
+REQUEST_ID = r"^[A-Za-z0-9._:-]+$"
+
+
 class ChatRequest(BaseModel):
     """`POST /v1/chat` body."""
 
@@ -18,6 +21,9 @@ class ChatRequest(BaseModel):
     message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
     customer_id: str | None = Field(default=None, max_length=128)
     channel: str | None = Field(default=None, max_length=32)
+    request_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=REQUEST_ID)
+    """The client's id for this message (or its `Idempotency-Key` header): a retry with the same
+    id gets the first answer back and repeats no action."""
 
 
 class Action(BaseModel):
@@ -73,6 +79,13 @@ class ChatResponse(BaseModel):
     revision: str | None = None
 
 
+class Replay(BaseModel):
+    """An answered request, kept so that a retry with its request id gets the same answer."""
+
+    request_id: str
+    response: ChatResponse
+
+
 class PendingPlan(BaseModel):
     """An intent the agent is still collecting slots for."""
 
@@ -105,4 +118,9 @@ class Session(BaseModel):
     """Slot values the customer gave before saying what to do with them (next turn only)."""
     rephrase_requests: int = 0
     """Unclear messages in a row answered with a request to rephrase."""
+    turns: int = 0
+    """Turns answered so far: with the session id, what a turn's action keys derive from
+    when the client sends no request id (a turn retried after a crash keeps its number)."""
+    replays: list[Replay] = Field(default_factory=list)
+    """The last answers to requests that carried a request id, newest last."""
     resolved: bool = False
