@@ -588,3 +588,48 @@ def test_the_ticket_carries_the_message_that_brought_the_handoff() -> None:
         "my payment failed",
         "gibberish, get me a human",
     ]
+
+
+# --- a ticket system that is down -----------------------------------------------------------
+
+
+@dataclass
+class FlakyTicketing(KeyRecordingTools):
+    """Ticketing refuses (503) while `down`; the other systems answer."""
+
+    down: bool = True
+
+    async def call(
+        self, adapter: str, operation: str, payload: dict[str, Any], idempotency_key: str | None
+    ) -> ToolResult:
+        if operation == "create_ticket" and self.down:
+            self.keys.append(idempotency_key)
+            self.calls.append((adapter, operation, payload))
+            return ToolResult(False, 503, None, error="ticketing unavailable")
+        return await super().call(adapter, operation, payload, idempotency_key)
+
+
+def test_a_ticket_that_could_not_be_sent_is_not_announced_and_is_sent_later() -> None:
+    orchestrator, _ = _orchestrator()
+    tools = FlakyTicketing([], [])
+    orchestrator.tools = tools
+
+    async def run() -> list[Any]:
+        answers = []
+        for message, down in (
+            ("gibberish, get me a human", True),
+            ("gibberish, get me a human", True),  # asked again while the ticket waits
+            ("my payment failed", False),
+        ):
+            tools.down = down
+            answers.append(await orchestrator.turn(ChatRequest(session_id="s1", message=message)))
+        return answers
+
+    first, second, third = asyncio.run(run())
+    assert "passed this to a human" not in first.reply and "couldn't reach" in first.reply
+    assert first.handoff is not None and first.handoff.queued and first.handoff.ticket_id is None
+    assert second.handoff is not None and second.handoff.queued
+    assert third.reply.startswith("Update: a colleague now has your request (ticket TCK-1).")
+    tickets = [c for c in tools.calls if c[1] == "create_ticket"]
+    assert len(tickets) == 3 and len(set(tools.keys)) == 1  # one ticket, tried three times
+    assert tickets[-1][2]["body"].count('"reason": "requested"') == 2  # both handoffs in it

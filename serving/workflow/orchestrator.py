@@ -34,6 +34,7 @@ from .types import (
     ChatResponse,
     Handoff,
     PendingPlan,
+    QueuedTicket,
     Replay,
     ReplyKind,
     Session,
@@ -158,6 +159,8 @@ class Turn:
     reply_kind: ReplyKind = "answer"
     retrieval: dict[str, Any] | None = None
     """Top score, threshold and cited passages of a knowledge-base lookup (for the audit)."""
+    ticket_refused: bool = False
+    """The ticket system refused a ticket this turn (it is not asked twice in one turn)."""
 
     def action_key(self, action: str) -> str:
         """The idempotency key of one action of this turn: the same on every retry of it."""
@@ -227,6 +230,7 @@ class Orchestrator:
             turn.key_base = turn_key_base(session.session_id, request.request_id, session.turns)
             was_resolved = session.resolved
             await self._collect_finished_tasks(session, turn)
+            await self._send_queued_ticket(session, turn)
             reply = await self._respond(session, request.message, turn)
             if turn.updates:
                 reply = " ".join([*turn.updates, reply])
@@ -652,17 +656,22 @@ class Orchestrator:
                 "body": json.dumps(body, indent=1, default=str),
                 "priority": "high" if reason in ("tool_failure", "approval_required") else "normal",
             }
-            key = turn.action_key("handoff")
-            result = await self.tools.call(adapter, HANDOFF_OPERATION, payload, key)
-            turn.tool_calls.append(
-                {
-                    "operation": f"{adapter}.{HANDOFF_OPERATION}",
-                    "outcome": "success" if result.ok else "failure",
-                }
-            )
-            if result.ok and isinstance(result.result, dict):
-                ticket_id = str(result.result.get("ticket_id") or result.result.get("id") or "")
-        turn.handoff = Handoff(reason=reason, ticket_id=ticket_id or None, proposed_action=proposed)
+            queued = session.queued_ticket
+            if queued is not None:
+                # One ticket per conversation: a second handoff while the first ticket waits
+                # for the ticket system joins that ticket rather than opening another.
+                queued.payload["body"] += "\n\nLater handoff:\n" + payload["body"]
+            else:
+                queued = QueuedTicket(
+                    adapter=adapter, payload=payload, key=turn.action_key("handoff")
+                )
+            if not turn.ticket_refused:
+                ticket_id = await self._create_ticket(queued, turn)
+            session.queued_ticket = None if ticket_id is not None else queued
+        waiting = session.queued_ticket is not None
+        turn.handoff = Handoff(
+            reason=reason, ticket_id=ticket_id or None, proposed_action=proposed, queued=waiting
+        )
         turn.steps.append(f"hand off: {reason}")
         reasons = {
             "low_confidence": "I'm not sure I understood that",
@@ -673,8 +682,47 @@ class Orchestrator:
             "no_plan": "That's something a colleague handles",
         }
         lead = reasons.get(reason, "Let me get a colleague")
+        if waiting:
+            # Never announce a handoff that did not happen.
+            return (
+                f"{lead}, but I couldn't reach our ticket system just now, so no colleague has "
+                "this yet. I've kept our conversation and will pass it on as soon as the "
+                "system is back; you can also write again in a few minutes."
+            )
         ticket = f" (ticket {ticket_id})" if ticket_id else ""
         return f"{lead}. I've passed this to a human agent{ticket} with our conversation so far."
+
+    async def _create_ticket(self, ticket: QueuedTicket, turn: Turn) -> str | None:
+        """The ticket's id once the ticket system took it (an empty id when it names none);
+        None when it did not."""
+        result = await self.tools.call(
+            ticket.adapter, HANDOFF_OPERATION, ticket.payload, ticket.key
+        )
+        turn.tool_calls.append(
+            {
+                "operation": f"{ticket.adapter}.{HANDOFF_OPERATION}",
+                "outcome": "success" if result.ok else "failure",
+            }
+        )
+        if not result.ok:
+            turn.steps.append(f"ticket not created: {result.error}")
+            turn.ticket_refused = True
+            return None
+        found = result.result if isinstance(result.result, dict) else {}
+        return str(found.get("ticket_id") or found.get("id") or "")
+
+    async def _send_queued_ticket(self, session: Session, turn: Turn) -> None:
+        """Retry a handoff ticket that an earlier turn could not send."""
+        queued = session.queued_ticket
+        if queued is None:
+            return
+        ticket_id = await self._create_ticket(queued, turn)
+        if ticket_id is None:
+            return
+        session.queued_ticket = None
+        ticket = f" (ticket {ticket_id})" if ticket_id else ""
+        turn.updates.append(f"Update: a colleague now has your request{ticket}.")
+        turn.steps.append("queued ticket sent")
 
     # --- audit ---------------------------------------------------------------------------
 

@@ -41,6 +41,17 @@ class Handoff(BaseModel):
     reason: str
     ticket_id: str | None = None
     proposed_action: dict[str, Any] | None = None
+    queued: bool = False
+    """The ticket system could not be reached: the ticket is kept and sent on a later turn."""
+
+
+class QueuedTicket(BaseModel):
+    """A handoff ticket the ticket system did not take yet, retried on the next turns with the
+    idempotency key of its first attempt."""
+
+    adapter: str
+    payload: dict[str, Any]
+    key: str
 
 
 class Source(BaseModel):
@@ -121,6 +132,7 @@ class Session(BaseModel):
     turns: int = 0
     """Turns answered so far: with the session id, what a turn's action keys derive from
     when the client sends no request id (a turn retried after a crash keeps its number)."""
+    queued_ticket: QueuedTicket | None = None
     replays: list[Replay] = Field(default_factory=list)
     """The last answers to requests that carried a request id, newest last."""
     resolved: bool = False
