@@ -194,6 +194,7 @@ SCRIPT = {
     "ORD-10006": _u("talk_to_human", 0.87, order_id="ORD-10006"),
     "cancel my order": _u("cancel_order"),
     "cancel ORD-10001": _u("cancel_order", order_id="ORD-10001"),
+    "cancel ORD-10002": _u("cancel_order", order_id="ORD-10002"),
     "where is it": _u("order_status"),
     "my payment failed": _u("payment_failed"),
     "my item arrived damaged ORD-10007": _u("damaged_item", order_id="ORD-10007"),
@@ -539,6 +540,21 @@ def test_two_turns_without_request_ids_are_two_actions() -> None:
     orchestrator, _ = _orchestrator()
     tools = _with_keys(orchestrator)
     _talk(orchestrator, "cancel ORD-10001", "cancel ORD-10001")
+    assert len(tools.keys) == 2 and tools.keys[0] != tools.keys[1]
+
+
+def test_two_turns_sent_at_once_on_different_orders_get_different_keys() -> None:
+    """Two tabs of one session: both turns read the same turn number."""
+    orchestrator, _ = _orchestrator()
+    tools = _with_keys(orchestrator)
+
+    async def run() -> None:
+        await asyncio.gather(
+            orchestrator.turn(ChatRequest(session_id="s1", message="cancel ORD-10001")),
+            orchestrator.turn(ChatRequest(session_id="s1", message="cancel ORD-10002")),
+        )
+
+    asyncio.run(run())
     assert len(tools.keys) == 2 and tools.keys[0] != tools.keys[1]
 
 

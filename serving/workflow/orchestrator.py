@@ -499,7 +499,10 @@ class Orchestrator:
                 f"I've started that ({plan.operation}); it takes a little while. "
                 f"I'll tell you here as soon as it's done (reference {task_id})."
             )
-        key = turn.action_key(f"{plan.operation}#{len(turn.tool_calls)}") if op.mutating else None
+        # The payload is part of the key: two turns that share a number (two tabs of one
+        # session sending at once) but act on different orders must not be taken for one.
+        action = f"{plan.operation}#{len(turn.tool_calls)}:{json.dumps(payload, sort_keys=True)}"
+        key = turn.action_key(action) if op.mutating else None
         started = time.perf_counter()
         result = await self.tools.call(adapter, op.name, payload, key)
         turn.tool_calls.append(
