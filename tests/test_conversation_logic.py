@@ -526,6 +526,8 @@ def test_a_turn_retried_after_a_crash_repeats_its_action_with_the_same_key(
 def test_a_retry_of_an_answered_request_gets_the_same_answer_and_runs_nothing() -> None:
     orchestrator, _ = _orchestrator()
     tools = _with_keys(orchestrator)
+    metrics = CountingMetrics()
+    orchestrator.metrics = metrics
     first, again, _ = _send(
         orchestrator,
         ChatRequest(session_id="s1", message="cancel ORD-10001", request_id="msg-1"),
@@ -534,6 +536,7 @@ def test_a_retry_of_an_answered_request_gets_the_same_answer_and_runs_nothing() 
     )
     assert again == first  # the same reply, trace id included
     assert len(tools.keys) == 2 and tools.keys[0] != tools.keys[1]  # msg-2 is a new request
+    assert metrics.turns == ["ok", "ok"]  # the replay is not counted as a turn
 
 
 def test_two_turns_without_request_ids_are_two_actions() -> None:

@@ -161,6 +161,8 @@ class Turn:
     """Top score, threshold and cited passages of a knowledge-base lookup (for the audit)."""
     ticket_refused: bool = False
     """The ticket system refused a ticket this turn (it is not asked twice in one turn)."""
+    replayed: bool = False
+    """Answered from the session's replays: a client's retry, not a turn of its own."""
 
     def action_key(self, action: str) -> str:
         """The idempotency key of one action of this turn: the same on every retry of it."""
@@ -226,6 +228,7 @@ class Orchestrator:
             )
             replayed = self._replayed(session, request.request_id)
             if replayed is not None:
+                turn.replayed = True
                 return replayed
             turn.key_base = turn_key_base(session.session_id, request.request_id, session.turns)
             was_resolved = session.resolved
@@ -278,7 +281,9 @@ class Orchestrator:
     def _count(
         self, turn: Turn, status: str, seconds: float, session: Session | None, was_resolved: bool
     ) -> None:
-        """The turn's metrics, failed or not."""
+        """The turn's metrics, failed or not (a replayed answer is no new turn)."""
+        if turn.replayed:
+            return
         if turn.handoff and status == "ok":
             status = "handoff"
         if turn.handoff:
