@@ -79,10 +79,43 @@ WORKER_CANCELLATION_SECONDS = 10.0
 log = logging.getLogger("switchboard.operator")
 
 
+class QuietMarks(logging.Filter):
+    """Drops kopf's "Handler 'X' succeeded." for the handlers that run on every watch event and
+    only index or mark objects: at a thousand agents they would be most of the log and say
+    nothing (a worker logs what it does). A standby replica, whose kopf still runs them while
+    paused, then logs nothing about the objects it leaves to the leader."""
+
+    QUIET = frozenset(
+        {
+            *INDEX_NAMES,
+            "agent_event",
+            "adapter_event",
+            "rollout_event",
+            "child_event",
+            "unindexed_child_event",
+        }
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        message = record.getMessage()
+        if not message.endswith(" succeeded."):
+            return True
+        return not any(f"'{name}'" in message for name in self.QUIET)
+
+
+def quiet_marks() -> None:
+    objects = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, QuietMarks) for f in objects.filters):
+        objects.addFilter(QuietMarks())
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config: OperatorConfig = memo.get("config") or OperatorConfig.from_environment(os.environ)
     memo.config = config
+    quiet_marks()
     # Our own names for kopf's bookkeeping, and none of it in status.
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)

@@ -185,6 +185,8 @@ class Worker:
             self.logger.exception(f"Reconcile failed, retrying in {self.interval:.0f}s")
             return inputs, self.interval
         self.on_outcome(outcome)
+        if outcome.status_written:  # news only: a reconcile that changed nothing stays quiet
+            self.logger.info(f"Reconciled: {outcome.result}")
         if outcome.children:
             applied = {(c.kind, c.name): c for c in outcome.children}
             others = {c for c in inputs.children if (c.kind, c.name) not in applied}

@@ -223,7 +223,8 @@ def test_replicas_elect_one_operator_and_fail_over(
     )
     cluster.wait_for("the active replica's handler log", lambda: "[ha/first]" in active.output())
     # kopf starts a peered replica paused until the peering says it leads (so the standby may
-    # never log "Pausing"): what shows it stands by is that it handles nothing.
+    # never log "Pausing"): what shows it stands by is that it reconciles nothing. (Its kopf
+    # still runs the handlers that only index and mark objects; they log nothing.)
     time.sleep(2)
     assert "[ha/first]" not in standby.output()
 
