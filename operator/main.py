@@ -116,12 +116,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     config: OperatorConfig = memo.get("config") or OperatorConfig.from_environment(os.environ)
     memo.config = config
     quiet_marks()
-    # Our own names for kopf's bookkeeping, and none of it in status.
+    # Our own name for the finalizer the workers (kopf daemons) need, and none of kopf's
+    # bookkeeping in status. (No change-detecting handler is left, so no diff-base either.)
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
     # A namespaced install holds no cluster-wide permission: kopf then must not watch CRDs or
     # namespaces (it would log a warning after a forbidden call); the resources it serves are
     # found by API discovery once, at start.

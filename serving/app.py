@@ -27,6 +27,7 @@ from ray.serve.handle import DeploymentHandle
 
 from .config import (
     LLM_DEPLOYMENT,
+    NLU_BATCH_WAIT_SECONDS,
     NLU_MAX_BATCH_SIZE,
     ORCHESTRATOR_DEPLOYMENT,
     AgentAppConfig,
@@ -248,9 +249,10 @@ class AgentIngress:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         batcher: Any = self._classify  # serve.batch adds these setters at run time
         batcher.set_max_batch_size(int(user_config.get("max_batch_size", NLU_MAX_BATCH_SIZE)))
-        batcher.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.002)))
+        wait = user_config.get("batch_wait_timeout_s", NLU_BATCH_WAIT_SECONDS)
+        batcher.set_batch_wait_timeout_s(float(wait))
 
-    @serve.batch(max_batch_size=NLU_MAX_BATCH_SIZE, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=NLU_MAX_BATCH_SIZE, batch_wait_timeout_s=NLU_BATCH_WAIT_SECONDS)
     async def _classify(self, texts: list[str]) -> list[dict[str, Any]]:
         # In the event loop, not a thread: a batch takes about 2 ms, less than a thread hop
         # costs the other turns of this replica when they all wait for it anyway.

@@ -24,6 +24,8 @@ ROUTER_DEPLOYMENT = "Router"
 # `@serve.batch` size of the NLU inside each orchestrator replica; the operator gives the
 # orchestrator room for two batches of turns in flight.
 NLU_MAX_BATCH_SIZE = 32
+# How long a batch waits for more turns: well under one turn's own NLU time (about 2 ms).
+NLU_BATCH_WAIT_SECONDS = 0.002
 
 # Seconds a client refused for overload should wait (Retry-After), from a replica's own JSON 503
 # or Serve's refusal of a full queue: a turn takes tens of milliseconds, a new replica seconds.

@@ -9,7 +9,10 @@ read from argocd-cm.yaml, the snippet users apply, which must carry the .lua fil
 The statuses it judges come from two places:
 - the operator itself: the real reconcilers (`reconcile` of each kind) over `InMemoryKube`, a
   stand-in for the API server that plays KubeRay and the Deployment controller, so a renamed
-  reason, a new phase or a changed condition breaks these tests;
+  reason, a new phase or a changed condition breaks these tests. It is the fast tier, there on
+  purpose (dozens of scenarios, milliseconds each); the end of this file judges objects that the
+  real operator reconciled on the real API server (envtest), and KubeRay's controller and a
+  kubelet, which cannot run here, stay played there too;
 - hand-written statuses for what a reconcile does not produce on its own: no status yet, a
   status older than the spec, reasons or phases of another operator version.
 
