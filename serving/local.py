@@ -151,13 +151,20 @@ def deploy_agent(agent: LocalAgent, route_prefix: str = "/", cpus: float | None 
         )
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports free on this machine now (held open together, so they differ)."""
+def free_ports(count: int, taken: frozenset[int] = frozenset()) -> list[int]:
+    """Ports free on this machine now, none of them in `taken` (held open together, so they
+    differ). A port the caller chose and released a moment ago (the agent's HTTP port) is free
+    to the kernel too, and it hands it out again: HAProxy then binds its stats page there and
+    its HTTP frontend fails with "Address already in use"."""
     with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
+        found: list[int] = []
+        while len(found) < count:
+            sock = stack.enter_context(socket.socket())
             sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
+            port = int(sock.getsockname()[1])
+            if port not in taken:
+                found.append(port)
+        return found
 
 
 # HAProxy's default, 4096 connections, wants about 10,300 open files; it refuses to start below.
@@ -184,7 +191,7 @@ def haproxy_connection_limit(open_files: int) -> dict[str, str]:
     return {"RAY_SERVE_HAPROXY_MAXCONN": str(max(64, (open_files - 256) // 3))}
 
 
-def local_front_end_env() -> dict[str, str]:
+def local_front_end_env(taken: frozenset[int] = frozenset()) -> dict[str, str]:
     """Where Serve's HAProxy front end (`SERVE_FRONT_END_ENV`) keeps its files and ports for a
     Ray of its own on this machine.
 
@@ -200,7 +207,7 @@ def local_front_end_env() -> dict[str, str]:
     characters."""
     base = tempfile.mkdtemp(prefix="sb-haproxy-", dir="/tmp")
     atexit.register(shutil.rmtree, base, True)
-    stats, metrics = _free_ports(2)
+    stats, metrics = free_ports(2, taken)
     return {
         **haproxy_connection_limit(_raise_open_files_limit()),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": os.path.join(base, "haproxy.cfg"),
@@ -228,7 +235,7 @@ def start_ray(
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token files for a local run
     for name, value in SERVE_FRONT_END_ENV.items():
         os.environ.setdefault(name, value)  # RAY_SERVE_ENABLE_HA_PROXY=0 keeps Serve's proxy
-    os.environ.update(local_front_end_env())
+    os.environ.update(local_front_end_env(frozenset({http_port, metrics_port or 0})))
     options: dict[str, Any] = {}
     if metrics_port:
         options["_metrics_export_port"] = metrics_port

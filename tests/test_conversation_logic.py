@@ -652,3 +652,14 @@ def test_a_ticket_that_could_not_be_sent_is_not_announced_and_is_sent_later() ->
     tickets = [c for c in tools.calls if c[1] == "create_ticket"]
     assert len(tickets) == 3 and len(set(tools.keys)) == 1  # one ticket, tried three times
     assert tickets[-1][2]["body"].count('"reason": "requested"') == 2  # both handoffs in it
+
+
+def test_the_audit_keeps_identifiers_that_look_like_phone_numbers() -> None:
+    """An all-digit revision hash was redacted to [PHONE] in the audit (a flaky rollout test)."""
+    orchestrator, _ = _orchestrator()
+    orchestrator.config = orchestrator.config.model_copy(update={"revision": "78260142"})
+    records: list[dict[str, Any]] = []
+    orchestrator.audit = records.append
+    _talk(orchestrator, "my payment failed, call me on 0171 234 5678")
+    assert records[0]["revision"] == "78260142" and records[0]["session_id"] == "s1"
+    assert "5678" not in records[0]["message"]

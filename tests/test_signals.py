@@ -346,3 +346,12 @@ def test_haproxy_gets_fewer_connections_under_a_low_open_files_limit(
     from switchboard.serving.local import haproxy_connection_limit
 
     assert haproxy_connection_limit(open_files).get("RAY_SERVE_HAPROXY_MAXCONN") == maxconn
+
+
+def test_haproxy_ports_avoid_the_ports_the_run_already_chose() -> None:
+    """The kernel hands a just-released port out again: HAProxy's stats page once took the
+    agent's HTTP port, and its frontend could not bind."""
+    from switchboard.serving.local import free_ports
+
+    chosen = frozenset(free_ports(20))
+    assert not chosen & set(free_ports(20, chosen))

@@ -736,11 +736,16 @@ class Orchestrator:
 
     def _audit(self, request: ChatRequest, turn: Turn, reply: str, seconds: float) -> None:
         u = turn.understanding
-        record = {
+        # Identifiers stay as they are: an all-digit revision hash looks like a phone number
+        # to the redactor, and the audit is searched by them.
+        identifiers = {
             "trace_id": turn.trace_id,
             "agent": self.config.agent,
             "revision": self.config.revision,
             "session_id": request.session_id,
+            "request_id": request.request_id,
+        }
+        record = {
             "channel": request.channel,
             "message": self.redact(request.message),
             "intent": u.intent if u else None,
@@ -754,7 +759,7 @@ class Orchestrator:
             "reply": self.redact(reply),
             "latency_ms": round(seconds * 1000, 1),
         }
-        self.audit(self.redact_value(record))
+        self.audit({**identifiers, **self.redact_value(record)})
 
 
 def _describe_refusal(result: ToolResult) -> str:
