@@ -10,8 +10,8 @@ replica; the router (serving.router) exists only while a rollout serves two revi
 their autoscaling and resources by name.
 """
 
-# No `from __future__ import annotations`: FastAPI reads the ingress methods' annotations at
-# run time, and a string `Request` would make it look for a query parameter.
+from __future__ import annotations
+
 import asyncio
 import functools
 import time
@@ -19,12 +19,12 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application, Deployment
 from ray.serve.handle import DeploymentHandle
 
+from .agent_api import HandoffService, agent_http_app
 from .config import (
     LLM_DEPLOYMENT,
     NLU_BATCH_WAIT_SECONDS,
@@ -34,7 +34,7 @@ from .config import (
     LlmConfig,
     ToolConfig,
 )
-from .http import CHAT_OPENAPI, Overloaded, handle_chat, new_api
+from .http import Overloaded
 from .nlu_service import NluService, understanding
 from .workflow.orchestrator import Orchestrator, Understanding
 from .workflow.sessions import open_store
@@ -44,6 +44,8 @@ from .workflow.types import ChatRequest
 # Deployment name -> `.options()` keyword arguments, as in a serveConfigV2 deployment entry.
 DeploymentOptions = dict[str, dict[str, Any]]
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+# Human response and handling times: seconds to a day.
+HUMAN_TIME_BUCKETS = [15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0, 86400.0]
 
 
 class _HandleGenerator:
@@ -66,6 +68,38 @@ class LLM:
     async def generate(self, prompt: str, max_tokens: int) -> str:
         text: str = await self.generator.generate(prompt, max_tokens)
         return text
+
+
+class ServeHandoffMetrics:
+    """The human side's metrics (`HandoffMetrics`): the revisions' replicas and, during a
+    rollout, the router serve the agent API."""
+
+    def __init__(self) -> None:
+        self.first_replies = serve.metrics.Histogram(
+            "agent_handoff_first_reply_seconds",
+            description="Time from a handoff to the human's first reply.",
+            boundaries=HUMAN_TIME_BUCKETS,
+        )
+        self.handling = serve.metrics.Histogram(
+            "agent_handoff_handling_seconds",
+            description="Time from a handoff to its resolution.",
+            boundaries=HUMAN_TIME_BUCKETS,
+        )
+        self.ratings = serve.metrics.Counter(
+            "agent_csat_ratings_total",
+            description="Customers' ratings (1-5) at the end of a conversation, by rating and "
+            "by whether a human took part (handled_by: bot, human).",
+            tag_keys=("rating", "handled_by"),  # type: ignore[arg-type]
+        )
+
+    def first_human_reply(self, seconds: float) -> None:
+        self.first_replies.observe(seconds)
+
+    def handoff_handled(self, seconds: float) -> None:
+        self.handling.observe(seconds)
+
+    def rating(self, rating: int, handled_by: str) -> None:
+        self.ratings.inc(tags={"rating": str(rating), "handled_by": handled_by})
 
 
 class _ServeMetrics:
@@ -126,6 +160,16 @@ class _ServeMetrics:
             description="NLU lookups of repeated messages, by result (hit, miss).",
             tag_keys=("result",),
         )
+        self.conversations = serve.metrics.Counter(
+            "agent_conversations_total",
+            description="Conversations started (a session's first turn); containment is "
+            "1 - escalated / started.",
+        )
+        self.escalated = serve.metrics.Counter(
+            "agent_conversations_escalated_total",
+            description="Conversations handed to a human at least once (counted at the first).",
+        )
+        self.people = ServeHandoffMetrics()
         self.refusals = serve.metrics.Counter(
             "agent_overload_refusals_total",
             description="Turns refused with 503 because the replica ran max_turns_in_flight.",
@@ -161,6 +205,12 @@ class _ServeMetrics:
 
     def refusal(self) -> None:
         self.refusals.inc()
+
+    def conversation_started(self) -> None:
+        self.conversations.inc()
+
+    def conversation_escalated(self) -> None:
+        self.escalated.inc()
 
 
 class _RayTaskRunner:
@@ -208,10 +258,7 @@ def _remote_call_tool() -> Any:
     return ray.remote(num_cpus=0.1)(_call_tool)
 
 
-api = new_api("Switchboard agent")
-
-
-@serve.ingress(api)
+@serve.ingress()
 class AgentIngress:
     """A revision's whole turn in one replica: HTTP in, NLU (batched across the turns in flight
     here, with a cache for repeated messages), knowledge base, tools, policy, reply out."""
@@ -233,13 +280,15 @@ class AgentIngress:
             from .llm import load_generator  # an HTTP client: no deployment of its own
 
             generator = load_generator(self.config.llm)
+        sessions = open_store(self.config.sessions, f"{self.config.namespace}:{self.config.agent}")
+        self.handoffs = HandoffService.of(
+            sessions, self.config.handoff, self.config.namespace, self.intents, self.metrics.people
+        )
         self.orchestrator = Orchestrator(
             self.config,
             understander=self,
             tools=HttpToolCaller(self.config.tools),
-            sessions=open_store(
-                self.config.sessions, f"{self.config.namespace}:{self.config.agent}"
-            ),
+            sessions=sessions,
             tasks=_RayTaskRunner([t.model_dump() for t in self.config.tools]),
             generator=generator,
             retriever=retriever,
@@ -284,12 +333,17 @@ class AgentIngress:
             self._in_flight -= 1
         return response.model_dump()
 
+    async def intents(self) -> list[str]:
+        """The labels this revision's model predicts (the console's correction choices)."""
+        return list(self.nlu.model.labels)
+
     async def _dispatch(self, request: ChatRequest, headers: Mapping[str, str]) -> dict[str, Any]:
         return await self.chat(request)
 
-    @api.post("/v1/chat", openapi_extra=CHAT_OPENAPI)
-    async def http_chat(self, request: Request) -> JSONResponse:
-        return await handle_chat(request, self._dispatch)
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """Serve calls this in the replica after `__init__`: the routes need its state."""
+        title = f"Switchboard agent {self.config.agent}"
+        return agent_http_app(title, self._dispatch, self.handoffs)
 
 
 LLMDeployment: Deployment = serve.deployment(name=LLM_DEPLOYMENT)(LLM)

@@ -47,6 +47,8 @@ SERVE_FRONT_END_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 # Environment of a tool-gateway container: where its config and the adapter's credentials are.
 GATEWAY_CONFIG_ENV = "SWITCHBOARD_GATEWAY_CONFIG"
 GATEWAY_CREDENTIALS_DIR = "/var/run/secrets/switchboard/credentials"
+# Where the Ray containers mount the human agents' console tokens (`HandoffConfig`).
+CONSOLE_TOKENS_DIR = "/var/run/secrets/switchboard/console-tokens"
 GATEWAY_HTTP_PORT = 8080
 
 
@@ -148,10 +150,44 @@ class PolicyConfig(Contract):
     """Operations (`adapter.operation`) that go to a human with the proposed action."""
     pii_redaction: bool = True
     max_tool_calls_per_turn: int = Field(default=3, ge=0)
-    handoff_adapter: str | None = None
-    """ToolAdapter (a ticketing system) that receives human handoffs."""
     rephrase_attempts: int = Field(default=1, ge=0)
     """Times an unclear message is answered with a request to rephrase before a handoff."""
+
+
+HANDOFF_VALUES = (
+    "subject",
+    "body",
+    "priority",
+    "reason",
+    "intent",
+    "confidence",
+    "handoff_id",
+    "session_id",
+    "customer_id",
+    "agent",
+    "trigger",
+    "transcript",
+    "conversation_url",
+)
+"""What a handoff offers the ticket operation's input fields (`HandoffConfig.fields`)."""
+
+DEFAULT_HANDOFF_FIELDS = {"subject": "subject", "body": "body", "priority": "priority"}
+
+
+class HandoffConfig(Contract):
+    """Where handoffs go besides the agent console, and who may answer them."""
+
+    adapter: str | None = None
+    """ToolAdapter (a ticketing system) that also gets a ticket for each handoff; none: the
+    handoff lives only in the agent console."""
+    operation: str = "create_ticket"
+    """The adapter's operation that opens the ticket."""
+    fields: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_HANDOFF_FIELDS))
+    """The operation's input field -> the handoff value it gets (one of HANDOFF_VALUES)."""
+    console_tokens_dir: str | None = None
+    """Folder of the human agents' bearer tokens for the agent API: one file per person,
+    named after them, holding their token (a mounted Secret). None: the agent API refuses
+    every call (401)."""
 
 
 class FallbackConfig(Contract):
@@ -179,6 +215,9 @@ class SessionConfig(Contract):
     redis_url_env: str | None = None
     """Environment variable holding the Redis URL (redis store)."""
     ttl_seconds: int = Field(default=86400, ge=60)
+    feedback_path: str | None = None
+    """Memory store only: a JSON Lines file where corrections and escalations are appended, so
+    they outlive the process (Redis keeps them on clusters). None: kept in memory."""
 
 
 class AgentAppConfig(Contract):
@@ -194,6 +233,7 @@ class AgentAppConfig(Contract):
     intents: list[IntentPlanConfig] = Field(default_factory=list)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     sessions: SessionConfig = Field(default_factory=SessionConfig)
+    handoff: HandoffConfig = Field(default_factory=HandoffConfig)
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
     small_talk: SmallTalkConfig = Field(default_factory=SmallTalkConfig)
     max_turns_in_flight: int = Field(default=64, ge=1)
@@ -245,6 +285,11 @@ class RouterConfig(Contract):
     testers: list[TesterMatch] = Field(default_factory=list)
     tester_revision: str | None = None
     """Revision that requests matching `testers` reach (a rollout's candidate)."""
+    namespace: str = "default"
+    sessions: SessionConfig = Field(default_factory=SessionConfig)
+    handoff: HandoffConfig = Field(default_factory=HandoffConfig)
+    """The agent API and the pages are the agent's, not a revision's: during a rollout the
+    router serves them from the same session store the revisions use."""
 
 
 # --- tool gateway ------------------------------------------------------------------------
@@ -322,6 +367,10 @@ class LocalAgent(Contract):
     """How traffic splits between the revisions (a router is deployed only for two)."""
     serve_config: dict[str, Any]
     """The rendered `serveConfigV2`; local runs take the deployment options from it."""
+    console_tokens: dict[str, str] = Field(default_factory=dict)
+    """The human agents' console tokens (`spec.handoff.consoleTokensSecret`: name -> token),
+    written to a private directory that becomes `handoff.console_tokens_dir` of the app, the
+    candidate and the router. Empty: no console tokens (the agent API refuses every call)."""
 
 
 class LocalPlan(Contract):

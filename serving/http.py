@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .config import RETRY_AFTER_SECONDS
 from .workflow.types import ChatRequest, ChatResponse
@@ -18,8 +18,9 @@ from .workflow.types import ChatRequest, ChatResponse
 MAX_BODY_BYTES = 16 * 1024
 log = logging.getLogger("switchboard.http")
 
-# (request, HTTP headers) -> response dict
 IDEMPOTENCY_HEADER = "idempotency-key"
+Body = TypeVar("Body", bound=BaseModel)
+# (request, HTTP headers) -> response dict
 ChatDispatch = Callable[[ChatRequest, Mapping[str, str]], Awaitable[dict[str, Any]]]
 
 
@@ -46,6 +47,12 @@ def overloaded() -> JSONResponse:
 
 async def parse_chat_request(request: Request) -> ChatRequest | JSONResponse:
     """The validated body, or the 4xx response explaining what is wrong with it."""
+    return await parse_body(request, ChatRequest)
+
+
+async def parse_body(request: Request, model: type[Body]) -> Body | JSONResponse:
+    """A JSON body validated as `model`, or the 4xx response explaining what is wrong with it.
+    A request id may come as the `Idempotency-Key` header (the body's own wins)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         return error(413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
@@ -62,7 +69,7 @@ async def parse_chat_request(request: Request) -> ChatRequest | JSONResponse:
     if "request_id" not in data and IDEMPOTENCY_HEADER in request.headers:
         data["request_id"] = request.headers[IDEMPOTENCY_HEADER]
     try:
-        return ChatRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         problems = [
             {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()

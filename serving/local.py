@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
+from .agent_api import HandoffService, agent_http_app
 from .asgi_thread import ServerThread, serve_in_thread
 from .config import (
     SERVE_FRONT_END_ENV,
@@ -33,7 +33,6 @@ from .config import (
     LocalGateway,
     LocalPlan,
 )
-from .http import CHAT_OPENAPI, handle_chat, new_api
 from .nlu_service import NluService, understanding
 from .workflow.orchestrator import Orchestrator, Passage, Understanding
 from .workflow.sessions import open_store
@@ -297,18 +296,18 @@ def local_orchestrator(app: AgentAppConfig) -> Orchestrator:
 
 
 def single_process_api(app: AgentAppConfig) -> FastAPI:
-    """FastAPI app serving `/v1/chat` for one revision, with no Ray at all."""
+    """The agent's HTTP app for one revision, with no Ray at all."""
     orchestrator = local_orchestrator(app)
-    api = new_api(f"Switchboard agent {app.agent} (single process)")
+    understander: Any = orchestrator.understander
 
     async def dispatch(request: ChatRequest, _headers: Mapping[str, str]) -> dict[str, Any]:
         return (await orchestrator.turn(request)).model_dump()
 
-    @api.post("/v1/chat", openapi_extra=CHAT_OPENAPI)
-    async def chat(request: Request) -> JSONResponse:
-        return await handle_chat(request, dispatch)
+    async def intents() -> list[str]:
+        return list(understander.service.model.labels)
 
-    return api
+    service = HandoffService.of(orchestrator.sessions, app.handoff, app.namespace, intents)
+    return agent_http_app(f"Switchboard agent {app.agent} (single process)", dispatch, service)
 
 
 # --- `switchboard serve` ---------------------------------------------------------------------

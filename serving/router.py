@@ -12,18 +12,17 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application, Deployment
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from .agent_api import HandoffService, agent_http_app
 from .config import ROUTER_DEPLOYMENT, RevisionRoute, RouterConfig
-from .http import CHAT_OPENAPI, Overloaded, handle_chat, new_api
+from .http import Overloaded
+from .workflow.sessions import open_store
 from .workflow.types import ChatRequest
-
-api = new_api("Switchboard agent")
 
 
 def is_tester(config: RouterConfig, headers: Mapping[str, str]) -> bool:
@@ -92,12 +91,27 @@ def pick_revision(
     return rng.choices(weighted, weights=[r.weight for r in weighted])[0]
 
 
-@serve.ingress(api)
+@serve.ingress()
 class Router:
     def __init__(self, config: dict[str, Any]) -> None:
+        from .app import ServeHandoffMetrics
+
         self.config = RouterConfig.model_validate(config)
         self._handles: dict[str, DeploymentHandle[Any]] = {}
         self._rng = random.Random()
+        sessions = open_store(self.config.sessions, f"{self.config.namespace}:{self.config.agent}")
+        self.handoffs = HandoffService.of(
+            sessions,
+            self.config.handoff,
+            self.config.namespace,
+            self._intents,
+            ServeHandoffMetrics(),
+        )
+
+    async def _intents(self) -> list[str]:
+        """The stable revision's labels (the first route)."""
+        labels: list[str] = await self._handle(self.config.revisions[0].app_name).intents.remote()
+        return labels
 
     def _handle(self, app_name: str) -> DeploymentHandle[Any]:
         if app_name not in self._handles:
@@ -113,9 +127,10 @@ class Router:
             raise Overloaded() from None
         return response
 
-    @api.post("/v1/chat", openapi_extra=CHAT_OPENAPI)
-    async def chat(self, request: Request) -> JSONResponse:
-        return await handle_chat(request, self._dispatch)
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """Serve calls this in the replica after `__init__`: the routes need its state."""
+        title = f"Switchboard agent {self.config.agent}"
+        return agent_http_app(title, self._dispatch, self.handoffs)
 
 
 RouterDeployment: Deployment = serve.deployment(name=ROUTER_DEPLOYMENT)(Router)

@@ -13,6 +13,7 @@ refund twice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -25,6 +26,14 @@ from typing import Any, Protocol
 from ..config import AgentAppConfig, IntentPlanConfig, ToolOperationConfig
 from .cues import SmallTalk, asks_for_human, is_bare_answer, small_talk
 from .grounding import relevant
+from .handoffs import (
+    HandoffError,
+    HandoffRecord,
+    customer_message,
+    feedback_record,
+    handoff_id,
+    queue_position,
+)
 from .pii import redact, redact_value
 from .sessions import SessionStore
 from .tools import TaskRunner, ToolCaller, ToolResult
@@ -44,7 +53,6 @@ from .types import (
 
 TRANSCRIPT_TURNS = 20
 REPLAYS_KEPT = 8
-HANDOFF_OPERATION = "create_ticket"
 REPHRASE_PROMPT = (
     "Sorry, I didn't quite understand that. Could you say it another way? For example: "
     "'where is my order ORD-12345?' You can also ask for a person at any time."
@@ -99,6 +107,8 @@ class TurnMetrics(Protocol):
     def tool_call(self, outcome: str) -> None: ...
     def retrieval(self, top_score: float, grounded: bool) -> None: ...
     def resolved(self) -> None: ...
+    def conversation_started(self) -> None: ...
+    def conversation_escalated(self) -> None: ...
 
 
 class NoMetrics:
@@ -118,6 +128,12 @@ class NoMetrics:
         return None
 
     def resolved(self) -> None:
+        return None
+
+    def conversation_started(self) -> None:
+        return None
+
+    def conversation_escalated(self) -> None:
         return None
 
 
@@ -163,6 +179,11 @@ class Turn:
     """The ticket system refused a ticket this turn (it is not asked twice in one turn)."""
     replayed: bool = False
     """Answered from the session's replays: a client's retry, not a turn of its own."""
+    new_conversation: bool = False
+    handoff_opened: str | None = None
+    """The id of the handoff this turn opened."""
+    first_escalation: bool = False
+    """This turn opened the conversation's first handoff (it is no longer contained)."""
 
     def action_key(self, action: str) -> str:
         """The idempotency key of one action of this turn: the same on every retry of it."""
@@ -231,10 +252,16 @@ class Orchestrator:
                 turn.replayed = True
                 return replayed
             turn.key_base = turn_key_base(session.session_id, request.request_id, session.turns)
+            turn.new_conversation = session.turns == 0
             was_resolved = session.resolved
             await self._collect_finished_tasks(session, turn)
             await self._send_queued_ticket(session, turn)
-            reply = await self._respond(session, request.message, turn)
+            joined = await self._join_handoff(session, request.message, turn)
+            reply = (
+                joined
+                if joined is not None
+                else await self._respond(session, request.message, turn)
+            )
             if turn.updates:
                 reply = " ".join([*turn.updates, reply])
             session.transcript = [
@@ -267,7 +294,7 @@ class Orchestrator:
         u = turn.understanding
         return ChatResponse(
             reply=reply,
-            reply_kind="handoff" if turn.handoff else turn.reply_kind,
+            reply_kind=turn.reply_kind,
             intent=u.intent if u else None,
             confidence=round(u.confidence, 4) if u else None,
             actions=turn.actions,
@@ -284,10 +311,14 @@ class Orchestrator:
         """The turn's metrics, failed or not (a replayed answer is no new turn)."""
         if turn.replayed:
             return
+        if turn.new_conversation:
+            self.metrics.conversation_started()
         if turn.handoff and status == "ok":
-            status = "handoff"
-        if turn.handoff:
+            status = turn.reply_kind  # handoff, or handoff_pending (joined an open one)
+        if turn.handoff_opened and turn.handoff:
             self.metrics.escalation(turn.handoff.reason)
+            if turn.first_escalation:
+                self.metrics.conversation_escalated()
         if turn.understanding:
             self.metrics.confidence(turn.understanding.confidence)
         for call in turn.tool_calls:
@@ -333,7 +364,8 @@ class Orchestrator:
             if asks_for_human(message):
                 turn.steps.append("the customer asks for a person")
                 return await self._handoff(session, "requested", turn)
-            return await self._unclear(session, turn)
+            reason = "out_of_scope" if understanding.is_oos else "low_confidence"
+            return await self._unclear(session, turn, reason)
         session.last_intent = understanding.intent
         plan = self.plans.get(understanding.intent)
         if plan is None:
@@ -376,7 +408,7 @@ class Orchestrator:
         # counts as resolved.
         session.pending = None
         session.rephrase_requests = 0
-        session.resolved = not session.handed_off
+        session.resolved = session.handoffs == 0
         return config.thanks if talk == "thanks" else config.goodbye
 
     async def _bare_answer(
@@ -636,53 +668,83 @@ class Orchestrator:
     async def _handoff(
         self, session: Session, reason: str, turn: Turn, proposed: dict[str, Any] | None = None
     ) -> str:
-        """A ticket for a human with the context, so the customer need not repeat anything."""
-        session.handed_off = True
+        """Open the conversation's handoff: a record in the agent console with the context, so
+        that the customer need not repeat anything, and a ticket where one is configured. From
+        now on the bot does not answer this conversation (`_join_handoff`)."""
         session.pending = None
         u = turn.understanding
-        adapter = self.config.policy.handoff_adapter
-        ticket_id = None
-        if adapter:
-            body = {
-                "reason": reason,
-                "intent": u.intent if u else None,
-                "confidence": round(u.confidence, 3) if u else None,
-                "slots": self.redact_value(u.slots if u else {}),
-                "attempted_actions": [a.model_dump() for a in turn.actions],
-                "proposed_action": proposed,
+        first = session.handoffs == 0
+        session.handoffs += 1
+        now = time.time()
+        record = await self.sessions.create_handoff(
+            HandoffRecord(
+                id=handoff_id(session.session_id, session.handoffs),
+                session_id=session.session_id,
+                agent=self.config.agent,
+                revision=self.config.revision,
+                customer_id=session.customer_id,
+                reason=reason,
+                trigger=self.redact(turn.message),
+                intent=u.intent if u else None,
+                confidence=round(u.confidence, 4) if u else None,
+                slots=self.redact_value(u.slots if u else {}),
+                attempted_actions=turn.actions,
+                proposed_action=proposed,
+                policy=list(turn.policy),
                 # The conversation so far and the message that brought it to a human (the
                 # session's transcript gets this turn only once it is answered).
-                "transcript": [
-                    *session.transcript[-9:],
+                transcript=[
+                    *session.transcript[-(TRANSCRIPT_TURNS - 1) :],
                     {"role": "customer", "text": self.redact(turn.message)},
                 ],
-                "trace_id": turn.trace_id,
-            }
-            payload = {
-                "subject": f"[{self.config.agent}] {reason.replace('_', ' ')}: "
-                f"{u.intent if u else 'unknown'}",
-                "body": json.dumps(body, indent=1, default=str),
-                "priority": "high" if reason in ("tool_failure", "approval_required") else "normal",
-            }
+                trace_id=turn.trace_id,
+                created_at=now,
+            )
+        )
+        session.open_handoff = record.id
+        turn.handoff_opened = record.id
+        turn.first_escalation = first
+        await self.sessions.add_feedback(self._feedback_record(record, now))
+        ticket_id = None
+        handoff = self.config.handoff
+        if handoff.adapter:
+            payload = self._ticket_payload(record)
             queued = session.queued_ticket
             if queued is not None:
-                # One ticket per conversation: a second handoff while the first ticket waits
-                # for the ticket system joins that ticket rather than opening another.
-                queued.payload["body"] += "\n\nLater handoff:\n" + payload["body"]
+                # The ticket system has not taken an earlier handoff's ticket yet: this one
+                # joins it rather than opening a second ticket.
+                queued.payload.update({k: v for k, v in payload.items() if k not in queued.payload})
+                queued.handoff_id = record.id
             else:
                 queued = QueuedTicket(
-                    adapter=adapter, payload=payload, key=turn.action_key("handoff")
+                    adapter=handoff.adapter,
+                    payload=payload,
+                    key=turn.action_key("handoff"),
+                    handoff_id=record.id,
                 )
             if not turn.ticket_refused:
                 ticket_id = await self._create_ticket(queued, turn)
             session.queued_ticket = None if ticket_id is not None else queued
+            if session.queued_ticket is not None:
+                record = await self.sessions.update_handoff(
+                    record.id, lambda r: r.model_copy(update={"ticket_queued": True})
+                )
         waiting = session.queued_ticket is not None
+        position = await self._queue_position(record)
         turn.handoff = Handoff(
-            reason=reason, ticket_id=ticket_id or None, proposed_action=proposed, queued=waiting
+            reason=reason,
+            id=record.id,
+            status=record.status,
+            queue_position=position,
+            ticket_id=ticket_id or None,
+            proposed_action=proposed,
+            queued=waiting,
         )
-        turn.steps.append(f"hand off: {reason}")
+        turn.reply_kind = "handoff"
+        turn.steps.append(f"hand off: {reason} ({record.id})")
         reasons = {
             "low_confidence": "I'm not sure I understood that",
+            "out_of_scope": "That's outside what I can help with",
             "requested": "Of course",
             "approval_required": "That needs a colleague's approval",
             "tool_failure": "I can't reach that system right now",
@@ -690,25 +752,116 @@ class Orchestrator:
             "no_plan": "That's something a colleague handles",
         }
         lead = reasons.get(reason, "Let me get a colleague")
-        if waiting:
-            # Never announce a handoff that did not happen.
+        console = self.config.handoff.console_tokens_dir is not None
+        if waiting and not console:
+            # Nobody sees the handoff until the ticket exists: never announce it as done.
             return (
                 f"{lead}, but I couldn't reach our ticket system just now, so no colleague has "
                 "this yet. I've kept our conversation and will pass it on as soon as the "
                 "system is back; you can also write again in a few minutes."
             )
         ticket = f" (ticket {ticket_id})" if ticket_id else ""
-        return f"{lead}. I've passed this to a human agent{ticket} with our conversation so far."
+        queue = f" You are number {position} in the queue." if position else ""
+        later = (
+            " Our ticket system is unreachable just now; the ticket reference will follow."
+            if waiting
+            else ""
+        )
+        return (
+            f"{lead}. I've passed our conversation to a colleague{ticket}, who will reply "
+            f"here.{queue}{later}"
+        )
+
+    async def _join_handoff(self, session: Session, message: str, turn: Turn) -> str | None:
+        """While a human has the conversation, the customer's message joins the handoff and the
+        bot stays quiet; None once the handoff is resolved (the bot answers again)."""
+        if session.open_handoff is None:
+            return None
+        record = await self.sessions.get_handoff(session.open_handoff)
+        if record is not None and record.is_open:
+            text, now, key = self.redact(message), time.time(), turn.action_key("join")
+            try:
+                record = await self.sessions.update_handoff(
+                    record.id, lambda r: customer_message(r, text, now, key)
+                )
+            except (KeyError, HandoffError):
+                record = None  # resolved (or expired) in between
+        if record is None or not record.is_open:
+            session.open_handoff = None
+            turn.steps.append("handoff resolved: the assistant answers again")
+            return None
+        turn.steps.append(f"join handoff {record.id}")
+        turn.reply_kind = "handoff_pending"
+        position = await self._queue_position(record)
+        turn.handoff = Handoff(
+            reason=record.reason,
+            id=record.id,
+            status=record.status,
+            queue_position=position,
+            assignee=record.assignee,
+            ticket_id=record.ticket_id,
+            queued=record.ticket_queued,
+        )
+        if record.assignee:
+            return f"{record.assignee} has your message and will reply here."
+        queue = f" You are number {position} in the queue." if position else ""
+        return f"Thanks, I've added that for our colleague, who will reply here soon.{queue}"
+
+    async def _queue_position(self, record: HandoffRecord) -> int | None:
+        if record.status != "waiting":
+            return None
+        return queue_position(record, await self.sessions.handoffs(open_only=True))
+
+    def _ticket_payload(self, record: HandoffRecord) -> dict[str, Any]:
+        """The ticket operation's input, mapped by `spec.handoff.fields` from the handoff."""
+        subject = (
+            f"[{self.config.agent}] {record.reason.replace('_', ' ')}: {record.intent or 'unknown'}"
+        )
+        context = {
+            "reason": record.reason,
+            "intent": record.intent,
+            "confidence": record.confidence,
+            "slots": record.slots,
+            "attempted_actions": [a.model_dump() for a in record.attempted_actions],
+            "proposed_action": record.proposed_action,
+            "policy": record.policy,
+            "transcript": record.transcript,
+            "handoff_id": record.id,
+            "trace_id": record.trace_id,
+        }
+        values: dict[str, Any] = {
+            "subject": subject,
+            "body": json.dumps(context, indent=1, default=str),
+            "priority": "high"
+            if record.reason in ("tool_failure", "approval_required")
+            else "normal",
+            "reason": record.reason,
+            "intent": record.intent,
+            "confidence": record.confidence,
+            "handoff_id": record.id,
+            "session_id": record.session_id,
+            "customer_id": record.customer_id,
+            "agent": record.agent,
+            "trigger": record.trigger,
+            "transcript": "\n".join(f"{t['role']}: {t['text']}" for t in record.transcript),
+            "conversation_url": f"/console#{record.id}",
+        }
+        return {field: values[value] for field, value in self.config.handoff.fields.items()}
+
+    def _feedback_record(self, record: HandoffRecord, now: float) -> dict[str, Any]:
+        """The escalation in the feedback log: unlabelled until a human corrects it."""
+        return feedback_record(
+            record, record.trigger, None, "escalation", None, now, self.config.namespace
+        )
 
     async def _create_ticket(self, ticket: QueuedTicket, turn: Turn) -> str | None:
         """The ticket's id once the ticket system took it (an empty id when it names none);
         None when it did not."""
-        result = await self.tools.call(
-            ticket.adapter, HANDOFF_OPERATION, ticket.payload, ticket.key
-        )
+        operation = self.config.handoff.operation
+        result = await self.tools.call(ticket.adapter, operation, ticket.payload, ticket.key)
         turn.tool_calls.append(
             {
-                "operation": f"{ticket.adapter}.{HANDOFF_OPERATION}",
+                "operation": f"{ticket.adapter}.{operation}",
                 "outcome": "success" if result.ok else "failure",
             }
         )
@@ -717,7 +870,14 @@ class Orchestrator:
             turn.ticket_refused = True
             return None
         found = result.result if isinstance(result.result, dict) else {}
-        return str(found.get("ticket_id") or found.get("id") or "")
+        ticket_id = str(found.get("ticket_id") or found.get("id") or "")
+        if ticket.handoff_id:
+            update = {"ticket_id": ticket_id or None, "ticket_queued": False}
+            with contextlib.suppress(KeyError):
+                await self.sessions.update_handoff(
+                    ticket.handoff_id, lambda r: r.model_copy(update=update)
+                )
+        return ticket_id
 
     async def _send_queued_ticket(self, session: Session, turn: Turn) -> None:
         """Retry a handoff ticket that an earlier turn could not send."""
@@ -729,7 +889,7 @@ class Orchestrator:
             return
         session.queued_ticket = None
         ticket = f" (ticket {ticket_id})" if ticket_id else ""
-        turn.updates.append(f"Update: a colleague now has your request{ticket}.")
+        turn.updates.append(f"Update: our ticket system now has your request{ticket}.")
         turn.steps.append("queued ticket sent")
 
     # --- audit ---------------------------------------------------------------------------
@@ -754,7 +914,7 @@ class Orchestrator:
             "policy": turn.policy,
             "tool_calls": turn.tool_calls,
             "handoff": turn.handoff.model_dump() if turn.handoff else None,
-            "reply_kind": "handoff" if turn.handoff else turn.reply_kind,
+            "reply_kind": turn.reply_kind,
             "retrieval": turn.retrieval,
             "reply": self.redact(reply),
             "latency_ms": round(seconds * 1000, 1),

@@ -36,9 +36,16 @@ class Action(BaseModel):
 
 
 class Handoff(BaseModel):
-    """The conversation went to a human."""
+    """The conversation is with a human (docs/handoffs.md)."""
 
     reason: str
+    id: str | None = None
+    """The handoff's id in the agent console."""
+    status: Literal["waiting", "claimed", "resolved"] = "waiting"
+    queue_position: int | None = None
+    """1: next to be picked up; None once a human has it."""
+    assignee: str | None = None
+    """The human agent who has the conversation."""
     ticket_id: str | None = None
     proposed_action: dict[str, Any] | None = None
     queued: bool = False
@@ -52,6 +59,8 @@ class QueuedTicket(BaseModel):
     adapter: str
     payload: dict[str, Any]
     key: str
+    handoff_id: str | None = None
+    """The handoff that gets the ticket's id once the ticket system takes it."""
 
 
 class Source(BaseModel):
@@ -73,6 +82,7 @@ ReplyKind = Literal[
     "refusal",  # the business system said no (unknown order, already shipped...)
     "task_started",  # a long-running operation was started
     "handoff",  # passed to a human
+    "handoff_pending",  # a human has the conversation: the message joined the handoff
 ]
 
 
@@ -122,7 +132,10 @@ class Session(BaseModel):
     """Redacted turns, newest last (role, text)."""
     pending: PendingPlan | None = None
     tasks: list[TaskRecord] = Field(default_factory=list)
-    handed_off: bool = False
+    handoffs: int = 0
+    """Handoffs opened in this conversation (the next one's id derives from it)."""
+    open_handoff: str | None = None
+    """The handoff a human has: while it is open the bot does not answer."""
     last_intent: str | None = None
     """The last intent the agent acted on, for a bare follow-up ("and ORD-10007?")."""
     offered_slots: dict[str, str] = Field(default_factory=dict)
