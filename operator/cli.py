@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -104,6 +105,45 @@ def cmd_nlu(args: argparse.Namespace) -> int:
         return 2
     code: int = nlu_main(args.nlu_args)
     return code
+
+
+def cmd_feedback_export(args: argparse.Namespace) -> int:
+    from . import feedback
+
+    since = None
+    if args.since:
+        try:
+            since = feedback.parse_timestamp(args.since)
+        except ValueError as exc:
+            print(f"switchboard feedback export: --since: {exc}", file=sys.stderr)
+            return 2
+    redis_url = args.redis_url
+    if redis_url is None and args.file is None:
+        redis_url = os.environ.get(feedback.REDIS_URL_ENV) or None
+    try:
+        if redis_url is not None:
+            source = f"redis key {feedback.feedback_key(args.namespace, args.agent)}"
+            records = feedback.read_redis(redis_url, args.namespace, args.agent)
+        else:
+            path = args.file or feedback.default_feedback_path(
+                args.namespace, args.agent, args.state_dir
+            )
+            source = str(path)
+            records = feedback.read_file(path)
+        selected = feedback.select(records, since=since, corrected_only=args.corrected_only)
+        if args.out and args.out != "-":
+            count = feedback.write_jsonl_file(selected, args.out)
+        else:
+            count = feedback.write_jsonl(selected, sys.stdout)
+    except feedback.FeedbackError as exc:
+        print(f"switchboard feedback export: {exc}", file=sys.stderr)
+        return 1
+    corrections = sum(1 for r in selected if r.corrected)
+    print(
+        f"exported {count} of {len(records)} records ({corrections} corrections) from {source}",
+        file=sys.stderr,
+    )
+    return 0
 
 
 SAMPLE_REQUESTS = (
@@ -231,6 +271,7 @@ def _serve(args: argparse.Namespace, handler: _Signals) -> int:
             llm_model=args.llm_model,
             candidate_model=args.candidate_model,
             knowledge_dir=str(state / "knowledge"),
+            state_dir=str(state),
             tool_urls=dict(pair.split("=", 1) for pair in args.tool_url),
             system_urls=system_urls,
         )
@@ -343,6 +384,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .feedback import REDIS_URL_ENV
+
     parser = argparse.ArgumentParser(
         prog="switchboard", description="Run AI customer-support agents on Ray Serve."
     )
@@ -403,7 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--cpus", type=int, default=4, help="logical CPUs for the embedded Ray")
-    serve.add_argument("--state-dir", default=".switchboard", help="demo database, KB files")
+    serve.add_argument(
+        "--state-dir", default=".switchboard", help="demo database, KB files, feedback logs"
+    )
     serve.set_defaults(func=cmd_serve)
 
     chat = sub.add_parser("chat", help="chat with a running agent in the terminal")
@@ -437,6 +482,38 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--questions", required=True, help="YAML: questions: [{text, document}]")
     calibrate.add_argument("--json", action="store_true", help="print the result as JSON")
     calibrate.set_defaults(func=cmd_kb_calibrate)
+
+    fb = sub.add_parser("feedback", help="the agents' feedback logs (corrections, escalations)")
+    fb_sub = fb.add_subparsers(dest="feedback_command", required=True)
+    export = fb_sub.add_parser(
+        "export",
+        help="write an agent's feedback log as JSON Lines for `switchboard nlu train --feedback`",
+        description="Read an agent's feedback log (the Redis list "
+        "switchboard:NS:AGENT:feedback, or the local JSON Lines file of `switchboard serve`) and "
+        "write its records in time order, one JSON object per line. The Redis URL comes from "
+        f"--redis-url, else ${REDIS_URL_ENV} unless --file is given; without either, the local "
+        "file STATE_DIR/feedback/NS-AGENT.jsonl is read.",
+    )
+    export.add_argument("--agent", required=True, help="the SupportAgent's name")
+    export.add_argument(
+        "-n", "--namespace", default="default", help="its namespace (default: default)"
+    )
+    log = export.add_mutually_exclusive_group()
+    log.add_argument("--redis-url", help=f"Redis holding the log (default: ${REDIS_URL_ENV})")
+    log.add_argument("--file", help="a local feedback log (JSON Lines)")
+    export.add_argument(
+        "--state-dir",
+        default=".switchboard",
+        help="`switchboard serve --state-dir`, for the default file (default: .switchboard)",
+    )
+    export.add_argument("-o", "--out", help="output file (default: stdout)")
+    export.add_argument("--since", metavar="RFC3339", help="only records at or after this time")
+    export.add_argument(
+        "--corrected-only",
+        action="store_true",
+        help="only corrections (skip escalations nobody labelled: corrected_intent null)",
+    )
+    export.set_defaults(func=cmd_feedback_export)
 
     nlu = sub.add_parser(
         "nlu",

@@ -7,6 +7,7 @@ Pure: it returns contract objects; `switchboard.serving.local` runs them.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from .api.modelrollout import ModelRolloutSpec
 from .api.supportagent import SupportAgentSpec
 from .api.tooladapter import ToolAdapterSpec
 from .api.validation import SpecError, validate_spec
+from .feedback import DEFAULT_STATE_DIR, default_feedback_path
 from .render import Canary, Parent, RenderError, UnresolvedReference
 from .render.gateway import gateway_config
 from .render.names import revision_app_name
@@ -49,6 +51,15 @@ class LocalOverrides:
     candidate_model: str | None = None
     """Local directory of a ModelRollout's candidate model (NLU or LLM, per its `component`);
     unset, the candidate's `file://` path is used when it is a local directory."""
+    state_dir: str = DEFAULT_STATE_DIR
+    """`switchboard serve --state-dir`: agents with the memory session store append their
+    feedback log under it (`feedback/<namespace>-<agent>.jsonl`, as `feedback export` reads)."""
+
+
+# A console token's key names a human agent and becomes a file name: a Secret key's characters
+# (a manifest read locally is not checked by an API server), and no leading dot: the data plane
+# skips dot files, the kubelet's own entries in a mounted Secret.
+_CONSOLE_NAME = re.compile(r"^[-_a-zA-Z0-9][-._a-zA-Z0-9]{0,252}$")
 
 
 def _secrets(documents: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
@@ -147,19 +158,29 @@ def local_plan(
             for application in rendered["applications"]
             if application["import_path"] == contract.AGENT_APP_IMPORT_PATH
         ]
-        app = _localize(name, spec, revisions[0], overrides, config_maps)
+        app = _localize(name, namespace, spec, revisions[0], overrides, config_maps)
         candidate = None
         if rollout and len(revisions) > 1:
             local = _candidate_overrides(rollout, overrides)
-            candidate = _localize(name, spec, revisions[1], local, config_maps)
+            candidate = _localize(name, namespace, spec, revisions[1], local, config_maps)
         env.update(_secret_env(name, spec, secrets))
+        router = _router(name, rendered).model_copy(
+            update={"namespace": namespace, "sessions": app.sessions, "handoff": app.handoff}
+        )
         for application in rendered["applications"]:
             for localized in (app, candidate):
                 if localized and application["name"] == revision_app_name(name, localized.revision):
                     application["args"] = localized.model_dump(mode="json", exclude_none=True)
-        router = _router(name, rendered)
+            if application["import_path"] == contract.ROUTER_APP_IMPORT_PATH:
+                application["args"] = router.model_dump(mode="json")
         agents.append(
-            contract.LocalAgent(app=app, candidate=candidate, router=router, serve_config=rendered)
+            contract.LocalAgent(
+                app=app,
+                candidate=candidate,
+                router=router,
+                serve_config=rendered,
+                console_tokens=_console_tokens(name, spec, secrets),
+            )
         )
     if not agents:
         raise RenderError("no SupportAgent among the manifests")
@@ -219,6 +240,28 @@ def _secret_env(
     return env
 
 
+def _console_tokens(
+    name: str, spec: SupportAgentSpec, secrets: dict[str, dict[str, str]]
+) -> dict[str, str]:
+    """The human agents' console tokens (name → token) from the Secret among the manifests."""
+    secret = spec.handoff.console_tokens_secret
+    if secret is None:
+        return {}
+    if secret not in secrets:
+        raise RenderError(
+            f"SupportAgent {name}: Secret {secret} (spec.handoff.consoleTokensSecret) is not "
+            "among the manifests"
+        )
+    tokens = secrets[secret]
+    bad = sorted(key for key in tokens if not _CONSOLE_NAME.match(key))
+    if bad:
+        raise RenderError(
+            f"SupportAgent {name}: Secret {secret} has keys that cannot name a human agent: "
+            f"{', '.join(repr(k) for k in bad)}"
+        )
+    return dict(tokens)
+
+
 def _validated(model: type[Any], doc: dict[str, Any]) -> Any:
     try:
         return validate_spec(model, doc.get("spec"))
@@ -228,12 +271,21 @@ def _validated(model: type[Any], doc: dict[str, Any]) -> Any:
 
 def _localize(
     name: str,
+    namespace: str,
     spec: SupportAgentSpec,
     app: contract.AgentAppConfig,
     overrides: LocalOverrides,
     config_maps: dict[str, dict[str, str]],
 ) -> contract.AgentAppConfig:
-    update: dict[str, Any] = {}
+    # The console tokens are in `LocalAgent.console_tokens`; the local run writes them to a
+    # private directory of its own and points `console_tokens_dir` there.
+    update: dict[str, Any] = {
+        "handoff": app.handoff.model_copy(update={"console_tokens_dir": None}),
+    }
+    if app.sessions.store == "memory":
+        # Corrections and escalations outlive the run (Redis keeps them on clusters).
+        path = default_feedback_path(namespace, name, overrides.state_dir).resolve()
+        update["sessions"] = app.sessions.model_copy(update={"feedback_path": str(path)})
     # A model in object storage (spec.modelStorage) is fetched and verified by the replica, as on
     # a cluster; an override always names a local directory.
     if overrides.nlu_model or not is_remote(app.nlu.model_path):

@@ -55,6 +55,17 @@ class RunningGateways:
             directory.cleanup()
 
 
+def secret_files(prefix: str, values: Mapping[str, str]) -> tempfile.TemporaryDirectory[str]:
+    """A Secret's keys as files in a private (0700) directory, each readable by its owner only:
+    what a mounted Secret looks like to the code that reads it."""
+    directory = tempfile.TemporaryDirectory(prefix=prefix)
+    for key, value in values.items():
+        path = Path(directory.name) / key
+        path.write_text(value, encoding="utf-8")
+        path.chmod(0o400)
+    return directory
+
+
 def start_gateways(gateways: list[LocalGateway], host: str = "127.0.0.1") -> RunningGateways:
     """One gateway per adapter in this process, with its credentials in a 0700 directory."""
     from .gateway.app import create_app
@@ -62,12 +73,8 @@ def start_gateways(gateways: list[LocalGateway], host: str = "127.0.0.1") -> Run
     running = RunningGateways({}, [], [])
     try:
         for gw in gateways:
-            secrets = tempfile.TemporaryDirectory(prefix=f"switchboard-{gw.config.adapter}-")
+            secrets = secret_files(f"switchboard-{gw.config.adapter}-", gw.credentials)
             running.secrets.append(secrets)
-            for key, value in gw.credentials.items():
-                path = Path(secrets.name) / key
-                path.write_text(value, encoding="utf-8")
-                path.chmod(0o400)
             auth = GatewayAuth(
                 type=gw.config.auth.type,
                 header_name=gw.config.auth.header_name,
@@ -88,6 +95,23 @@ def start_gateways(gateways: list[LocalGateway], host: str = "127.0.0.1") -> Run
 def with_tool_urls(app: AgentAppConfig, urls: Mapping[str, str]) -> AgentAppConfig:
     tools = [t.model_copy(update={"url": urls.get(t.adapter, t.url)}) for t in app.tools]
     return app.model_copy(update={"tools": tools})
+
+
+def with_console_tokens(agent: LocalAgent, directory: str) -> LocalAgent:
+    """The agent with its human agents' tokens read from `directory` by every revision and the
+    router (each serves the agent API)."""
+
+    def moved(config: Any) -> Any:
+        handoff = config.handoff.model_copy(update={"console_tokens_dir": directory})
+        return config.model_copy(update={"handoff": handoff})
+
+    return agent.model_copy(
+        update={
+            "app": moved(agent.app),
+            "candidate": moved(agent.candidate) if agent.candidate else None,
+            "router": moved(agent.router),
+        }
+    )
 
 
 # --- Ray Serve -------------------------------------------------------------------------------
@@ -348,6 +372,11 @@ def serve_plan(
                     else None,
                 }
             )
+            if agent.console_tokens:
+                prefix = f"switchboard-{agent.app.agent}-console-"
+                tokens = secret_files(prefix, agent.console_tokens)
+                gateways.secrets.append(tokens)  # removed with the gateways' credentials
+                local = with_console_tokens(local, tokens.name)
             deploy_agent(local, "/" if single else f"/{agent.app.agent}", cpus=cpus)
     except BaseException:
         gateways.stop()

@@ -416,6 +416,13 @@ def grant_unknown_operation(kube: InMemoryKube) -> None:
     )
 
 
+def map_unknown_handoff_field(kube: InMemoryKube) -> None:
+    """The quickstart's create_ticket takes subject, body and priority: not `summary`."""
+    kube.edit_spec(
+        "SupportAgent", "acme", lambda spec: spec["handoff"]["fields"].update(summary="transcript")
+    )
+
+
 def break_agent_spec(kube: InMemoryKube) -> None:
     kube.edit_spec("SupportAgent", "acme", lambda spec: spec["nlu"].update(modelUri="ftp://x"))
 
@@ -481,6 +488,15 @@ AGENT_SCENARIOS = [
         change=lambda kube: kube.remove("ConfigMap", "acme-kb"),
     ),
     Scenario("secret-missing", "Degraded", "SecretNotFound", change=add_redis_sessions),
+    Scenario(
+        "console-tokens-missing",
+        "Degraded",
+        "SecretNotFound",
+        change=lambda kube: kube.remove("Secret", "acme-console-tokens"),
+    ),
+    Scenario(
+        "handoff-field-unknown", "Degraded", "HandoffFieldUnknown", change=map_unknown_handoff_field
+    ),
     Scenario("invalid-spec", "Degraded", "InvalidSpec", change=break_agent_spec),
     Scenario("canary", "Healthy", "ModelRollout acme-nlu-v2 sends 10% to", change=start_canary),
 ]
@@ -553,6 +569,113 @@ def test_health_from_the_operators_status(kind: str, scenario: Scenario) -> None
     # The message carries the operator's own words from `Ready`, for SREs in the Argo CD UI.
     ready = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
     assert ready["message"] in verdict["message"]
+
+
+Event = tuple[str, str, str]
+
+
+def reconcile_recording(kube: InMemoryKube) -> tuple[dict[str, Any], list[Event]]:
+    """One reconcile of the quickstart agent: the agent after it, and the Events it posted."""
+    events: list[Event] = []
+
+    def record(body: dict[str, Any], *, type: str, reason: str, message: str) -> None:
+        events.append((type, reason, message))
+
+    body = kube.get(API_VERSION, "SupportAgent", NAMESPACE, "acme")
+    assert body is not None
+    supportagent.reconcile(cast(Kube, kube), body, record, kube.lookup())
+    found = kube.get(API_VERSION, "SupportAgent", NAMESPACE, "acme")
+    assert found is not None
+    return found, events
+
+
+def conditions_of(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in obj["status"]["conditions"]}
+
+
+def rename_ticket_operation(kube: InMemoryKube) -> None:
+    def rename(spec: dict[str, Any]) -> None:
+        spec["operations"][0]["name"] = "open_ticket"
+
+    kube.edit_spec("ToolAdapter", "ticketing", rename)
+
+
+def drop_ticket_adapter(kube: InMemoryKube) -> None:
+    kube.edit_spec("SupportAgent", "acme", lambda spec: spec["handoff"].pop("adapter"))
+
+
+@pytest.mark.parametrize(
+    ("change", "ready_reason", "handoff_reason", "fragment"),
+    [
+        (
+            map_unknown_handoff_field,
+            "HandoffFieldUnknown",
+            "HandoffFieldUnknown",
+            "spec.handoff.fields fills summary, which operation ticketing.create_ticket does not "
+            "take (its inputs: body, priority, subject)",
+        ),
+        (
+            lambda kube: kube.remove("ToolAdapter", "ticketing"),
+            "ToolAdapterNotFound",
+            "HandoffAdapterMissing",
+            "spec.handoff.adapter names ToolAdapter support/ticketing, which does not exist",
+        ),
+        (
+            rename_ticket_operation,
+            "UnknownOperation",
+            "HandoffOperationUnknown",
+            "ToolAdapter support/ticketing declares no operation create_ticket "
+            "(spec.handoff.operation; it has get_ticket, open_ticket)",
+        ),
+        (
+            lambda kube: kube.remove("Secret", "acme-console-tokens"),
+            "SecretNotFound",
+            "SecretNotFound",
+            "Secret support/acme-console-tokens (spec.handoff.consoleTokensSecret) does not exist",
+        ),
+    ],
+    ids=["field-unknown", "adapter-missing", "operation-unknown", "console-tokens-missing"],
+)
+def test_a_broken_handoff_is_conditioned_warned_and_leaves_the_agent_running(
+    change: Callable[[InMemoryKube], None], ready_reason: str, handoff_reason: str, fragment: str
+) -> None:
+    """`HandoffReady` says what is wrong with `spec.handoff`, a Warning Event says it once,
+    and as for any reference that does not resolve the agent is Failed and what runs stays."""
+    kube = quickstart({"RayService": SERVING, "Deployment": AVAILABLE})
+    serving, events = reconcile_recording(kube)
+    handoff = conditions_of(serving)["HandoffReady"]
+    assert (handoff["status"], handoff["reason"]) == ("True", "TicketAdapterResolved")
+    assert "ticketing.create_ticket" in handoff["message"]
+    assert "Secret support/acme-console-tokens" in handoff["message"]
+    assert [e[:2] for e in events] == [("Normal", "Ready")]
+    running = kube.get("ray.io/v1", "RayService", NAMESPACE, "acme")
+
+    change(kube)
+    broken, events = reconcile_recording(kube)
+    conditions = conditions_of(broken)
+    assert broken["status"]["phase"] == "Failed"
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("False", ready_reason)
+    handoff = conditions["HandoffReady"]
+    assert (handoff["status"], handoff["reason"]) == ("False", handoff_reason)
+    assert fragment in handoff["message"]
+    warnings = [e for e in events if e[0] == "Warning"]
+    assert ("Warning", handoff_reason, handoff["message"]) in warnings
+    # Ready's own Warning and the advisory one are posted once each, never twice alike.
+    assert len(warnings) == len(set(warnings)) == (1 if ready_reason == handoff_reason else 2)
+    assert kube.get("ray.io/v1", "RayService", NAMESPACE, "acme") == running
+
+    again, events = reconcile_recording(kube)
+    assert events == [] and again["status"] == broken["status"]
+
+
+def test_handoffs_without_a_ticket_adapter_are_console_only() -> None:
+    kube = quickstart({"RayService": SERVING, "Deployment": AVAILABLE})
+    drop_ticket_adapter(kube)
+    agent, events = reconcile_recording(kube)
+    handoff = conditions_of(agent)["HandoffReady"]
+    assert (handoff["status"], handoff["reason"]) == ("True", "ConsoleOnly")
+    assert agent["status"]["phase"] == "Ready"
+    assert [e[0] for e in events] == ["Normal"]
 
 
 def test_without_phase_the_reasons_give_the_same_verdict() -> None:

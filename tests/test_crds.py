@@ -27,6 +27,7 @@ from switchboard.operator.api.modelrollout import ModelRolloutSpec
 from switchboard.operator.api.supportagent import SupportAgentSpec
 from switchboard.operator.api.tooladapter import ToolAdapterSpec
 from switchboard.operator.api.validation import SpecError, cel_violations, validate_spec
+from switchboard.serving.config import HANDOFF_VALUES
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_DIR = REPO / "crds"
@@ -428,7 +429,7 @@ AGENT = {
         {"adapter": "orders", "operations": ["get_order"]},
         {"adapter": "ticketing", "operations": ["create_ticket"]},
     ],
-    "policy": {"handoffAdapter": "ticketing"},
+    "handoff": {"adapter": "ticketing", "consoleTokensSecret": "console-tokens"},
 }
 GPU_POOL = {"gpu": {"minWorkers": 0, "maxWorkers": 2}}
 ADAPTER = {
@@ -479,7 +480,21 @@ OPENAI = {
 KEY = {"name": "llm", "key": "api-key"}
 
 VALID_CASES: list[tuple[str, str, dict[str, Any]]] = [
-    ("agent-minimal", "SupportAgent", {"tools": DELETE, "policy": DELETE}),
+    ("agent-minimal", "SupportAgent", {"tools": DELETE, "handoff": DELETE}),
+    (
+        "agent-handoff-console-only",
+        "SupportAgent",
+        {"tools": DELETE, "handoff": {"adapter": DELETE}},
+    ),
+    (
+        "agent-handoff-fields",
+        "SupportAgent",
+        {
+            "handoff": {
+                "fields": {"title": "subject", "text": "transcript", "url": "conversation_url"}
+            }
+        },
+    ),
     ("agent-base", "SupportAgent", {}),
     ("agent-scale-to-zero", "SupportAgent", {"router": {"autoscaling": {"minReplicas": 0}}}),
     ("agent-equal-bounds", "SupportAgent", {"workerPools": {"cpu": {"minWorkers": 4}}}),
@@ -688,14 +703,20 @@ INVALID_CASES: list[tuple[str, str, dict[str, Any], str]] = [
     (
         "handoff-adapter-not-in-tools",
         "SupportAgent",
-        {"policy": {"handoffAdapter": "helpdesk"}},
-        "spec: policy.handoffAdapter must be one of the adapters listed in tools",
+        {"handoff": {"adapter": "helpdesk"}},
+        "spec: handoff.adapter and handoff.operation must be granted in tools",
     ),
     (
         "handoff-adapter-without-tools",
         "SupportAgent",
         {"tools": DELETE},
-        "spec: policy.handoffAdapter must be one of the adapters listed in tools",
+        "spec: handoff.adapter and handoff.operation must be granted in tools",
+    ),
+    (
+        "handoff-operation-not-granted",
+        "SupportAgent",
+        {"handoff": {"operation": "open_case"}},
+        "spec: handoff.adapter and handoff.operation must be granted in tools",
     ),
     (
         "knowledge-base-both-sources",
@@ -901,6 +922,32 @@ def test_cel_rejects_invalid_objects(
     with pytest.raises(SpecError) as caught:
         validate_spec(SPEC_MODELS[kind], spec)
     assert str(caught.value) == expected
+
+
+@pytest.mark.parametrize(
+    "handoff",
+    [
+        {"fields": {"title": "headline"}},
+        {"fields": {}},
+        {"consoleTokensSecret": "Console_Tokens"},
+        {"operation": "Create-Ticket"},
+    ],
+    ids=["unknown-handoff-value", "no-fields", "secret-name", "operation-name"],
+)
+def test_schema_rejects_invalid_handoff(handoff: dict[str, Any]) -> None:
+    """Types and enums, not CEL: the API server's schema and the model both refuse them."""
+    spec = patched(AGENT, {"handoff": handoff})
+    assert list(OAS30Validator(spec_schema("SupportAgent")).iter_errors(spec))
+    with pytest.raises(SpecError, match=r"spec\.handoff\."):
+        validate_spec(SupportAgentSpec, spec)
+
+
+def test_handoff_values_are_the_contracts() -> None:
+    """The schema's enum of handoff values is the data plane's list, in its order."""
+    fields = spec_schema("SupportAgent")["properties"]["handoff"]["properties"]["fields"]
+    assert fields["additionalProperties"]["enum"] == list(HANDOFF_VALUES)
+    every = {f"f{i}": value for i, value in enumerate(HANDOFF_VALUES)}
+    validate_spec(SupportAgentSpec, patched(AGENT, {"handoff": {"fields": every}}))
 
 
 @pytest.mark.parametrize("min_requests", [-1, 1_000_001])

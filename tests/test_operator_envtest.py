@@ -164,6 +164,7 @@ def test_agent_ready_once_kuberay_and_gateways_report(cluster: Cluster, quicksta
         "RayServiceReady": "True",
         "RoutesReady": "True",
         "ToolsReady": "True",
+        "HandoffReady": "True",
         # Advisory, outside Ready: the quickstart's model is in the Ray image, not here.
         "IntentsCovered": "Unknown",
     }
@@ -300,6 +301,132 @@ def test_missing_tooladapter_condition_clears_when_created(
     cluster.wait_for(
         "RayService created", lambda: cluster.get("ray.io/v1", "RayService", ns, "early")
     )
+
+
+def test_handoff_is_conditioned_until_its_ticket_operation_fits(
+    cluster: Cluster, operator: dict[str, Any]
+) -> None:
+    """`HandoffReady` and a Warning Event name what is wrong with `spec.handoff`: the ticket
+    adapter missing, then fields its operation does not take; fixed, the RayService mounts the
+    console tokens and every application gets the handoff settings."""
+    ns = cluster.namespace("handoff")
+    cluster.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "desk-tokens"},
+            "stringData": {"alice": "a-token", "bob": "b-token"},
+        },
+        ns,
+    )
+    agent = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "SupportAgent",
+        "metadata": {"name": "desk"},
+        "spec": {
+            "nlu": {"modelUri": "file:///models/nlu"},
+            "tools": [{"adapter": "tickets", "operations": ["create_ticket"]}],
+            "handoff": {"adapter": "tickets", "consoleTokensSecret": "desk-tokens"},
+        },
+    }
+    cluster.create(agent, ns)
+
+    def handoff(reason: str) -> dict[str, Any]:
+        return cluster.wait_for(
+            f"HandoffReady {reason}",
+            lambda: (
+                found
+                if (found := cluster.condition("SupportAgent", ns, "desk", "HandoffReady"))
+                and found["reason"] == reason
+                else None
+            ),
+        )
+
+    missing = handoff("HandoffAdapterMissing")
+    assert missing["status"] == "False"
+    assert f"spec.handoff.adapter names ToolAdapter {ns}/tickets" in missing["message"]
+    assert cluster.condition("SupportAgent", ns, "desk")["reason"] == "ToolAdapterNotFound"
+    cluster.wait_for(
+        "Warning HandoffAdapterMissing",
+        lambda: ("Warning", "HandoffAdapterMissing") in cluster.events(ns, "desk"),
+    )
+
+    # The adapter appears; its create_ticket takes a title and a body, not the default fields.
+    cluster.create(
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ToolAdapter",
+            "metadata": {"name": "tickets"},
+            "spec": {
+                "system": "ticketing",
+                "baseURL": "http://helpdesk.example.com",
+                "operations": [
+                    {
+                        "name": "create_ticket",
+                        "method": "POST",
+                        "path": "/tickets",
+                        "mutating": True,
+                        "inputSchema": {
+                            "type": "object",
+                            "required": ["title"],
+                            "properties": {"title": {"type": "string"}, "body": {"type": "string"}},
+                        },
+                    }
+                ],
+            },
+        },
+        ns,
+    )
+    unknown = handoff("HandoffFieldUnknown")
+    assert "fills priority, subject" in unknown["message"]
+    assert "tickets.create_ticket" in unknown["message"]
+    ready = cluster.wait_for_reason("SupportAgent", ns, "desk", "HandoffFieldUnknown")
+    assert ready["message"] == unknown["message"]
+    assert cluster.agent(ns, "desk")["status"]["phase"] == "Failed"
+    cluster.wait_for(
+        "Warning HandoffFieldUnknown",
+        lambda: ("Warning", "HandoffFieldUnknown") in cluster.events(ns, "desk"),
+    )
+    assert cluster.get("ray.io/v1", "RayService", ns, "desk") is None
+
+    cluster.patch(
+        f"{GROUP}/{VERSION}",
+        "SupportAgent",
+        ns,
+        "desk",
+        # A merge patch merges maps: the default's subject and priority go only when nulled.
+        {
+            "spec": {
+                "handoff": {
+                    "fields": {
+                        "title": "subject",
+                        "body": "transcript",
+                        "subject": None,
+                        "priority": None,
+                    }
+                }
+            }
+        },
+    )
+    resolved = handoff("TicketAdapterResolved")
+    assert resolved["status"] == "True"
+    assert f"Secret {ns}/desk-tokens" in resolved["message"]
+    rs = cluster.wait_for(
+        "RayService desk", lambda: cluster.get("ray.io/v1", "RayService", ns, "desk")
+    )
+    head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert {
+        "name": "console-tokens",
+        "secret": {"secretName": "desk-tokens", "defaultMode": 0o444},
+    } in head["volumes"]
+    serve = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    [app] = serve["applications"]
+    assert app["args"]["handoff"] == {
+        "adapter": "tickets",
+        "operation": "create_ticket",
+        "fields": {"title": "subject", "body": "transcript"},
+        "console_tokens_dir": "/var/run/secrets/switchboard/console-tokens",
+    }
 
 
 @pytest.mark.parametrize(

@@ -217,7 +217,7 @@ BASE_AGENT: dict[str, Any] = {
         {"adapter": "orders", "operations": ["get_order", "refund_order"]},
         {"adapter": "ticketing", "operations": ["create_ticket"]},
     ],
-    "policy": {"handoffAdapter": "ticketing"},
+    "handoff": {"adapter": "ticketing"},
 }
 GPU_POOL = {"gpu": {"maxWorkers": 2, "gpusPerWorker": 2}}
 OPENAI = {
@@ -245,7 +245,7 @@ def rayservice(patch: dict[str, Any] | None = None) -> dict[str, Any]:
 
 # Agent variants beyond the examples, rendered and schema-checked like them.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "minimal": {"tools": [], "policy": None},
+    "minimal": {"tools": [], "handoff": None},
     "openai": {"llm": OPENAI, "sessions": REDIS},
     "vllm-pvc": {
         "nlu": {"modelUri": "pvc://models/nlu/v1"},
@@ -418,7 +418,8 @@ REVISION_BASE = {"llm": {"modelUri": "file:///models/llm/v1"}}
         ),
         ("worker-pools", {"workerPools": {"cpu": {"maxWorkers": 10}}}, True),
         ("ray-image", {"ray": {"image": "registry.example/agent:2"}}, True),
-        ("tools-and-policy", {"tools": [], "policy": None}, True),
+        ("tools-and-handoff", {"tools": [], "handoff": None}, True),
+        ("console-tokens", {"handoff": {"consoleTokensSecret": "tokens"}}, True),
         ("sessions", {"sessions": REDIS}, True),
         ("nlu-model-uri", {"nlu": {"modelUri": "file:///models/nlu/v2"}}, False),
         ("nlu-quantization", {"nlu": {"quantization": "none"}}, False),
@@ -692,7 +693,212 @@ def test_tools_and_policy_reach_the_agent_args() -> None:
         },
     ]
     assert args["policy"]["approval_required"] == ["orders.refund_order"]
-    assert args["policy"]["handoff_adapter"] == "ticketing"
+    assert "handoff_adapter" not in args["policy"]
+    assert args["handoff"] == {
+        "adapter": "ticketing",
+        "operation": "create_ticket",
+        "fields": contract.DEFAULT_HANDOFF_FIELDS,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Builders: handoff
+
+
+def router_and_revisions(spec: SupportAgentSpec) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The router's args and the revisions' args of `spec` during an NLU canary."""
+    from switchboard.operator.render import Canary
+
+    canary = Canary(component="nlu", model_uri="file:///models/nlu/v2", quantization=None, weight=5)
+    rs = render_agent(Parent("SupportAgent", "acme", NAMESPACE), spec, adapters(), canary)[0]
+    apps = serve_doc(rs)["applications"]
+    routers = [a for a in apps if a["import_path"] == contract.ROUTER_APP_IMPORT_PATH]
+    revisions = [a for a in apps if a["import_path"] == contract.AGENT_APP_IMPORT_PATH]
+    assert len(routers) == 1 and len(revisions) == 2
+    return routers[0]["args"], [a["args"] for a in revisions]
+
+
+@pytest.mark.parametrize("sessions", [None, REDIS])
+def test_the_router_gets_the_revisions_handoff_and_session_store(
+    sessions: dict[str, Any] | None,
+) -> None:
+    """The router serves the agent API during a rollout: same namespace, session store and
+    handoff settings as every revision behind it."""
+    handoff = {
+        "adapter": "ticketing",
+        "operation": "create_ticket",
+        "fields": {"title": "subject", "description": "transcript", "ref": "handoff_id"},
+        "consoleTokensSecret": "acme-console",
+    }
+    spec = agent({"handoff": handoff} | ({"sessions": sessions} if sessions else {}))
+    router, revisions = router_and_revisions(spec)
+    expected = {
+        "adapter": "ticketing",
+        "operation": "create_ticket",
+        "fields": handoff["fields"],
+        "console_tokens_dir": contract.CONSOLE_TOKENS_DIR,
+    }
+    for args in (router, *revisions):
+        assert args["namespace"] == NAMESPACE
+        assert contract.HandoffConfig.model_validate(args["handoff"]).model_dump() == expected
+    stores = [contract.SessionConfig.model_validate(a["sessions"]) for a in (router, *revisions)]
+    assert stores[0] == stores[1] == stores[2]
+    assert stores[0].store == ("redis" if sessions else "memory")
+    contract.RouterConfig.model_validate(router)
+
+
+def test_without_a_ticket_adapter_handoffs_stay_in_the_console() -> None:
+    args = agent_app(rayservice({"handoff": None}))["args"]
+    assert args["handoff"] == {
+        "operation": "create_ticket",
+        "fields": {"subject": "subject", "body": "body", "priority": "priority"},
+    }
+    for container in rayservice_containers(rayservice({"handoff": None})):
+        assert contract.CONSOLE_TOKENS_DIR not in json.dumps(container)
+
+
+def test_console_tokens_are_mounted_read_only_in_every_ray_container() -> None:
+    rs = rayservice({"handoff": {"consoleTokensSecret": "acme-console"}})
+    assert agent_app(rs)["args"]["handoff"]["console_tokens_dir"] == contract.CONSOLE_TOKENS_DIR
+    pods = rayservice_pods(rs)
+    assert len(pods) == 2  # head and the CPU pool
+    for pod in pods:
+        [volume] = [v for v in pod["volumes"] if v["name"] == "console-tokens"]
+        assert volume["secret"]["secretName"] == "acme-console"
+        # Readable by the image's non-root user without an fsGroup; nobody writes them.
+        assert volume["secret"]["defaultMode"] == 0o444
+    containers = rayservice_containers(rs)
+    assert len(containers) == 2
+    for container in containers:
+        [mount] = [m for m in container["volumeMounts"] if m["name"] == "console-tokens"]
+        assert mount == {
+            "name": "console-tokens",
+            "mountPath": contract.CONSOLE_TOKENS_DIR,
+            "readOnly": True,
+        }
+        # Files, not variables: tokens rotate without a restart, and never show in `env`.
+        assert "acme-console" not in json.dumps(container.get("env", []))
+
+
+TICKETS = {
+    "system": "ticketing",
+    "baseURL": "https://helpdesk.example.com/api",
+    "operations": [
+        {
+            "name": "open_case",
+            "method": "POST",
+            "path": "/cases",
+            "inputSchema": {
+                "type": "object",
+                "required": ["title"],
+                "properties": {"title": {"type": "string"}, "details": {"type": "string"}},
+            },
+        },
+        {"name": "free_form", "method": "POST", "path": "/any"},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("handoff", "adapters_present", "reason", "fragments"),
+    [
+        (
+            {"adapter": "helpdesk", "operation": "open_case", "fields": {"title": "subject"}},
+            False,
+            "HandoffAdapterMissing",
+            ["SupportAgent support/acme", "spec.handoff.adapter", "ToolAdapter support/helpdesk"],
+        ),
+        (
+            {"adapter": "helpdesk", "operation": "create_ticket"},
+            True,
+            "HandoffOperationUnknown",
+            ["ToolAdapter support/helpdesk declares no operation create_ticket", "open_case"],
+        ),
+        (
+            {
+                "adapter": "helpdesk",
+                "operation": "open_case",
+                "fields": {"title": "subject", "summary": "transcript", "prio": "priority"},
+            },
+            True,
+            "HandoffFieldUnknown",
+            ["fills prio, summary", "helpdesk.open_case", "details, title"],
+        ),
+        (
+            {"adapter": "helpdesk", "operation": "open_case", "fields": {"details": "body"}},
+            True,
+            "HandoffFieldMissing",
+            ["helpdesk.open_case requires title"],
+        ),
+    ],
+    ids=["adapter-missing", "operation-unknown", "field-unknown", "required-field-unfilled"],
+)
+def test_unresolved_handoff(
+    handoff: dict[str, Any], adapters_present: bool, reason: str, fragments: list[str]
+) -> None:
+    from switchboard.operator.render import UnresolvedReference
+    from switchboard.operator.render.serve_config import handoff_config
+
+    spec = agent(
+        {
+            "tools": [{"adapter": "helpdesk", "operations": [handoff["operation"]]}],
+            "handoff": handoff,
+        }
+    )
+    found = {"helpdesk": validate_spec(ToolAdapterSpec, TICKETS)} if adapters_present else {}
+    with pytest.raises(UnresolvedReference) as caught:
+        handoff_config(Parent("SupportAgent", "acme", NAMESPACE), spec, found)
+    assert caught.value.reason == reason
+    for fragment in fragments:
+        assert fragment in caught.value.message
+    if adapters_present and reason != "HandoffOperationUnknown":
+        # `switchboard render` names the object as the operator's condition does.
+        docs = manifests(
+            patched(BASE_AGENT, {"tools": spec.to_wire()["tools"], "handoff": handoff})
+        )
+        docs.append(
+            {
+                "apiVersion": API_VERSION,
+                "kind": "ToolAdapter",
+                "metadata": {"name": "helpdesk"},
+                "spec": TICKETS,
+            }
+        )
+        with pytest.raises(RenderError, match=f"SupportAgent default/acme: .*{fragments[0]}"):
+            render_manifests(docs)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"title": "subject"}, {"title": "subject", "details": "transcript"}],
+)
+def test_handoff_fields_within_the_schema_resolve(fields: dict[str, str]) -> None:
+    from switchboard.operator.render.serve_config import handoff_config
+
+    spec = agent(
+        {
+            "tools": [{"adapter": "helpdesk", "operations": ["open_case"]}],
+            "handoff": {"adapter": "helpdesk", "operation": "open_case", "fields": fields},
+        }
+    )
+    found = {"helpdesk": validate_spec(ToolAdapterSpec, TICKETS)}
+    config = handoff_config(Parent("SupportAgent", "acme", NAMESPACE), spec, found)
+    assert config.fields == fields and config.console_tokens_dir is None
+
+
+def test_an_operation_without_listed_inputs_takes_any_fields() -> None:
+    from switchboard.operator.render.serve_config import handoff_config
+
+    fields = {"anything": "conversation_url"}
+    spec = agent(
+        {
+            "tools": [{"adapter": "helpdesk", "operations": ["free_form"]}],
+            "handoff": {"adapter": "helpdesk", "operation": "free_form", "fields": fields},
+        }
+    )
+    found = {"helpdesk": validate_spec(ToolAdapterSpec, TICKETS)}
+    config = handoff_config(Parent("SupportAgent", "acme", NAMESPACE), spec, found)
+    assert config.adapter == "helpdesk" and config.fields == fields
 
 
 @pytest.mark.parametrize(
@@ -950,7 +1156,7 @@ def manifests(agent_spec: dict[str, Any], **meta: str) -> list[dict[str, Any]]:
     ids=["missing-adapter", "unknown-operation"],
 )
 def test_unresolved_references(tools: list[dict[str, Any]], fragments: list[str]) -> None:
-    spec = patched(BASE_AGENT, {"tools": tools, "policy": None})
+    spec = patched(BASE_AGENT, {"tools": tools, "handoff": None})
     with pytest.raises(RenderError) as caught:
         render_manifests(manifests(spec))
     for fragment in fragments:
@@ -959,7 +1165,7 @@ def test_unresolved_references(tools: list[dict[str, Any]], fragments: list[str]
 
 def test_plan_calling_an_ungranted_operation_is_unresolved() -> None:
     plan = {"intent": "refund", "operation": "orders.refund_order"}
-    spec = patched(BASE_AGENT, {"tools": BASE_AGENT["tools"][:1], "policy": None})
+    spec = patched(BASE_AGENT, {"tools": BASE_AGENT["tools"][:1], "handoff": None})
     spec["tools"] = [{"adapter": "orders", "operations": ["get_order"]}]
     spec["intents"] = [plan]
     with pytest.raises(RenderError) as caught:
@@ -968,7 +1174,7 @@ def test_plan_calling_an_ungranted_operation_is_unresolved() -> None:
 
 
 def test_adapter_in_another_namespace_does_not_resolve() -> None:
-    docs = manifests(patched(BASE_AGENT, {"tools": BASE_AGENT["tools"][:1], "policy": None}))
+    docs = manifests(patched(BASE_AGENT, {"tools": BASE_AGENT["tools"][:1], "handoff": None}))
     for doc in docs:
         if doc["kind"] == "ToolAdapter":
             doc["metadata"]["namespace"] = "elsewhere"

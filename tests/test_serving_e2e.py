@@ -103,14 +103,14 @@ def test_missing_slot_is_asked_for_and_the_next_turn_completes(agent: Any) -> No
     assert "221B Baker Street" in third["reply"]
 
 
-def test_low_confidence_hands_off_with_a_ticket_holding_the_context(agent: Any) -> None:
+def test_out_of_scope_hands_off_with_a_ticket_holding_the_context(agent: Any) -> None:
     first = agent.chat("lowconf-1", "the quantum flux capacitor in my garden hums at night")
     assert first["reply_kind"] == "clarify" and first["handoff"] is None  # rephrase, once
     answer = agent.chat("lowconf-1", "the quantum flux capacitor in my garden hums at night")
-    assert answer["handoff"]["reason"] == "low_confidence"
+    assert answer["handoff"]["reason"] == "out_of_scope"  # the model's oos, not a low score
     ticket = agent.ticket(answer["handoff"]["ticket_id"])
     context = json.loads(ticket["body"])
-    assert context["reason"] == "low_confidence"
+    assert context["reason"] == "out_of_scope"
     assert context["trace_id"] == answer["trace_id"]
     assert "intent" in context and "transcript" in context
 
@@ -303,10 +303,21 @@ def test_every_data_plane_metric_the_chart_queries_is_served(
     # Recording rules' own names carry colons (`namespace_agent:ray_...:ratio_rate5m`).
     queried = set(re.findall(r"(?<![\w:])((?:ray|tool)_[a-z_]+)\b", text))
     assert {"ray_agent_request_total", "tool_call_total"} <= queried
-    # Series that exist only once something happened: a knowledge lookup, a closing, a turn
-    # refused for overload.
+    # Series that exist only once something happened: a knowledge lookup, a closing, a rating,
+    # a handoff answered by a human, a turn refused for overload.
     agent.chat("metrics-kb", "What shipping options do you have?")
     agent.chat("metrics-kb", "thanks, bye")
+    agent.api("POST", "/v1/sessions/metrics-kb/rating", {"rating": 5, "request_id": "q1"})
+    # A handoff a human answers and resolves (the quickstart's demo console token).
+    handoff = agent.chat("metrics-human", "I want to talk to a person")["handoff"]["id"]
+    for action, body in (("claim", {}), ("reply", {"text": "Hi!"}), ("resolve", {})):
+        status, answer = agent.api(
+            "POST",
+            f"/v1/handoffs/{handoff}/{action}",
+            {"request_id": action, **body},
+            token="demo-alice-token",
+        )
+        assert status == 200, answer
     assert any(status == 503 for status, *_ in send_burst(agent, 100))
     deadline = time.monotonic() + 30
     missing = queried

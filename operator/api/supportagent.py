@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, WithJsonSchema
 
-from switchboard.serving.config import DEFAULT_MIN_RELEVANCE, SmallTalkConfig
+from switchboard.serving.config import (
+    DEFAULT_HANDOFF_FIELDS,
+    DEFAULT_MIN_RELEVANCE,
+    HANDOFF_VALUES,
+    SmallTalkConfig,
+)
 
 from .base import (
     ApiModel,
@@ -308,13 +313,48 @@ class PolicySpec(ApiModel):
     """Redact emails, phone and card numbers before any LLM prompt, log or audit record."""
     max_tool_calls_per_turn: int = Field(default=3, ge=0, le=20)
     """Tool calls allowed in one conversation turn."""
-    handoff_adapter: ObjectName | None = None
-    """ToolAdapter (a ticketing system) that receives handoff tickets; it must be listed in
-    `tools`."""
     rephrase_attempts: int = Field(default=1, ge=0, le=5)
     """Unclear (out-of-scope or low-confidence) messages in a row that the agent answers by
     asking to rephrase before it hands off; a customer asking for a person is handed off at
     once."""
+
+
+def _handoff_value(value: str) -> str:
+    if value not in HANDOFF_VALUES:
+        raise ValueError(f"must be one of {', '.join(HANDOFF_VALUES)}")
+    return value
+
+
+# One of the contract's HANDOFF_VALUES: an enum in the schema, so the API server rejects others.
+HandoffValue = Annotated[
+    str,
+    AfterValidator(_handoff_value),
+    WithJsonSchema({"type": "string", "enum": list(HANDOFF_VALUES)}),
+]
+
+
+class HandoffSpec(ApiModel):
+    """Where handoffs go besides the agent console, and who may answer them there."""
+
+    adapter: ObjectName | None = None
+    """ToolAdapter (a ticketing system) that also gets a ticket for each handoff; it and
+    `operation` must be granted in `tools`. Unset: handoffs live only in the agent console."""
+    operation: str = Field(default="create_ticket", pattern=r"^[a-z][a-z0-9_]{0,62}$")
+    """The adapter's operation that opens the ticket."""
+    fields: dict[str, HandoffValue] = Field(
+        default_factory=lambda: dict(DEFAULT_HANDOFF_FIELDS), min_length=1, max_length=50
+    )
+    """The operation's input fields and what each gets from the handoff: `subject`, `body`
+    (the handoff's context as JSON), `priority` (`high` or `normal`), `reason`, `intent`,
+    `confidence`, `handoff_id`, `session_id`, `customer_id`, `agent` (this SupportAgent),
+    `trigger` (the message that caused the handoff), `transcript` (as text) or
+    `conversation_url` (the handoff in the agent console). Every field must be declared by the
+    operation's `inputSchema` (when it lists properties), and every input it requires mapped."""
+    console_tokens_secret: ObjectName | None = None
+    """Secret in the agent's namespace with the human agents' bearer tokens for the agent
+    console and API: one key per person, named after them, its value their token. Mounted
+    read-only in the Ray pods, so tokens rotate without a restart. Unset: the agent API
+    refuses every call."""
 
 
 class FallbackSpec(ApiModel):
@@ -413,9 +453,9 @@ class SupportAgentSpec(ApiModel):
             message="s3:// model URIs need spec.modelStorage",
         ),
         CelRule(
-            rule="!has(self.policy.handoffAdapter) || "
-            "self.tools.exists(t, t.adapter == self.policy.handoffAdapter)",
-            message="policy.handoffAdapter must be one of the adapters listed in tools",
+            rule="!has(self.handoff.adapter) || self.tools.exists(t, "
+            "t.adapter == self.handoff.adapter && self.handoff.operation in t.operations)",
+            message="handoff.adapter and handoff.operation must be granted in tools",
         ),
     )
 
@@ -445,6 +485,9 @@ class SupportAgentSpec(ApiModel):
     """Per-intent plans; intents without a plan get the `fallback`."""
     policy: PolicySpec = Field(default_factory=PolicySpec)
     """Handoff, approval and safety policy."""
+    handoff: HandoffSpec = Field(default_factory=HandoffSpec)
+    """Where handoffs to humans go (a ticketing system besides the agent console), and the
+    human agents' console tokens."""
     fallback: FallbackSpec = Field(default_factory=FallbackSpec)
     """What to do for intents of the model that no plan covers (`IntentsCovered` in status
     lists them)."""

@@ -28,6 +28,7 @@ LLM_API_KEY_ENV = "SWITCHBOARD_LLM_API_KEY"
 # S3 credentials of `spec.modelStorage`, filled from its Secret in every Ray container.
 MODEL_STORAGE_ACCESS_KEY_ENV = "SWITCHBOARD_MODEL_STORAGE_ACCESS_KEY_ID"
 MODEL_STORAGE_SECRET_KEY_ENV = "SWITCHBOARD_MODEL_STORAGE_SECRET_ACCESS_KEY"
+CONSOLE_TOKENS_VOLUME = "console-tokens"
 
 # CPU share of one replica of each deployment. The head runs no replicas (num-cpus 0), so
 # these decide how many replicas fit a worker and when Ray's autoscaler adds one.
@@ -117,6 +118,20 @@ def pod_runtime(spec: SupportAgentSpec, extra_model_uris: Sequence[str] = ()) ->
         env.append(_secret_env(MODEL_STORAGE_ACCESS_KEY_ENV, creds.name, creds.access_key_id_key))
         env.append(
             _secret_env(MODEL_STORAGE_SECRET_KEY_ENV, creds.name, creds.secret_access_key_key)
+        )
+    tokens = spec.handoff.console_tokens_secret
+    if tokens:
+        # Files, not env: a token added or revoked reaches the replicas without a restart.
+        # Readable by the image's non-root user (the Ray pods set no fsGroup), written by none.
+        volumes.append(
+            {"name": CONSOLE_TOKENS_VOLUME, "secret": {"secretName": tokens, "defaultMode": 0o444}}
+        )
+        mounts.append(
+            {
+                "name": CONSOLE_TOKENS_VOLUME,
+                "mountPath": contract.CONSOLE_TOKENS_DIR,
+                "readOnly": True,
+            }
         )
     return PodRuntime(volumes, mounts, env)
 
@@ -214,10 +229,75 @@ def check_plan_operations(parent: Parent, spec: SupportAgentSpec) -> None:
             )
 
 
+def handoff_config(
+    parent: Parent, spec: SupportAgentSpec, adapters: Mapping[str, ToolAdapterSpec]
+) -> contract.HandoffConfig:
+    """`spec.handoff` resolved against the ToolAdapters that exist: the adapter must declare
+    the operation, the operation every input that `fields` fills (when its schema lists them),
+    and `fields` must fill every input the operation requires."""
+    handoff = spec.handoff
+    agent = f"SupportAgent {parent.namespace}/{parent.name}"
+    config = contract.HandoffConfig(
+        adapter=handoff.adapter,
+        operation=handoff.operation,
+        fields=dict(handoff.fields),
+        console_tokens_dir=contract.CONSOLE_TOKENS_DIR if handoff.console_tokens_secret else None,
+    )
+    if handoff.adapter is None:
+        return config
+    where = f"ToolAdapter {parent.namespace}/{handoff.adapter}"
+    adapter = adapters.get(handoff.adapter)
+    if adapter is None:
+        raise UnresolvedReference(
+            "HandoffAdapterMissing",
+            f"{agent}: spec.handoff.adapter names {where}, which does not exist",
+        )
+    declared = {op.name: op for op in adapter.operations}
+    operation = declared.get(handoff.operation)
+    if operation is None:
+        raise UnresolvedReference(
+            "HandoffOperationUnknown",
+            f"{agent}: {where} declares no operation {handoff.operation} "
+            f"(spec.handoff.operation; it has {', '.join(sorted(declared))})",
+        )
+    schema = operation.input_schema
+    properties = schema.get("properties")
+    if isinstance(properties, Mapping) and properties:
+        unknown = sorted(set(handoff.fields) - set(properties))
+        if unknown:
+            raise UnresolvedReference(
+                "HandoffFieldUnknown",
+                f"{agent}: spec.handoff.fields fills {', '.join(unknown)}, which operation "
+                f"{handoff.adapter}.{handoff.operation} does not take (its inputs: "
+                f"{', '.join(sorted(properties))})",
+            )
+    required = schema.get("required")
+    if isinstance(required, list):
+        unfilled = sorted(str(r) for r in required if r not in handoff.fields)
+        if unfilled:
+            raise UnresolvedReference(
+                "HandoffFieldMissing",
+                f"{agent}: operation {handoff.adapter}.{handoff.operation} requires "
+                f"{', '.join(unfilled)}, which spec.handoff.fields does not fill",
+            )
+    return config
+
+
+def session_config(spec: SupportAgentSpec) -> contract.SessionConfig:
+    return contract.SessionConfig(
+        store=spec.sessions.store,
+        redis_url_env=REDIS_URL_ENV if spec.sessions.redis else None,
+        ttl_seconds=spec.sessions.ttl_seconds,
+    )
+
+
 def agent_app_config(
     parent: Parent, spec: SupportAgentSpec, adapters: Mapping[str, ToolAdapterSpec]
 ) -> contract.AgentAppConfig:
     check_plan_operations(parent, spec)
+    # Tools first: a missing adapter is named as a tool, then the handoff's own checks.
+    tools = tool_configs(parent, spec, adapters)
+    handoff = handoff_config(parent, spec, adapters)
     rev = agent_revision(spec)
     llm = None
     if spec.llm:
@@ -259,7 +339,7 @@ def agent_app_config(
             if kb and kb_path
             else None
         ),
-        tools=tool_configs(parent, spec, adapters),
+        tools=tools,
         intents=[
             contract.IntentPlanConfig(
                 intent=plan.intent,
@@ -278,7 +358,6 @@ def agent_app_config(
             approval_required=list(policy.approval_required),
             pii_redaction=policy.pii_redaction,
             max_tool_calls_per_turn=policy.max_tool_calls_per_turn,
-            handoff_adapter=policy.handoff_adapter,
             rephrase_attempts=policy.rephrase_attempts,
         ),
         fallback=fallback_config(spec),
@@ -286,11 +365,8 @@ def agent_app_config(
         small_talk=contract.SmallTalkConfig(
             **spec.small_talk.model_dump(include={"enabled", "greeting", "thanks", "goodbye"})
         ),
-        sessions=contract.SessionConfig(
-            store=spec.sessions.store,
-            redis_url_env=REDIS_URL_ENV if spec.sessions.redis else None,
-            ttl_seconds=spec.sessions.ttl_seconds,
-        ),
+        sessions=session_config(spec),
+        handoff=handoff,
     )
 
 
@@ -440,6 +516,11 @@ def serve_config(
         revisions=routes,
         testers=[contract.TesterMatch(name=t.name, exact=t.exact, regex=t.regex) for t in testers],
         tester_revision=apps[-1].revision if testers else None,
+        # The router serves the agent API and pages during a rollout: from the same session
+        # store, with the same handoff settings, as the revisions behind it.
+        namespace=parent.namespace,
+        sessions=stable.sessions,
+        handoff=stable.handoff,
     )
     if len(apps) == 1:  # no rollout: the revision itself answers at `/`, no hop in front
         applications = [agent_application(spec, stable, "/")]

@@ -70,8 +70,8 @@ def write_status(
 ) -> bool:
     """Patch the status only when it differs, and post an Event when `Ready` changes reason
     (unless `record` is None: the caller posts its own), and a Warning when one of the
-    `advisories` conditions turns False or says something new while False. Fields that
-    disappeared are removed (merge patch with null)."""
+    `advisories` conditions turns False or says something new while False (unless the `Ready`
+    Event just said the same). Fields that disappeared are removed (merge patch with null)."""
     old = body.get("status") or {}
     if _comparable(old) == _comparable(status):
         return False
@@ -82,9 +82,11 @@ def write_status(
     if record is None:
         return True
     before, after = condition(old.get("conditions"), READY), condition(status["conditions"], READY)
+    posted: set[tuple[str, str]] = set()
     if after and (
         before is None or (before["status"], before["reason"]) != (after["status"], after["reason"])
     ):
+        posted.add((after["reason"], after["message"]))
         record(
             body,
             # On its way (deploying, rolling out) is normal; only degraded or failed warns.
@@ -104,7 +106,9 @@ def write_status(
                 before is None
                 or (before["status"], before["message"]) != ("False", after["message"])
             )
+            and (after["reason"], after["message"]) not in posted
         ):
+            posted.add((after["reason"], after["message"]))
             record(body, type="Warning", reason=after["reason"], message=after["message"])
     return True
 

@@ -19,7 +19,7 @@ from ..kube import Kube
 from ..models import ModelUnreadable, model_labels
 from ..render import Parent, UnresolvedReference, render_agent, revision_traffic
 from ..render.names import serve_service_name, service_url
-from ..render.serve_config import fallback_config
+from ..render.serve_config import fallback_config, handoff_config
 from .common import (
     Desired,
     EventRecorder,
@@ -36,6 +36,8 @@ KIND = "SupportAgent"
 RAY_SERVICE = "RayServiceReady"
 ROUTES = "RoutesReady"
 TOOLS = "ToolsReady"
+# Where handoffs go: the ticket adapter and operation resolve, the console tokens Secret exists.
+HANDOFF = "HandoffReady"
 # Advisory: the agent serves either way, but an SRE should know which intents get a fallback.
 INTENTS = "IntentsCovered"
 # Reasons that mean "on its way", not "broken": they make the agent Progressing, not Degraded.
@@ -63,7 +65,7 @@ def missing_references(
         )
     for field, secret in refs:
         if not kube.exists("v1", "Secret", namespace, secret):
-            return "SecretNotFound", f"Secret {namespace}/{secret} (spec.{field}) does not exist"
+            return "SecretNotFound", _secret_missing(namespace, field, secret)
     kb = spec.knowledge_base
     if kb and kb.config_map and not kube.exists("v1", "ConfigMap", namespace, kb.config_map.name):
         return (
@@ -72,6 +74,20 @@ def missing_references(
             "does not exist",
         )
     return None
+
+
+def _secret_missing(namespace: str, field: str, secret: str) -> str:
+    return f"Secret {namespace}/{secret} (spec.{field}) does not exist"
+
+
+def missing_console_tokens(
+    kube: Kube, namespace: str, spec: SupportAgentSpec
+) -> tuple[str, str] | None:
+    """`spec.handoff.consoleTokensSecret` when it names a Secret that does not exist."""
+    secret = spec.handoff.console_tokens_secret
+    if secret is None or kube.exists("v1", "Secret", namespace, secret):
+        return None
+    return "SecretNotFound", _secret_missing(namespace, "handoff.consoleTokensSecret", secret)
 
 
 def load_adapters(
@@ -138,6 +154,40 @@ def tools_check(
     return Check(TOOLS, "True", "ToolAdaptersReady", f"{summary} ToolAdapters ready"), summary
 
 
+def handoff_check(
+    parent: Parent,
+    spec: SupportAgentSpec,
+    adapters: dict[str, ToolAdapterSpec],
+    tokens_missing: tuple[str, str] | None,
+) -> Check:
+    """Whether handoffs can go where `spec.handoff` sends them: the console tokens Secret
+    exists, the ticket adapter exists and its operation takes the fields (`handoff_config`)."""
+    if tokens_missing:
+        return Check(HANDOFF, "False", *tokens_missing)
+    try:
+        config = handoff_config(parent, spec, adapters)
+    except UnresolvedReference as exc:
+        return Check(HANDOFF, "False", exc.reason, exc.message)
+    agent = f"SupportAgent {parent.namespace}/{parent.name}"
+    secret = spec.handoff.console_tokens_secret
+    console = (
+        f"human agents sign in with the tokens of Secret {parent.namespace}/{secret}"
+        if secret
+        else "no spec.handoff.consoleTokensSecret: the agent API refuses every call"
+    )
+    if config.adapter is None:
+        return Check(
+            HANDOFF, "True", "ConsoleOnly", f"{agent}: handoffs go to the agent console; {console}"
+        )
+    return Check(
+        HANDOFF,
+        "True",
+        "TicketAdapterResolved",
+        f"{agent}: handoffs go to the agent console and open tickets with "
+        f"{config.adapter}.{config.operation}; {console}",
+    )
+
+
 def routes_check(namespace: str, name: str, spec: SupportAgentSpec) -> Check:
     if spec.ingress is None:
         return Check(ROUTES, "True", "NoIngress", "No ingress hosts requested; in-cluster only")
@@ -194,7 +244,7 @@ def reconcile(kube: Kube, body: dict[str, Any], record: EventRecorder, lookup: L
     def desired(kube: Kube, body: dict[str, Any]) -> Desired:
         return _desired_status(kube, body, lookup)
 
-    return reconcile_object(KIND, desired, kube, body, record, advisories=(INTENTS,))
+    return reconcile_object(KIND, desired, kube, body, record, advisories=(HANDOFF, INTENTS))
 
 
 def _desired_status(kube: Kube, body: dict[str, Any], lookup: Lookup) -> Desired:
@@ -207,7 +257,9 @@ def _desired_status(kube: Kube, body: dict[str, Any], lookup: Lookup) -> Desired
 
     adapter_specs, adapters_ready = load_adapters(lookup, namespace, spec)
     parent = Parent(KIND, name, namespace, meta.get("uid"))
-    missing = missing_references(kube, namespace, spec)
+    tokens_missing = missing_console_tokens(kube, namespace, spec)
+    missing = missing_references(kube, namespace, spec) or tokens_missing
+    handoff = handoff_check(parent, spec, adapter_specs, tokens_missing)
     canary, rollout = active_canary(lookup, namespace, name)
     try:
         children = render_agent(parent, spec, adapter_specs, canary)
@@ -216,11 +268,16 @@ def _desired_status(kube: Kube, body: dict[str, Any], lookup: Lookup) -> Desired
     if missing:
         # Leave what runs untouched: a deleted Secret must not take a serving agent down.
         checks, phase = failed_spec(*missing)
-        return Desired(build_status(body, checks, phase, {}))
+        return Desired(build_status(body, [*checks, handoff], phase, {}))
 
     live = apply_children(kube, children)
     tools, ready_tools = tools_check(namespace, spec, adapters_ready)
-    parts = [rayservice_check(live["RayService"]), routes_check(namespace, name, spec), tools]
+    parts = [
+        rayservice_check(live["RayService"]),
+        routes_check(namespace, name, spec),
+        tools,
+        handoff,
+    ]
     ready, progressing, degraded, phase = summarize(parts, progressing_reasons=PROGRESSING_REASONS)
     coverage = coverage_check(namespace, name, spec, _labels(spec))
     revisions = revision_traffic(spec, canary)

@@ -83,6 +83,23 @@ class ServedAgent:
         assert status == 200, body
         return body
 
+    def api(
+        self, method: str, path: str, body: dict[str, Any] | None = None, token: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """A call of the agent API or the customer's session API (docs/handoffs.md)."""
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"{self.url}{path}", data=data, method=method, headers=headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
     def ticket(self, ticket_id: str) -> dict[str, Any]:
         ticket: dict[str, Any] = self.demo.store.get_ticket(ticket_id)
         return ticket
@@ -116,6 +133,7 @@ def serve_documents(
             nlu_model=str(nlu_model),
             knowledge_dir=str(state / "knowledge"),
             system_urls={"orders": demo.orders_url, "ticketing": demo.ticketing_url},
+            state_dir=str(state),
         )
         plan = local_plan(documents, overrides)
         served = stack.enter_context(embedded_serve(plan))
