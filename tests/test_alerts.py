@@ -11,6 +11,9 @@ alert enabled (the operator-down alert needs the ServiceMonitor), the groups are
   rendered) and one where it stays silent for a healthy agent, tool or operator.
 
 Every alert of the chart must have both kinds of case: a new alert without unit tests fails here.
+The support recording rules (containment, handoff times, CSAT: group `switchboard.support.rules`)
+have no alert; `promql_expr_test` cases check the values they record from input series, and
+every rule of that group must be checked by one.
 
 The unit-test files name `rule_files: [rules.yaml]`; this module adds `group_eval_order` (the
 chart's group order, so that an alert reads what the recording rules wrote in the same
@@ -20,6 +23,7 @@ report (expected and actual alerts, labels, annotations) is the failure message.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +41,8 @@ RULES_FILE = "rules.yaml"
 # Every alert the chart can render.
 ENABLED = ("prometheusRule.enabled=true", "metrics.serviceMonitor.enabled=true")
 PROMTOOL_TIMEOUT_S = 120
+# The recording rules of the support metrics (no alert reads them: promql_expr_test does).
+SUPPORT_GROUP = "switchboard.support.rules"
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,6 +150,27 @@ def test_promtool_unit_tests_catch_a_broken_rule(
     assert "FAILED" in done.stdout + done.stderr
 
 
+def test_promtool_expr_tests_catch_a_broken_recording_rule(
+    promtool: str, groups: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """The harness sees a failing `promql_expr_test`: containment without the `or 0 * started`
+    fallback records nothing for an agent that never handed off (support_metrics.yaml's calm)."""
+    broken = yaml.safe_load(yaml.safe_dump(groups))
+    [support] = [g for g in broken if g["name"] == SUPPORT_GROUP]
+    fallback = re.compile(r"\s*or\s*0 \* sum by \(namespace, agent\) \([^\n]*\)\)")
+    changed = 0
+    for rule in support["rules"]:
+        if rule.get("record", "").startswith("namespace_agent:ray_agent_conversations_contained:"):
+            rule["expr"], n = fallback.subn("", rule["expr"])
+            changed += n
+    assert changed == 2
+    folder = prepare(broken, tmp_path, [UNIT_TESTS / "support_metrics.yaml"])
+    done = promtool_run(promtool, folder, "test", "rules", "support_metrics.yaml")
+    assert done.returncode != 0
+    assert "FAILED" in done.stdout + done.stderr
+    assert 'agent="calm"' in done.stdout + done.stderr
+
+
 # --------------------------------------------------------------------------------------------
 # Every alert is covered
 
@@ -156,7 +183,10 @@ def test_unit_test_files_read_the_rendered_rules() -> None:
         assert unit["tests"], path.name
         for test in unit["tests"]:
             assert test.get("name"), path.name
-            assert test.get("alert_rule_test"), (path.name, test["name"])
+            assert test.get("alert_rule_test") or test.get("promql_expr_test"), (
+                path.name,
+                test["name"],
+            )
 
 
 def test_unit_tests_cover_every_alert(groups: list[dict[str, Any]]) -> None:
@@ -166,7 +196,7 @@ def test_unit_tests_cover_every_alert(groups: list[dict[str, Any]]) -> None:
     silent: set[str] = set()
     for path in UNIT_TEST_FILES:
         for test in load(path)["tests"]:
-            for case in test["alert_rule_test"]:
+            for case in test.get("alert_rule_test") or []:
                 expected = case.get("exp_alerts") or []
                 if not expected:
                     silent.add(case["alertname"])
@@ -185,3 +215,21 @@ def test_unit_tests_cover_every_alert(groups: list[dict[str, Any]]) -> None:
         assert any(
             name == rule["alert"] and static.items() <= labels.items() for name, labels in fired
         ), f"no unit test fires {rule['alert']} {static}"
+
+
+def test_unit_tests_check_every_support_recording_rule(groups: list[dict[str, Any]]) -> None:
+    """Each recording rule of the support group is queried by a `promql_expr_test` with
+    expected samples: containment, handoffs by reason, the human times' quantiles and CSAT."""
+    [support] = [g for g in groups if g["name"] == SUPPORT_GROUP]
+    records = {r["record"] for r in support["rules"]}
+    assert len(records) == len(support["rules"])
+    checked: set[str] = set()
+    for path in UNIT_TEST_FILES:
+        for test in load(path)["tests"]:
+            for case in test.get("promql_expr_test") or []:
+                assert case.get("exp_samples"), (path.name, test["name"], case["expr"])
+                checked.update(r for r in records if r in case["expr"])
+    # One window or quantile of each family is enough: the others come from the same template.
+    families = {re.sub(r"(p\d+_)?rate\d+[hd]$", "", r) for r in records}
+    covered = {re.sub(r"(p\d+_)?rate\d+[hd]$", "", r) for r in checked}
+    assert families - covered == set(), "support recording rules no promql_expr_test checks"

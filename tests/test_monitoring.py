@@ -173,6 +173,11 @@ def test_exported_metric_sets_come_from_the_code() -> None:
         "ray_escalation_to_human_total",
         "ray_agent_nlu_confidence_sum",
         "ray_agent_tool_calls_total",
+        "ray_agent_conversations_total",
+        "ray_agent_conversations_escalated_total",
+        "ray_agent_handoff_first_reply_seconds_bucket",
+        "ray_agent_handoff_handling_seconds_bucket",
+        "ray_agent_csat_ratings_total",
     ):
         assert expected in names
     assert "ray_agent_response_latency_seconds" not in names  # a histogram has no bare series
@@ -452,9 +457,14 @@ def test_rule_expressions_use_exported_metrics(prometheus_rule: dict[str, Any]) 
     assert problems == {}
 
 
-def test_dashboard_expressions_use_exported_metrics(dashboard: dict[str, Any]) -> None:
+def test_dashboard_expressions_use_exported_metrics(
+    dashboard: dict[str, Any], prometheus_rule: dict[str, Any]
+) -> None:
+    """Panels read exported metrics, or the chart's own support recording rules (a day's
+    containment or CSAT is too costly to compute at every refresh)."""
     exprs = dashboard_exprs(dashboard)
     assert len(exprs) >= 20
+    known = exported_metrics() | recorded_names(prometheus_rule)
     problems = {}
     for where, expr in exprs:
         try:
@@ -462,15 +472,67 @@ def test_dashboard_expressions_use_exported_metrics(dashboard: dict[str, Any]) -
         except ValueError as exc:
             problems[where] = f"does not parse: {exc}: {expr}"
             continue
-        if unknown := unknown_metrics(names, exported_metrics()):
+        if unknown := unknown_metrics(names, known):
             problems[where] = f"unknown metrics {sorted(unknown)}"
     assert problems == {}
 
 
-def test_every_metric_appears_on_the_dashboard(dashboard: dict[str, Any]) -> None:
+def expand_recorded(names: set[str], prometheus_rule: dict[str, Any]) -> set[str]:
+    """`names` with each recording rule's name replaced by the metrics its expression reads
+    (through earlier recording rules too)."""
+    sources = {
+        r["record"]: selected_metrics(str(r["expr"]))
+        for r in rules_of(prometheus_rule)
+        if "record" in r
+    }
+    expanded: set[str] = set()
+    pending = list(names)
+    while pending:
+        name = pending.pop()
+        if name in sources:
+            pending.extend(sources[name] - expanded)
+        expanded.add(name)
+    return expanded - set(sources)
+
+
+def test_dashboard_recording_rules_keep_the_agent_filters(
+    dashboard: dict[str, Any], prometheus_rule: dict[str, Any]
+) -> None:
+    """A recording rule a panel reads keeps `namespace` and `agent` (the dashboard's variables
+    filter it), and the panel's description says that it needs the chart's PrometheusRule."""
+    recorded = recorded_labels(prometheus_rule)
+    read = 0
+    for panel in panels_of(dashboard):
+        names = {
+            n
+            for target in panel.get("targets") or []
+            if "expr" in target
+            for n in selected_metrics(interpolate(target["expr"], grafana_variables(dashboard)))
+        }
+        rules = names & set(recorded)
+        if not rules:
+            continue
+        read += len(rules)
+        assert "prometheusRule.enabled" in panel["description"], panel["title"]
+        for name in rules:
+            labels = recorded[name]
+            assert labels is not None and {"namespace", "agent"} <= labels, (name, labels)
+            for target in panel["targets"]:
+                if name in selected_metrics(target["expr"].replace("$__rate_interval", "5m")):
+                    assert '$namespace"' in target["expr"] and '$agent"' in target["expr"]
+    assert read >= 10
+
+
+def test_every_metric_appears_on_the_dashboard(
+    dashboard: dict[str, Any], prometheus_rule: dict[str, Any]
+) -> None:
     """The dashboard covers every series family the project exports (histograms through one of
-    their series), prometheus_client's process and platform collectors aside."""
-    used = set().union(*(selected_metrics(e) for _, e in dashboard_exprs(dashboard)))
+    their series; a recording rule covers what it reads), prometheus_client's process and
+    platform collectors aside."""
+    used = expand_recorded(
+        set().union(*(selected_metrics(e) for _, e in dashboard_exprs(dashboard))),
+        prometheus_rule,
+    )
     families = {
         re.sub(r"_(bucket|sum|count|created|total)$", "", n)
         for n in exported_metrics()
