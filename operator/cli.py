@@ -290,6 +290,11 @@ def _serve(args: argparse.Namespace, handler: _Signals) -> int:
             body = json.dumps({"session_id": session, "message": message})
             print(f"  curl -s {url}/v1/chat -H 'content-type: application/json' -d '{body}'")
         print(f"or chat: switchboard chat {url}")
+        for agent in plan.agents:
+            base = url if len(plan.agents) == 1 else f"{url}/{agent.app.agent}"
+            print(f"customer chat widget: {base}/widget")
+            people = ", ".join(sorted(agent.console_tokens)) or "nobody: no consoleTokensSecret"
+            print(f"agent console: {base}/console  (sign in as {people}, tokens in its Secret)")
         if demo is not None:
             print(
                 f"or run the demo conversation set: switchboard eval-conversations {url} "

@@ -306,6 +306,13 @@ def test_serve_stops_everything_and_exits_0_on_sigterm(
         with urllib.request.urlopen(request, timeout=60) as reply:
             status, body = reply.status, reply.read()
         assert status == 200 and json.loads(body)["reply"], body
+        # What `make demo` prints and serves besides the chat API: the two pages.
+        printed = serve.output()
+        for page in ("widget", "console"):
+            assert f"http://127.0.0.1:{port}/{page}" in printed, printed
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/{page}", timeout=30) as reply:
+                assert reply.status == 200 and b"<html" in reply.read()
+        assert "sign in as alice, bob" in printed
         ray = alive(descendants(serve.process.pid))
         assert {"raylet", "gcs_server"} <= set(ray.values()), ray
         code, seconds = serve.terminate()
