@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from switchboard.serving.jsonlines import json_objects
+
 # The variable the data plane reads its Redis URL from (operator/render/serve_config.py).
 REDIS_URL_ENV = "SWITCHBOARD_REDIS_URL"
 DEFAULT_STATE_DIR = ".switchboard"
@@ -72,17 +74,7 @@ def parse_records(lines: Iterable[str], source: str) -> list[FeedbackRecord]:
     reported at once, with its line (1-based) in `source`."""
     records: list[FeedbackRecord] = []
     problems: list[str] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            data: Any = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"line {number}: invalid JSON ({exc.msg})")
-            continue
-        if not isinstance(data, dict):
-            problems.append(f"line {number}: expected a JSON object")
-            continue
+    for number, data in json_objects(lines, problems):
         stamp = data.get("timestamp")
         if not isinstance(stamp, str):
             problems.append(f"line {number}: 'timestamp' must be an RFC 3339 string")

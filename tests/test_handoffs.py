@@ -231,6 +231,28 @@ def test_after_a_handoff_the_bot_stays_quiet_until_a_human_resolves_it() -> None
     assert back["reply_kind"] == "slot_prompt" and back["handoff"] is None
 
 
+def test_the_ticket_uses_the_configured_operation_and_field_mapping() -> None:
+    """The operation and its payload were hard-coded (`create_ticket` with subject, body and
+    priority) whatever the ticket system took."""
+    orchestrator, tools = scripted_orchestrator()
+    handoff = HandoffConfig(
+        adapter="ticketing",
+        operation="open_case",
+        fields={"title": "subject", "details": "transcript", "ref": "handoff_id"},
+    )
+    orchestrator.config = orchestrator.config.model_copy(update={"handoff": handoff})
+    talk(orchestrator, "my payment failed", "gibberish, get me a human")
+    adapter, operation, payload = tools.calls[-1]
+    assert (adapter, operation, sorted(payload)) == ("ticketing", "open_case", [
+        "details", "ref", "title"])  # fmt: skip
+    assert payload["ref"] == "s1~1" and payload["title"].startswith("[acme] requested")
+    assert payload["details"].splitlines() == [
+        "customer: my payment failed",
+        "agent: payments.md#1 text. (source: payments.md#1)",
+        "customer: gibberish, get me a human",
+    ]
+
+
 def test_a_handoff_turn_retried_after_a_crash_opens_one_handoff() -> None:
     orchestrator, _ = scripted_orchestrator()
     _with_console(orchestrator)

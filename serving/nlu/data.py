@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import random
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..config import OOS_INTENT
+from ..jsonlines import json_objects
 
 OOS_LABEL = OOS_INTENT
 """The label of off-topic queries, when the data has them."""
@@ -194,17 +193,7 @@ def read_feedback(path: str | Path) -> tuple[list[Example], int]:
     problems: list[str] = []
     latest: dict[str, Example] = {}
     skipped = 0
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record: Any = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"line {number}: invalid JSON ({exc.msg})")
-            continue
-        if not isinstance(record, dict):
-            problems.append(f"line {number}: expected a JSON object")
-            continue
+    for number, record in json_objects(text.splitlines(), problems):
         value, label = record.get("text"), record.get("corrected_intent")
         if not isinstance(value, str) or not value.strip():
             problems.append(f"line {number}: 'text' must be a non-empty string")

@@ -155,7 +155,12 @@ def _require_assignee(record: HandoffRecord, human: str) -> None:
     _require_open(record)
     if record.assignee is None:
         raise HandoffError(409, "not_claimed", f"claim handoff {record.id} before answering it")
-    if record.assignee != human:
+    _require_not_someone_elses(record, human)
+
+
+def _require_not_someone_elses(record: HandoffRecord, human: str) -> None:
+    """Anyone may act on an unclaimed handoff; on a claimed one only its assignee."""
+    if record.assignee is not None and record.assignee != human:
         raise HandoffError(
             403, "not_assignee", f"handoff {record.id} is assigned to {record.assignee}"
         )
@@ -215,10 +220,7 @@ def resolve(record: HandoffRecord, human: str, request_id: str, now: float) -> H
     if already_applied(record, request_id):
         return record
     _require_open(record)
-    if record.assignee is not None and record.assignee != human:
-        raise HandoffError(
-            403, "not_assignee", f"handoff {record.id} is assigned to {record.assignee}"
-        )
+    _require_not_someone_elses(record, human)
     notice = "The assistant is back; a colleague can be reached again at any time."
     return _changed(
         record,
@@ -255,10 +257,7 @@ def correct(
     comes after the conversation."""
     if already_applied(record, request_id):
         return record
-    if record.assignee is not None and record.assignee != human:
-        raise HandoffError(
-            403, "not_assignee", f"handoff {record.id} is assigned to {record.assignee}"
-        )
+    _require_not_someone_elses(record, human)
     target = text if text is not None else record.trigger
     known = (
         {record.trigger}
@@ -286,10 +285,7 @@ def rate_bot(
 ) -> HandoffRecord:
     if already_applied(record, request_id):
         return record
-    if record.assignee is not None and record.assignee != human:
-        raise HandoffError(
-            403, "not_assignee", f"handoff {record.id} is assigned to {record.assignee}"
-        )
+    _require_not_someone_elses(record, human)
     return _changed(record, request_id, bot_rating=rating)
 
 
