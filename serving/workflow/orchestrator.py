@@ -711,9 +711,8 @@ class Orchestrator:
             payload = self._ticket_payload(record)
             queued = session.queued_ticket
             if queued is not None:
-                # The ticket system has not taken an earlier handoff's ticket yet: this one
-                # joins it rather than opening a second ticket.
-                queued.payload.update({k: v for k, v in payload.items() if k not in queued.payload})
+                # The ticket system has not taken an earlier handoff's ticket yet: that ticket
+                # (with its first key) stands for this handoff too rather than a second one.
                 queued.handoff_id = record.id
             else:
                 queued = QueuedTicket(
