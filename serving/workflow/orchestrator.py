@@ -363,6 +363,7 @@ class Orchestrator:
             )
             if asks_for_human(message):
                 turn.steps.append("the customer asks for a person")
+                turn.policy.append("the customer asked for a person: hand off at once")
                 return await self._handoff(session, "requested", turn)
             reason = "out_of_scope" if understanding.is_oos else "low_confidence"
             return await self._unclear(session, turn, reason)
@@ -484,6 +485,7 @@ class Orchestrator:
     ) -> str:
         if plan.handoff:
             turn.steps.append(f"plan {plan.intent}: hand off")
+            turn.policy.append(f"the plan for {plan.intent} hands off to a person")
             session.pending = None
             return await self._handoff(session, "requested", turn)
         missing = [s for s in plan.required_slots if s not in pending.slots]
