@@ -109,6 +109,7 @@ def cmd_nlu(args: argparse.Namespace) -> int:
 
 def cmd_feedback_export(args: argparse.Namespace) -> int:
     from . import feedback
+    from .render.serve_config import REDIS_URL_ENV
 
     since = None
     if args.since:
@@ -119,7 +120,7 @@ def cmd_feedback_export(args: argparse.Namespace) -> int:
             return 2
     redis_url = args.redis_url
     if redis_url is None and args.file is None:
-        redis_url = os.environ.get(feedback.REDIS_URL_ENV) or None
+        redis_url = os.environ.get(REDIS_URL_ENV) or None
     try:
         if redis_url is not None:
             source = f"redis key {feedback.feedback_key(args.namespace, args.agent)}"
@@ -389,7 +390,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .feedback import REDIS_URL_ENV
+    from .render.serve_config import REDIS_URL_ENV
 
     parser = argparse.ArgumentParser(
         prog="switchboard", description="Run AI customer-support agents on Ray Serve."

@@ -5,8 +5,8 @@ The data plane appends one JSON object per correction or escalation (docs/handof
 "Feedback"): to the Redis list `switchboard:<namespace>:<agent>:feedback` on clusters
 (`sessions.store: redis`), to the file `.switchboard/feedback/<namespace>-<agent>.jsonl` under
 `switchboard serve`. This module reads either, keeps the records asked for and writes them in
-time order. Only the standard library is imported here; the Redis client (the serving extra's
-`redis`) is imported when a Redis log is read.
+time order. The Redis client (the serving extra's `redis`) is imported only when a Redis log is
+read.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from typing import Any, TextIO
 
 from switchboard.serving.jsonlines import json_objects
 
-# The variable the data plane reads its Redis URL from (operator/render/serve_config.py).
-REDIS_URL_ENV = "SWITCHBOARD_REDIS_URL"
 DEFAULT_STATE_DIR = ".switchboard"
 # LRANGE page: a long log is read in slices, never as one reply.
 REDIS_PAGE = 1000

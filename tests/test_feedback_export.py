@@ -23,6 +23,7 @@ import redis
 from support.redis_server import RedisServer
 from switchboard.operator import feedback
 from switchboard.operator.cli import main
+from switchboard.operator.render.serve_config import REDIS_URL_ENV
 from switchboard.serving.nlu.data import read_feedback
 from switchboard.serving.workflow.sessions import MemorySessionStore, RedisSessionStore
 
@@ -183,7 +184,7 @@ def test_export_reads_the_redis_url_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     append_to_redis(redis_server.url, namespace, "acme", RECORDS[:2])
-    monkeypatch.setenv(feedback.REDIS_URL_ENV, redis_server.url)
+    monkeypatch.setenv(REDIS_URL_ENV, redis_server.url)
     code, out, err = export(capsys, "--agent", "acme", "-n", namespace)
     assert code == 0, err
     assert lines(out) == RECORDS[:2]
@@ -269,7 +270,7 @@ def test_export_reports_an_unreachable_redis(
 def test_export_from_the_default_local_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(feedback.REDIS_URL_ENV, raising=False)
+    monkeypatch.delenv(REDIS_URL_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     # Where `switchboard serve` (operator/localrun.py) points the memory store's feedback log.
     path = tmp_path / ".switchboard" / "feedback" / "support-acme.jsonl"
@@ -298,7 +299,7 @@ def test_export_from_the_default_local_file(
 def test_export_file_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(feedback.REDIS_URL_ENV, raising=False)
+    monkeypatch.delenv(REDIS_URL_ENV, raising=False)
     code, out, err = export(capsys, "--agent", "acme", "--file", str(tmp_path / "none.jsonl"))
     assert (code, out) == (1, "")
     assert f"no feedback log at {tmp_path / 'none.jsonl'}" in err
