@@ -36,6 +36,7 @@ from ..config import GATEWAY_CONFIG_ENV, GatewayOperation, ToolGatewayConfig
 from .credentials import Credentials, CredentialsUnavailable
 from .logs import LOGGER_NAME
 from .metrics import GatewayMetrics, Outcome
+from .openapi import openapi_document
 from .resilience import Backoff, CircuitBreaker, Clock, TokenBucket, parse_retry_after
 from .templating import InputError, PathTemplate, TemplateError, build_request
 
@@ -244,6 +245,7 @@ class ToolGateway:
         self._clock = clock
         self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
+        self._openapi: dict[str, Any] | None = None
         self._log = logging.getLogger(LOGGER_NAME)
 
     async def start(self) -> None:
@@ -306,6 +308,11 @@ class ToolGateway:
 
     async def handle_health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+    async def handle_openapi(self, request: Request) -> Response:
+        if self._openapi is None:
+            self._openapi = openapi_document(self.config)
+        return JSONResponse(self._openapi)
 
     async def handle_metrics(self, request: Request) -> Response:
         return Response(self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -594,6 +601,7 @@ def create_app(config: ToolGatewayConfig, **options: Any) -> Starlette:
             Route("/readyz", gateway.handle_ready, methods=["GET"]),
             Route("/healthz", gateway.handle_health, methods=["GET"]),
             Route("/metrics", gateway.handle_metrics, methods=["GET"]),
+            Route("/openapi.json", gateway.handle_openapi, methods=["GET"]),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
