@@ -71,6 +71,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             load_manifests(args.file),
             default_namespace=args.namespace,
             hpa_api_version=args.hpa_api_version,
+            istio=not args.no_istio,
         )
     except RenderError as exc:
         print(f"switchboard: {exc}", file=sys.stderr)
@@ -80,7 +81,14 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
+    from .config import scrapers_of
     from .main import run
+
+    try:
+        scrapers = scrapers_of(args.scraper_pod_labels, args.scraper_namespace_labels)
+    except ValueError as exc:
+        print(f"switchboard: --scraper-*-labels: {exc}", file=sys.stderr)
+        return 2
 
     return run(
         namespaces=args.namespace,
@@ -91,6 +99,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         prometheus_url=args.prometheus_url,
         peering=args.peering,
         priority=args.priority,
+        scrapers=scrapers,
     )
 
 
@@ -367,7 +376,7 @@ def cmd_kb_calibrate(args: argparse.Namespace) -> int:
 def cmd_eval_conversations(args: argparse.Namespace) -> int:
     """Scripted conversations against a running agent; exit 1 when any fails."""
     from switchboard.serving import conversations
-    from switchboard.serving.chat import send
+    from switchboard.serving.chat import Client
 
     try:
         suite = conversations.load_suite(args.suite)
@@ -375,9 +384,7 @@ def cmd_eval_conversations(args: argparse.Namespace) -> int:
         print(f"switchboard: {exc}", file=sys.stderr)
         return 2
     faults = conversations.FaultControl(dict(p.split("=", 1) for p in args.fault_url))
-    results = conversations.run_suite(
-        suite, lambda session, message: send(args.url, session, message), faults
-    )
+    results = conversations.run_suite(suite, Client(args.url), faults)
     summary = conversations.summarize(results)
     print(json.dumps(summary, indent=2) if args.json else conversations.format_summary(summary))
     return 0 if not summary["failures"] else 1
@@ -411,6 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["autoscaling/v2", "autoscaling/v2beta2"],
         help="HPA version to render (the operator picks it by discovery)",
     )
+    render.add_argument(
+        "--no-istio",
+        action="store_true",
+        help="no Istio AuthorizationPolicies for the gateways (the operator renders them where "
+        "the cluster serves security.istio.io/v1)",
+    )
     render.set_defaults(func=cmd_render)
 
     op = sub.add_parser("operator", help="run the operator (kopf) against the current cluster")
@@ -421,6 +434,17 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--liveness-port", type=int, default=8081, help="health endpoint port")
     op.add_argument(
         "--prometheus-url", help="Prometheus for ModelRollout analysis (or per rollout)"
+    )
+    op.add_argument(
+        "--scraper-pod-labels",
+        metavar="K=V,...",
+        help="pods the tool gateways admit for metrics "
+        "(default: app.kubernetes.io/name=prometheus)",
+    )
+    op.add_argument(
+        "--scraper-namespace-labels",
+        metavar="K=V,...",
+        help="namespaces those pods may run in (default: any)",
     )
     op.add_argument(
         "--peering",

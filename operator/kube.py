@@ -22,9 +22,13 @@ PLURALS = {
     "ModelRollout": "modelrollouts",
     "RayService": "rayservices",
     "VirtualService": "virtualservices",
+    "RequestAuthentication": "requestauthentications",
     "Deployment": "deployments",
     "Service": "services",
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "NetworkPolicy": "networkpolicies",
+    "ServiceAccount": "serviceaccounts",
+    "AuthorizationPolicy": "authorizationpolicies",
     "Secret": "secrets",
     "ConfigMap": "configmaps",
 }

@@ -38,6 +38,7 @@ from .indexes import (
     rollout_entries,
 )
 from .kube import Kube, KubeError
+from .render.access import Scrapers
 from .render.names import MANAGED_BY
 from .resources import modelrollout, supportagent, tooladapter
 from .resources.common import Outcome, apply_failed_status, write_status
@@ -47,8 +48,8 @@ from .workers import (
     References,
     Retry,
     Worker,
+    adapter_references,
     agent_references,
-    no_references,
     rollout_references,
 )
 
@@ -67,6 +68,13 @@ WATCHED_CHILDREN = {
     ("networking.istio.io", "virtualservices"): ("networking.istio.io", "v1", "virtualservices"),
     ("", "services"): ("services",),
     ("autoscaling", "horizontalpodautoscalers"): ("horizontalpodautoscalers.autoscaling",),
+    ("networking.k8s.io", "networkpolicies"): ("networkpolicies.networking.k8s.io",),
+    ("security.istio.io", "authorizationpolicies"): (
+        "security.istio.io",
+        "v1",
+        "authorizationpolicies",
+    ),
+    ("", "serviceaccounts"): ("serviceaccounts",),
 }
 CHILD_RESOURCES = {**INDEXED_CHILDREN, **WATCHED_CHILDREN}
 AGENTS: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": "supportagents"}
@@ -202,7 +210,7 @@ def _agent(kube: Kube, body: dict[str, Any], lookup: Lookup, config: OperatorCon
 
 
 def _adapter(kube: Kube, body: dict[str, Any], lookup: Lookup, config: OperatorConfig) -> Outcome:
-    return tooladapter.reconcile(kube, body, record_event)
+    return tooladapter.reconcile(kube, body, record_event, lookup, config.scrapers)
 
 
 def _rollout(kube: Kube, body: dict[str, Any], lookup: Lookup, config: OperatorConfig) -> Outcome:
@@ -304,12 +312,15 @@ async def agent_event(event: kopf.RawEvent, meta: kopf.Meta, memo: kopf.Memo, **
     if event.get("type") == "DELETED":
         memo.gauges.agent_ready(namespace, name, None)
     mark(memo, (supportagent.KIND, namespace, name))
+    # The gateways it references (or referenced: the grants index no longer names those) admit
+    # its pods or stop admitting them; each adapter's worker compares who references it now.
+    memo.marks.mark_namespace(tooladapter.KIND, namespace)
 
 
 # --- ToolAdapter -----------------------------------------------------------------------
 
 
-register_worker(tooladapter.KIND, ADAPTERS, lambda c: c.drift_seconds, no_references)
+register_worker(tooladapter.KIND, ADAPTERS, lambda c: c.drift_seconds, adapter_references)
 
 
 @kopf.on.event(**ADAPTERS)
@@ -381,6 +392,7 @@ def run(
     prometheus_url: str | None = None,
     peering: str | None = None,
     priority: int | None = None,
+    scrapers: Scrapers | None = None,
 ) -> int:
     """Entry point of `switchboard operator`.
 
@@ -388,7 +400,11 @@ def run(
     highest priority acts; the others stand by and resume when it stops. Each replica draws its
     own priority unless given one: equal priorities would pause them all (kopf's rule).
     """
-    config = OperatorConfig(metrics_port=metrics_port, prometheus_url=prometheus_url or None)
+    config = OperatorConfig(
+        metrics_port=metrics_port,
+        prometheus_url=prometheus_url or None,
+        scrapers=scrapers or Scrapers(),
+    )
     # Each line about an object names it ("[namespace/name] ..."); probes are not news.
     kopf.configure(verbose=verbose, log_prefix=True)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

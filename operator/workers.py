@@ -65,6 +65,14 @@ class Marks:
         if wake is not None:
             wake.set(forced)
 
+    def mark_namespace(self, kind: str, namespace: str) -> None:
+        """Every `kind` object of `namespace` (each worker decides whether its inputs changed):
+        for what concerns objects no index names any more, such as the adapters an agent
+        stopped referencing."""
+        for (k, ns, _), wake in list(self._wakes.items()):
+            if k == kind and ns == namespace:
+                wake.set()
+
     @contextlib.contextmanager
     def registered(self, key: Key) -> Iterator[Wake]:
         wake = self._wakes[key] = Wake()
@@ -100,6 +108,12 @@ def agent_references(body: Mapping[str, Any], lookup: Lookup) -> Hashable:
         if isinstance(t, Mapping)
     )
     return adapters, tuple(lookup.rollouts(namespace, name))
+
+
+def adapter_references(body: Mapping[str, Any], lookup: Lookup) -> Hashable:
+    """A ToolAdapter reads which SupportAgents reference it: its gateway admits only them."""
+    meta = body["metadata"]
+    return tuple(lookup.agents_granted(meta["namespace"], meta["name"]))
 
 
 def rollout_references(body: Mapping[str, Any], lookup: Lookup) -> Hashable:

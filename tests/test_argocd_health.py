@@ -288,6 +288,9 @@ class InMemoryKube:
     def hpa_api_version(self) -> str:
         return "autoscaling/v2"
 
+    def served_versions(self, group: str) -> list[str]:
+        return []  # no Istio here
+
     def lookup(self) -> Lookup:
         """What the operator's indexes would hold of these objects."""
         return Lookup.of(copy.deepcopy(list(self.objects.values())))

@@ -118,6 +118,9 @@ def test_default_install(helm_template: Any) -> None:
         "--peering=switchboard",
         "--metrics-port=8080",
         "--liveness-port=8081",
+        # The tool gateways' NetworkPolicies admit Prometheus (any namespace) for metrics.
+        "--scraper-pod-labels=app.kubernetes.io/name=prometheus",
+        "--scraper-namespace-labels=",
     ]
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
@@ -264,6 +267,10 @@ OPERATOR_RULES = {
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
     ("", "services"): {"get", "list", "watch", "create", "patch"},
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "create", "patch"},
+    ("security.istio.io", "requestauthentications"): {"create", "patch"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch"},
+    ("security.istio.io", "authorizationpolicies"): {"get", "list", "watch", "create", "patch"},
+    ("", "serviceaccounts"): {"get", "list", "watch", "create", "patch"},
     ("", "secrets"): {"get"},
     ("", "configmaps"): {"get"},
     ("", "events"): {"create", "patch"},

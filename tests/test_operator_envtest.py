@@ -620,6 +620,77 @@ def test_operator_metrics_are_exported(operator: dict[str, Any], quickstart: str
     assert f'switchboard_agent_ready{{agent="acme",namespace="{quickstart}"}}' in text
 
 
+def gateway_callers(cluster: Cluster, ns: str, adapter: str) -> list[str] | None:
+    """The agents the adapter's NetworkPolicy admits by name ([] none; None: no policy)."""
+    policy = cluster.get("networking.k8s.io/v1", "NetworkPolicy", ns, f"{adapter}-gateway")
+    if policy is None:
+        return None
+    for rule in policy["spec"]["ingress"]:
+        for peer in rule["from"]:
+            for expr in peer.get("podSelector", {}).get("matchExpressions", []):
+                if expr["key"] == "switchboard.dev/agent":
+                    return sorted(expr["values"])
+    return []
+
+
+def test_gateway_admits_exactly_the_agents_that_reference_it(
+    cluster: Cluster, operator: dict[str, Any]
+) -> None:
+    """Two agents, one referencing `orders`: its NetworkPolicy (and Istio AuthorizationPolicy)
+    admits that agent's pods only; the second starts referencing it → both; the second is
+    deleted → one again."""
+    ns = cluster.namespace("gateway-access")
+    cluster.apply_dir(QUICKSTART, ns)  # `acme` references orders and ticketing
+    acme = next(
+        d for d in yaml.safe_load_all((QUICKSTART / "50-supportagent.yaml").read_text()) if d
+    )
+    beta = json.loads(json.dumps(acme))
+    beta["metadata"] = {"name": "beta"}
+    beta["spec"]["tools"] = [t for t in acme["spec"]["tools"] if t["adapter"] == "ticketing"]
+    cluster.create(beta, ns)
+
+    def callers_are(adapter: str, expected: list[str]) -> bool:
+        return gateway_callers(cluster, ns, adapter) == expected
+
+    cluster.wait_for("orders admits acme", lambda: callers_are("orders", ["acme"]))
+    cluster.wait_for("ticketing admits both", lambda: callers_are("ticketing", ["acme", "beta"]))
+    adapter = cluster.get(f"{GROUP}/{VERSION}", "ToolAdapter", ns, "orders")
+    policy = cluster.get("networking.k8s.io/v1", "NetworkPolicy", ns, "orders-gateway")
+    assert adapter is not None and policy is not None
+    assert owned_by(policy, adapter) and applied_by_switchboard(policy)
+    # The agents' pods run as their own ServiceAccount, which the agent owns. (`beta`, whose
+    # intents use operations of `orders` it is not granted yet, renders nothing: the gateways
+    # follow what agents reference, valid or not.)
+    account = cluster.get("v1", "ServiceAccount", ns, "acme-ray")
+    assert account is not None and owned_by(account, cluster.agent(ns, "acme"))
+
+    def principals() -> list[str] | None:
+        ap = cluster.get("security.istio.io/v1", "AuthorizationPolicy", ns, "orders-gateway")
+        if ap is None:
+            return None
+        return [
+            p
+            for r in ap["spec"]["rules"]
+            for f in r.get("from", [])
+            for p in f["source"]["principals"]
+        ]
+
+    assert cluster.wait_for("orders' AuthorizationPolicy", principals) == [
+        f"cluster.local/ns/{ns}/sa/acme-ray"
+    ]
+
+    cluster.patch(
+        f"{GROUP}/{VERSION}", "SupportAgent", ns, "beta", {"spec": {"tools": acme["spec"]["tools"]}}
+    )
+    cluster.wait_for("orders admits both", lambda: callers_are("orders", ["acme", "beta"]))
+    cluster.wait_for("orders' principals: both", lambda: len(principals() or []) == 2)
+
+    cluster.delete(f"{GROUP}/{VERSION}", "SupportAgent", ns, "beta")
+    cluster.wait_for("orders admits acme again", lambda: callers_are("orders", ["acme"]))
+    cluster.wait_for("ticketing admits acme again", lambda: callers_are("ticketing", ["acme"]))
+    assert principals() == [f"cluster.local/ns/{ns}/sa/acme-ray"]
+
+
 def test_no_forbidden_call_under_the_charts_role(
     envtest: EnvTest, operator_install: OperatorInstall, operator: dict[str, Any], quickstart: str
 ) -> None:

@@ -311,7 +311,7 @@ def test_without_istio_the_router_splits_and_matches_testers() -> None:
         trafficProvider="none",
         testers=[{"name": "x-canary", "exact": "true"}],
     )
-    rayservice, vs = render_agent(
+    rayservice, vs, _ = render_agent(
         Parent("SupportAgent", "acme", "shop"), agent, {}, canary_of(rollout, 25)
     )
     http = vs["spec"]["http"]

@@ -56,7 +56,7 @@ def gateway_config(parent: Parent, spec: ToolAdapterSpec) -> contract.ToolGatewa
     )
 
 
-def _selector(parent: Parent) -> dict[str, str]:
+def gateway_selector(parent: Parent) -> dict[str, str]:
     # Deployment selectors are immutable: only labels that never change for this adapter.
     return {"app.kubernetes.io/name": "tool-gateway", ADAPTER_LABEL: parent.name}
 
@@ -112,7 +112,7 @@ def render_deployment(parent: Parent, spec: ToolAdapterSpec) -> dict[str, Any]:
         "metadata": meta,
         # No `replicas`: the HPA owns the count, and applying one would fight it.
         "spec": {
-            "selector": {"matchLabels": _selector(parent)},
+            "selector": {"matchLabels": gateway_selector(parent)},
             "revisionHistoryLimit": 5,
             "strategy": {
                 "type": "RollingUpdate",
@@ -146,7 +146,7 @@ def render_service(parent: Parent) -> dict[str, Any]:
         "metadata": metadata(parent, name, "tool-gateway"),
         "spec": {
             "type": "ClusterIP",
-            "selector": _selector(parent),
+            "selector": gateway_selector(parent),
             "ports": [
                 {
                     "name": "http",

@@ -34,6 +34,12 @@ def gateway_name(adapter: str) -> str:
     return f"{adapter}-gateway"
 
 
+def ray_service_account_name(agent: str) -> str:
+    """The ServiceAccount an agent's Ray pods (head and workers) run as: their identity to the
+    tool gateways' Istio AuthorizationPolicies."""
+    return f"{agent}-ray"
+
+
 def serve_service_name(agent: str) -> str:
     """The Serve Service KubeRay creates for a RayService named `agent`."""
     return f"{agent}-serve-svc"
@@ -90,3 +96,13 @@ def metadata(parent: Parent, name: str, component: str) -> dict[str, Any]:
             }
         ]
     return meta
+
+
+def customer_auth_name(agent: str) -> str:
+    """RequestAuthentication and AuthorizationPolicy checking an agent's customers' tokens."""
+    return f"{agent}-customer-auth"
+
+
+def ray_pod_labels(agent: str) -> dict[str, str]:
+    """Labels selecting every Ray pod (head and workers) of an agent: each runs a Serve proxy."""
+    return {"app.kubernetes.io/component": "ray", AGENT_LABEL: agent}

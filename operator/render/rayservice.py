@@ -13,7 +13,7 @@ from switchboard.serving.config import SERVE_HTTP_PORT
 from ..api.base import ResourceRequirements
 from ..api.supportagent import SupportAgentSpec, WorkerPool
 from ..api.tooladapter import ToolAdapterSpec
-from .names import Parent, metadata
+from .names import Parent, metadata, ray_service_account_name
 from .serve_config import Canary, PodRuntime, pod_runtime, serve_config
 
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -71,7 +71,11 @@ def _pod_template(
     pool: WorkerPool | None = None,
     extra_tolerations: tuple[dict[str, Any], ...] = (),
 ) -> dict[str, Any]:
-    pod: dict[str, Any] = {"containers": [container]}
+    # Head and workers run as the agent's own ServiceAccount: their identity to the gateways.
+    pod: dict[str, Any] = {
+        "serviceAccountName": ray_service_account_name(parent.name),
+        "containers": [container],
+    }
     if runtime.volumes:
         pod["volumes"] = runtime.volumes
     if pool and pool.node_selector:

@@ -9,8 +9,9 @@ from switchboard.serving.config import GATEWAY_HTTP_PORT
 
 from ..api.tooladapter import ToolAdapterSpec
 from ..api.validation import SpecError, validate_spec
+from ..indexes import Lookup
 from ..kube import Kube
-from ..render import Parent, render_adapter
+from ..render import GatewayAccess, Parent, Scrapers, render_adapter
 from ..render.names import gateway_name, service_url
 from .common import (
     Desired,
@@ -60,11 +61,40 @@ def gateway_check(deployment: dict[str, Any], min_replicas: int) -> Check:
     return Check(GATEWAY, "True", "GatewayAvailable", f"{name}: {available} replicas available")
 
 
-def reconcile(kube: Kube, body: dict[str, Any], record: EventRecorder) -> Outcome:
-    return reconcile_object(KIND, _desired_status, kube, body, record)
+# Where the cluster serves this, each gateway also gets an Istio AuthorizationPolicy.
+ISTIO_SECURITY = ("security.istio.io", "v1")
 
 
-def _desired_status(kube: Kube, body: dict[str, Any]) -> Desired:
+def reconcile(
+    kube: Kube,
+    body: dict[str, Any],
+    record: EventRecorder,
+    lookup: Lookup | None = None,
+    scrapers: Scrapers | None = None,
+) -> Outcome:
+    """`lookup` names the agents that reference the adapter (none without one: the gateway
+    then admits only the metrics `scrapers`)."""
+
+    def desired(kube: Kube, body: dict[str, Any]) -> Desired:
+        return _desired_status(kube, body, lookup, scrapers)
+
+    return reconcile_object(KIND, desired, kube, body, record)
+
+
+def gateway_access(
+    kube: Kube, namespace: str, name: str, lookup: Lookup | None, scrapers: Scrapers | None
+) -> GatewayAccess:
+    """Who may call the gateway: the agents whose `spec.tools` reference it (from the index,
+    so an agent that starts or stops referencing it re-renders its policies), the scrapers, and
+    Istio's principals where the cluster serves Istio's security API."""
+    agents = lookup.agents_granted(namespace, name) if lookup else []
+    group, version = ISTIO_SECURITY
+    return GatewayAccess.of(agents, scrapers, version in kube.served_versions(group))
+
+
+def _desired_status(
+    kube: Kube, body: dict[str, Any], lookup: Lookup | None, scrapers: Scrapers | None
+) -> Desired:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     try:
@@ -80,7 +110,8 @@ def _desired_status(kube: Kube, body: dict[str, Any]) -> Desired:
         return Desired(build_status(body, checks, phase, {}))
 
     parent = Parent(KIND, name, namespace, meta.get("uid"))
-    live = apply_children(kube, render_adapter(parent, spec, kube.hpa_api_version()))
+    access = gateway_access(kube, namespace, name, lookup, scrapers)
+    live = apply_children(kube, render_adapter(parent, spec, kube.hpa_api_version(), access))
     deployment = live["Deployment"]
     gateway = gateway_check(deployment, spec.gateway.min_replicas)
     ready, progressing, degraded, phase = summarize(

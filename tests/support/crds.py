@@ -23,6 +23,9 @@ from .paths import CHART_DIR, CRDS_DIR, ENVTEST_SCRIPTS, UPSTREAM_CRDS
 
 RAYSERVICE_STANDIN_CRD = ENVTEST_SCRIPTS / "rayservice-standin-crd.yaml"
 ISTIO_CRD_FILES = ("virtualservices.yaml", "destinationrules.yaml")
+# Istio's security API: the tool gateways' AuthorizationPolicies (and the RBAC they need) are
+# rendered where the cluster serves it.
+ISTIO_SECURITY_CRD_FILES = ("authorizationpolicies.yaml",)
 ESTABLISH_TIMEOUT_S = 60.0
 
 # Keys whose values are maps of field names (not schema keywords) or plain data.
@@ -67,7 +70,9 @@ def envtest_crd(crd: dict[str, Any]) -> dict[str, Any]:
 def envtest_crd_files() -> list[Path]:
     """The CRD files to install; missing Istio CRDs are a SetupError that says where from."""
     istio_dir = UPSTREAM_CRDS / "networking.istio.io"
-    istio = [istio_dir / name for name in ISTIO_CRD_FILES]
+    istio = [istio_dir / name for name in ISTIO_CRD_FILES] + [
+        UPSTREAM_CRDS / "security.istio.io" / name for name in ISTIO_SECURITY_CRD_FILES
+    ]
     missing = [str(p) for p in istio if not p.is_file()]
     if missing:
         raise SetupError(
