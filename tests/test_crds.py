@@ -665,6 +665,25 @@ INVALID_CASES: list[tuple[str, str, dict[str, Any], str]] = [
         "spec.llm: backend vllm needs gpusPerReplica of at least 1",
     ),
     (
+        "auth-two-key-sources",
+        "SupportAgent",
+        {
+            "auth": {
+                "issuer": "https://login.example.com/",
+                "jwksUri": "https://login.example.com/jwks",
+                "jwksSecret": {"name": "jwks", "key": "keys"},
+                "audiences": ["support"],
+            }
+        },
+        "spec.auth: set exactly one key source: jwksUri or jwksSecret",
+    ),
+    (
+        "auth-no-key-source",
+        "SupportAgent",
+        {"auth": {"issuer": "https://login.example.com/", "audiences": ["support"]}},
+        "spec.auth: set exactly one key source: jwksUri or jwksSecret",
+    ),
+    (
         "llm-gpu-without-gpu-pool",
         "SupportAgent",
         {"llm": {"modelUri": "file:///m", "gpusPerReplica": 1}},

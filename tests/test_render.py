@@ -6,6 +6,8 @@ Golden files (`tests/golden/<set>.yaml`) are `yamlio.dump_all` of the rendered o
 - `gpu-llm`: examples/quickstart and examples/gpu-llm rendered together (the agent uses the
   quickstart's ToolAdapters), keeping only the objects of the custom resources defined in
   examples/gpu-llm (the `acme-llm` agent), so a change to the quickstart shows in one file.
+- `secure`: examples/secure alone: agents with `spec.auth` (Istio's RequestAuthentication and
+  AuthorizationPolicy; a JWKS Secret mounted for an agent that verifies tokens itself).
 Refresh them after an intended change with `SWITCHBOARD_UPDATE_GOLDEN=1 pytest tests/test_render.py`
 and review the diff.
 
@@ -39,7 +41,7 @@ from switchboard.operator import yamlio
 from switchboard.operator.api.base import API_VERSION
 from switchboard.operator.api.supportagent import SupportAgentSpec
 from switchboard.operator.api.tooladapter import ToolAdapterSpec
-from switchboard.operator.api.validation import validate_spec
+from switchboard.operator.api.validation import SpecError, validate_spec
 from switchboard.operator.render import (
     Parent,
     RenderError,
@@ -74,16 +76,24 @@ EXAMPLE_SETS: dict[str, tuple[str, ...]] = {
     "quickstart": ("quickstart",),
     "gpu-llm": ("quickstart", "gpu-llm"),
     "rollout": ("quickstart", "rollout"),
+    "secure": ("secure",),
 }
 # The last Kubernetes that serves `autoscaling/v2beta2`.
 K8S_WITH_HPA_V2BETA2 = "1.25.0"
 # Validated against the upstream CRDs (tests/support/schemas.py CRD_FILES, from ../shared).
-UPSTREAM_KINDS = {("ray.io/v1", "RayService"), ("networking.istio.io/v1", "VirtualService")}
+UPSTREAM_KINDS = {
+    ("ray.io/v1", "RayService"),
+    ("networking.istio.io/v1", "VirtualService"),
+    ("security.istio.io/v1", "RequestAuthentication"),
+    ("security.istio.io/v1", "AuthorizationPolicy"),
+}
 BUILTIN_KINDS = {
     ("apps/v1", "Deployment"),
     ("v1", "Service"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("autoscaling/v2beta2", "HorizontalPodAutoscaler"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("v1", "ServiceAccount"),
 }
 
 
@@ -360,7 +370,20 @@ def test_cli_render_matches_golden_files() -> None:
         for doc in yaml.safe_load_all((GOLDEN_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
     ]
     assert [object_id(o) for o in printed] == [object_id(o) for o in golden]
-    assert printed == golden
+
+    def gateway_access(obj: dict[str, Any]) -> bool:
+        policy = obj["kind"] in ("NetworkPolicy", "AuthorizationPolicy")
+        return policy and parent_of(obj)[0] == "ToolAdapter"
+
+    assert [o for o in printed if not gateway_access(o)] == [
+        o for o in golden if not gateway_access(o)
+    ]
+    # The quickstart's gateways admit examples/gpu-llm's agent too (it references them); the
+    # quickstart golden, rendered alone, shows its own agent only.
+    for obj in filter(gateway_access, printed):
+        text = json.dumps(obj["spec"])
+        assert '"acme"' in text or "/acme-ray" in text, object_id(obj)
+        assert '"acme-llm"' in text or "/acme-llm-ray" in text, object_id(obj)
 
 
 def test_hpa_v2beta2_differs_only_in_api_version() -> None:
@@ -912,7 +935,9 @@ def test_an_operation_without_listed_inputs_takes_any_fields() -> None:
 def test_virtualservice(ingress: dict[str, Any] | None, gateways: list[str] | None) -> None:
     spec = agent({"ingress": ingress} if ingress else {})
     children = render_agent(Parent("SupportAgent", "acme", NAMESPACE), spec, adapters())
-    assert [c["kind"] for c in children] == ["RayService"] + (["VirtualService"] if ingress else [])
+    assert [c["kind"] for c in children] == ["RayService"] + (
+        ["VirtualService"] if ingress else []
+    ) + ["ServiceAccount"]
     if not ingress:
         return
     vs = children[1]
@@ -941,7 +966,7 @@ def canary_virtualservice(**canary: Any) -> tuple[dict[str, Any], str, str]:
         "weight": 30,
     }
     rollout = Canary(**(options | canary))
-    _, vs = render_agent(Parent("SupportAgent", "acme", NAMESPACE), spec, adapters(), rollout)
+    _, vs, _ = render_agent(Parent("SupportAgent", "acme", NAMESPACE), spec, adapters(), rollout)
     return vs, agent_revision(spec), agent_revision(candidate_spec(spec, rollout))
 
 
@@ -1000,7 +1025,7 @@ def test_no_pin_routes_without_an_istio_canary(canary: dict[str, Any] | None) ->
     with `trafficProvider: none` the router honours the echoed header itself."""
     if canary is None:
         spec = agent({"ingress": {"hosts": ["help.example.com"]}})
-        _, vs = render_agent(Parent("SupportAgent", "acme", NAMESPACE), spec, adapters())
+        _, vs, _ = render_agent(Parent("SupportAgent", "acme", NAMESPACE), spec, adapters())
     else:
         vs, _, _ = canary_virtualservice(**canary)
     [route] = vs["spec"]["http"]
@@ -1238,8 +1263,8 @@ def test_owner_references(uid: str | None) -> None:
     children = render_agent(agent_parent, spec, adapters()) + render_adapter(
         adapter_parent, adapters()["orders"]
     )
-    assert len(children) == 5
-    for child, parent in zip(children, [agent_parent] * 2 + [adapter_parent] * 3, strict=True):
+    assert len(children) == 7  # RayService, VirtualService, ServiceAccount; gateway's 3 + policy
+    for child, parent in zip(children, [agent_parent] * 3 + [adapter_parent] * 4, strict=True):
         meta = child["metadata"]
         assert meta["namespace"] == NAMESPACE
         if uid is None:
@@ -1264,21 +1289,31 @@ def test_labels(oid: str, obj: dict[str, Any]) -> None:
     assert labels["app.kubernetes.io/part-of"] == "switchboard"
     kind, name = parent_of(obj)
     assert labels["app.kubernetes.io/instance"] == name
-    assert (kind == "SupportAgent") == (obj["kind"] in ("RayService", "VirtualService"))
+    if obj["kind"] != "AuthorizationPolicy":  # agents and tool gateways both have them
+        agent_kinds = ("RayService", "VirtualService", "RequestAuthentication", "ServiceAccount")
+        assert (kind == "SupportAgent") == (obj["kind"] in agent_kinds)
 
 
 # --------------------------------------------------------------------------------------------
 # Schema validation: upstream CRDs (strict), built-in kinds, metadata
 
 
-@pytest.mark.parametrize("obj", rendered_of("RayService", "VirtualService"))
+@pytest.mark.parametrize(
+    "obj",
+    rendered_of("RayService", "VirtualService", "RequestAuthentication", "AuthorizationPolicy"),
+)
 def test_custom_kinds_match_upstream_crds(obj: dict[str, Any], schemas: Any) -> None:
     assert schemas.crd_errors(obj) == []
     assert schemas.metadata_errors(obj) == []
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-@pytest.mark.parametrize("obj", rendered_of("Deployment", "Service", "HorizontalPodAutoscaler"))
+@pytest.mark.parametrize(
+    "obj",
+    rendered_of(
+        "Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy", "ServiceAccount"
+    ),
+)
 def test_builtin_kinds_match_kubernetes_schemas(
     obj: dict[str, Any], version: str, schemas: Any
 ) -> None:
@@ -1601,3 +1636,31 @@ def test_serve_config_checks_catch_broken_args() -> None:
     rs["spec"]["serveConfigV2"] = yaml.safe_dump(doc)
     with pytest.raises(ValueError, match="modelPath"):
         serve_config_problems(rs, RENDERED_SETS["quickstart"])
+
+
+def test_policy_limits_reach_the_data_plane() -> None:
+    """`spec.policy.rateLimit` and `budgets` in the agent's Serve args (docs/data-plane.md,
+    "Limits and budgets"); unset, the args carry neither."""
+    policy = {
+        "rateLimit": {"session": {"perMinute": 20, "burst": 5}},
+        "budgets": {
+            "window": "30m",
+            "agent": {"llmTokens": 1000, "toolCalls": 10},
+            "customer": {"toolCalls": 2},
+            "onExhausted": "handoff",
+        },
+    }
+    args = agent_app(rayservice({"policy": policy}))["args"]
+    rendered = contract.AgentAppConfig.model_validate(args).policy
+    assert rendered.rate_limit == contract.RateLimitsConfig(
+        session=contract.RateLimitConfig(per_minute=20, burst=5)
+    )
+    budgets = rendered.budgets
+    assert budgets is not None and budgets.window_seconds == 1800
+    assert budgets.agent == contract.BudgetLimitConfig(llm_tokens=1000, tool_calls=10)
+    assert budgets.customer == contract.BudgetLimitConfig(tool_calls=2)
+    assert budgets.on_exhausted == "handoff" and budgets.reply == contract.DEFAULT_BUDGET_REPLY
+    plain = agent_app(rayservice())["args"]["policy"]
+    assert "rate_limit" not in plain and "budgets" not in plain
+    with pytest.raises(SpecError, match="window"):
+        agent({"policy": {"budgets": {"window": "1x"}}})

@@ -14,6 +14,8 @@ from ..api.modelrollout import ModelRolloutSpec
 from ..api.supportagent import SupportAgentSpec
 from ..api.tooladapter import ToolAdapterSpec
 from ..api.validation import SpecError, validate_spec
+from .access import GatewayAccess, Scrapers, render_gateway_access, render_service_account
+from .edge_auth import render_edge_auth
 from .gateway import render_gateway
 from .names import Parent
 from .rayservice import render_rayservice
@@ -23,14 +25,17 @@ from .serve_config import (
     UnresolvedReference,
     agent_revision,
     candidate_spec,
+    istio_verifies,
     traffic,
 )
 from .virtualservice import render_virtualservice
 
 __all__ = [
     "Canary",
+    "GatewayAccess",
     "Parent",
     "RenderError",
+    "Scrapers",
     "UnresolvedReference",
     "render_adapter",
     "render_agent",
@@ -44,12 +49,17 @@ def render_agent(
     adapters: Mapping[str, ToolAdapterSpec],
     canary: Canary | None = None,
 ) -> list[dict[str, Any]]:
-    """RayService, then the VirtualService when the agent has ingress hosts; a rollout's
-    canary adds its candidate application and weighted, tester-aware routes."""
+    """RayService, then the VirtualService when the agent has ingress hosts (and, when Istio
+    verifies its customers' tokens, a RequestAuthentication and an AuthorizationPolicy); a
+    rollout's canary adds its candidate application and weighted, tester-aware routes."""
     children = [render_rayservice(parent, spec, adapters, canary)]
     if spec.ingress:
         revisions = revision_traffic(spec, canary)
         children.append(render_virtualservice(parent, spec.ingress, revisions, canary))
+    if spec.auth and istio_verifies(spec):
+        children += render_edge_auth(parent, spec.auth)
+    # The Ray pods' own identity, which the tool gateways' AuthorizationPolicies admit.
+    children.append(render_service_account(parent))
     return children
 
 
@@ -62,10 +72,17 @@ def revision_traffic(spec: SupportAgentSpec, canary: Canary | None) -> list[tupl
 
 
 def render_adapter(
-    parent: Parent, spec: ToolAdapterSpec, hpa_api_version: str = "autoscaling/v2"
+    parent: Parent,
+    spec: ToolAdapterSpec,
+    hpa_api_version: str = "autoscaling/v2",
+    access: GatewayAccess | None = None,
 ) -> list[dict[str, Any]]:
-    """Deployment, Service and HorizontalPodAutoscaler of the adapter's gateway."""
-    return render_gateway(parent, spec, hpa_api_version)
+    """Deployment, Service and HorizontalPodAutoscaler of the adapter's gateway, then its
+    NetworkPolicy and (with Istio) AuthorizationPolicy: who may call it (`access`; none given,
+    no agent may)."""
+    return render_gateway(parent, spec, hpa_api_version) + render_gateway_access(
+        parent, access or GatewayAccess()
+    )
 
 
 class RenderError(Exception):
@@ -81,8 +98,14 @@ def render_manifests(
     *,
     default_namespace: str = "default",
     hpa_api_version: str = "autoscaling/v2",
+    istio: bool = True,
+    scrapers: Scrapers | None = None,
 ) -> list[dict[str, Any]]:
     """Everything the operator would create for these manifests, in a stable order.
+
+    Each gateway admits the agents among the documents that reference its adapter; `istio`
+    adds their AuthorizationPolicies (the operator renders them where the cluster serves
+    `security.istio.io/v1`).
 
     Documents of other kinds (Secrets, ConfigMaps, ...) are skipped; ToolAdapters referenced by
     agents must be among the documents. A ModelRollout renders at its status weight if the
@@ -112,7 +135,13 @@ def render_manifests(
     rendered: list[dict[str, Any]] = []
     for (namespace, name), adapter_spec in sorted(adapters.items()):
         parent = Parent("ToolAdapter", name, namespace)
-        rendered += render_adapter(parent, adapter_spec, hpa_api_version)
+        callers = [
+            agent
+            for (agent_ns, agent), agent_spec in agents.items()
+            if agent_ns == namespace and any(t.adapter == name for t in agent_spec.tools)
+        ]
+        access = GatewayAccess.of(callers, scrapers, istio)
+        rendered += render_adapter(parent, adapter_spec, hpa_api_version, access)
     for (namespace, name), agent_spec in sorted(agents.items()):
         parent = Parent("SupportAgent", name, namespace)
         in_namespace = {n: s for (ns, n), s in adapters.items() if ns == namespace}

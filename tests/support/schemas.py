@@ -30,6 +30,13 @@ CRD_FILES: dict[tuple[str, str], Path] = {
         for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule")
     },
     ("argoproj.io/v1alpha1", "Application"): UPSTREAM_CRDS / "argoproj.io" / "application-crd.yaml",
+    **{
+        ("security.istio.io/v1", kind): UPSTREAM_CRDS / "security.istio.io" / f"{plural}.yaml"
+        for kind, plural in (
+            ("RequestAuthentication", "requestauthentications"),
+            ("AuthorizationPolicy", "authorizationpolicies"),
+        )
+    },
     ("kopf.dev/v1", "ClusterKopfPeering"): CHART_DIR / "crds" / "kopf-peerings.yaml",
     ("kopf.dev/v1", "KopfPeering"): CHART_DIR / "crds" / "kopf-peerings.yaml",
     **{
