@@ -61,6 +61,7 @@ ALERTS = {
     "SwitchboardLatencySLOBurn",
     "SwitchboardOperatorReconcileErrors",
     "SwitchboardOperatorDown",
+    "SwitchboardAgentBudgetLow",
 }
 SCENARIO_ANCHORS = {
     "switchboardagentnotready",

@@ -34,6 +34,7 @@ from .handoffs import (
     handoff_id,
     queue_position,
 )
+from .limits import BudgetExhausted, Limits, RateLimited, estimate_tokens
 from .pii import redact, redact_value
 from .sessions import SessionStore
 from .tools import TaskRunner, ToolCaller, ToolResult
@@ -109,6 +110,11 @@ class TurnMetrics(Protocol):
     def resolved(self) -> None: ...
     def conversation_started(self) -> None: ...
     def conversation_escalated(self) -> None: ...
+    # Limits and budgets (serving.workflow.limits.LimitMetrics).
+    def llm_tokens(self, prompt: int, completion: int) -> None: ...
+    def budget_remaining(self, budget: str, remaining: int, limit: int) -> None: ...
+    def budget_exhausted(self, budget: str, scope: str) -> None: ...
+    def rate_limited(self, scope: str) -> None: ...
 
 
 class NoMetrics:
@@ -134,6 +140,18 @@ class NoMetrics:
         return None
 
     def conversation_escalated(self) -> None:
+        return None
+
+    def llm_tokens(self, prompt: int, completion: int) -> None:
+        return None
+
+    def budget_remaining(self, budget: str, remaining: int, limit: int) -> None:
+        return None
+
+    def budget_exhausted(self, budget: str, scope: str) -> None:
+        return None
+
+    def rate_limited(self, scope: str) -> None:
         return None
 
 
@@ -162,6 +180,10 @@ class Turn:
     trace_id: str
     message: str = ""
     """The customer's message this turn answers."""
+    customer_id: str | None = None
+    """Whose budgets this turn spends (the request's customer, else the session's)."""
+    rate_limited: bool = False
+    """Refused by the inbound rate limit: not run, not counted as a turn."""
     key_base: str = ""
     """What this turn's idempotency keys derive from (`action_key`)."""
     understanding: Understanding | None = None
@@ -213,8 +235,10 @@ class Orchestrator:
         retriever: Retriever | None = None,
         metrics: TurnMetrics | None = None,
         audit: Callable[[dict[str, Any]], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.clock = clock
         self.understander = understander
         self.tools = tools
         self.sessions = sessions
@@ -233,6 +257,11 @@ class Orchestrator:
             f"{t.adapter}.{op.name}": (t.adapter, op) for t in config.tools for op in t.operations
         }
 
+    @property
+    def limits(self) -> Limits:
+        """Rate limits and budgets, kept in the session store (shared by replicas)."""
+        return Limits(self.config.policy, self.sessions, self.metrics, self.clock)
+
     # --- the turn ------------------------------------------------------------------------
 
     async def turn(self, request: ChatRequest) -> ChatResponse:
@@ -244,9 +273,15 @@ class Orchestrator:
         try:
             # Inside the measured block: a session store that fails (Redis down) is a failed
             # turn in the metrics, which is what SwitchboardChatTurnsFailing watches.
+            try:
+                await self.limits.admit(request.session_id, request.customer_id)
+            except RateLimited:
+                turn.rate_limited = True
+                raise
             session = await self.sessions.get(request.session_id) or Session(
                 session_id=request.session_id, customer_id=request.customer_id
             )
+            turn.customer_id = request.customer_id or session.customer_id
             replayed = self._replayed(session, request.request_id)
             if replayed is not None:
                 turn.replayed = True
@@ -257,11 +292,13 @@ class Orchestrator:
             await self._collect_finished_tasks(session, turn)
             await self._send_queued_ticket(session, turn)
             joined = await self._join_handoff(session, request.message, turn)
-            reply = (
-                joined
-                if joined is not None
-                else await self._respond(session, request.message, turn)
-            )
+            if joined is not None:
+                reply = joined
+            else:
+                try:
+                    reply = await self._respond(session, request.message, turn)
+                except BudgetExhausted as exhausted:
+                    reply = await self._budget_exhausted(session, exhausted, turn)
             if turn.updates:
                 reply = " ".join([*turn.updates, reply])
             session.transcript = [
@@ -308,8 +345,9 @@ class Orchestrator:
     def _count(
         self, turn: Turn, status: str, seconds: float, session: Session | None, was_resolved: bool
     ) -> None:
-        """The turn's metrics, failed or not (a replayed answer is no new turn)."""
-        if turn.replayed:
+        """The turn's metrics, failed or not (a replayed answer or a turn refused by the rate
+        limit is no new turn)."""
+        if turn.replayed or turn.rate_limited:
             return
         if turn.new_conversation:
             self.metrics.conversation_started()
@@ -527,6 +565,7 @@ class Orchestrator:
             turn.policy.append(f"tool call limit {policy.max_tool_calls_per_turn} reached")
             return await self._handoff(session, "tool_call_limit", turn)
         turn.policy.append(f"{plan.operation} allowed")
+        await self.limits.spend_tool_call(turn.customer_id)  # BudgetExhausted: not called
         if op.long_running:
             task_id = self.tasks.start(adapter, op.name, payload, self._task_done(session, plan))
             turn.steps.append(f"start {plan.operation} as task {task_id}")
@@ -657,13 +696,34 @@ class Orchestrator:
         """The LLM phrases the answer; a failing LLM falls back to templates, not to an error."""
         assert self.generator is not None
         max_tokens = self.config.llm.max_tokens if self.config.llm else 128
+        await self.limits.check_llm(turn.customer_id)  # BudgetExhausted: the LLM is not asked
         try:
-            text = (await self.generator.generate(prompt, max_tokens)).strip()
+            generated = await self.generator.generate(prompt, max_tokens)
         except Exception as exc:
             turn.steps.append(f"llm failed: {type(exc).__name__}")
             return None
+        await self.limits.charge_llm(
+            turn.customer_id, estimate_tokens(prompt), estimate_tokens(generated)
+        )
+        text = generated.strip()
         turn.steps.append("answer from llm")
         return text or None
+
+    async def _budget_exhausted(
+        self, session: Session, exhausted: BudgetExhausted, turn: Turn
+    ) -> str:
+        """The graceful answer of a turn that a budget stopped before an LLM or tool call: the
+        configured reply, or a handoff (reason `budget_exhausted`)."""
+        budgets = self.config.policy.budgets
+        assert budgets is not None
+        what = exhausted.budget.replace("_", " ")
+        turn.policy.append(f"{exhausted.scope} budget of {what} exhausted")
+        turn.steps.append(f"budget exhausted: {budgets.on_exhausted}")
+        session.pending = None
+        if budgets.on_exhausted == "handoff":
+            return await self._handoff(session, "budget_exhausted", turn)
+        turn.reply_kind = "budget_exhausted"
+        return budgets.reply
 
     # --- handoff -------------------------------------------------------------------------
 
@@ -751,6 +811,7 @@ class Orchestrator:
             "tool_failure": "I can't reach that system right now",
             "tool_call_limit": "That needs more steps than I may take",
             "no_plan": "That's something a colleague handles",
+            "budget_exhausted": "I can't take on more requests just now",
         }
         lead = reasons.get(reason, "Let me get a colleague")
         console = self.config.handoff.console_tokens_dir is not None

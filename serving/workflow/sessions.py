@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from ..config import SessionConfig
 from .handoffs import HandoffRecord
+from .limits import Bucket, bucket_ttl, take
 from .types import Session, TaskRecord
 
 # A resolved handoff stays readable (console history, a late correction) this long at least.
@@ -54,6 +55,10 @@ class SessionStore(Protocol):
 
     async def add_feedback(self, record: dict[str, Any]) -> None: ...
     async def feedback(self) -> list[dict[str, Any]]: ...
+    # Rate limits and budgets (serving.workflow.limits.LimitStore).
+    async def take_token(self, key: str, now: float, rate: float, burst: float) -> float: ...
+    async def add_usage(self, key: str, amount: int, ttl_seconds: int) -> int: ...
+    async def usage(self, key: str) -> int: ...
     async def close(self) -> None: ...
 
 
@@ -68,6 +73,8 @@ class MemorySessionStore:
         self._ratings: dict[str, dict[str, int]] = {}
         self._feedback: list[str] = []
         self._feedback_path = Path(feedback_path) if feedback_path else None
+        self._buckets: dict[str, Bucket] = {}
+        self._counters: dict[str, tuple[int, float]] = {}
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -139,8 +146,44 @@ class MemorySessionStore:
             lines = self._feedback_path.read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines if line.strip()]
 
+    async def take_token(self, key: str, now: float, rate: float, burst: float) -> float:
+        self._buckets[key], wait = take(self._buckets.get(key), now, rate, burst)
+        return wait
+
+    async def add_usage(self, key: str, amount: int, ttl_seconds: int) -> int:
+        now = time.monotonic()
+        for gone in [k for k, (_, until) in self._counters.items() if until < now]:
+            del self._counters[gone]
+        value = self._counters.get(key, (0, 0.0))[0] + amount
+        self._counters[key] = (value, now + ttl_seconds)
+        return value
+
+    async def usage(self, key: str) -> int:
+        value, until = self._counters.get(key, (0, 0.0))
+        return value if until >= time.monotonic() else 0
+
     async def close(self) -> None:
         return None
+
+
+# `take` in Redis, atomically: KEYS[1] the bucket (a hash), ARGV now, rate, burst, ttl. Floats
+# go back as a string (a Lua number returned to Redis is cut to an integer).
+TAKE_TOKEN_SCRIPT = """
+local now, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens, at = tonumber(state[1]), tonumber(state[2])
+if tokens == nil or at == nil then
+  tokens, at = burst, now
+else
+  tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+  at = math.max(now, at)
+end
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(at))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+return tostring(wait)
+"""
 
 
 class RedisSessionStore:
@@ -152,6 +195,7 @@ class RedisSessionStore:
         self._redis: Any = redis.from_url(url, decode_responses=True)
         self._prefix = f"switchboard:{namespace}"
         self.ttl = ttl_seconds
+        self._take_token: Any = None
 
     def _key(self, session_id: str) -> str:
         return f"{self._prefix}:session:{session_id}"
@@ -266,6 +310,26 @@ class RedisSessionStore:
     async def feedback(self) -> list[dict[str, Any]]:
         lines: list[str] = await self._redis.lrange(self.feedback_key, 0, -1)
         return [json.loads(line) for line in lines]
+
+    def _limit_key(self, key: str) -> str:
+        return f"{self._prefix}:limit:{key}"
+
+    async def take_token(self, key: str, now: float, rate: float, burst: float) -> float:
+        if self._take_token is None:
+            self._take_token = self._redis.register_script(TAKE_TOKEN_SCRIPT)
+        ttl = bucket_ttl(rate, burst)
+        wait = await self._take_token(keys=[self._limit_key(key)], args=[now, rate, burst, ttl])
+        return float(wait)
+
+    async def add_usage(self, key: str, amount: int, ttl_seconds: int) -> int:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incrby(self._limit_key(key), amount)
+            pipe.expire(self._limit_key(key), ttl_seconds)
+            value, _ = await pipe.execute()
+        return int(value)
+
+    async def usage(self, key: str) -> int:
+        return int(await self._redis.get(self._limit_key(key)) or 0)
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -83,6 +83,7 @@ ReplyKind = Literal[
     "task_started",  # a long-running operation was started
     "handoff",  # passed to a human
     "handoff_pending",  # a human has the conversation: the message joined the handoff
+    "budget_exhausted",  # a budget (LLM tokens, tool calls) has nothing left: the set reply
 ]
 
 
@@ -98,6 +99,9 @@ class ChatResponse(BaseModel):
     """The customer closed the conversation (thanks, goodbye) without a handoff."""
     trace_id: str
     revision: str | None = None
+    session_token: str | None = None
+    """Send it back as `X-Session-Token` with the conversation's next turns and reads (a fresh
+    one comes with every answer); None when the agent binds no tokens."""
 
 
 class Replay(BaseModel):
