@@ -56,10 +56,10 @@ class LocalOverrides:
     feedback log under it (`feedback/<namespace>-<agent>.jsonl`, as `feedback export` reads)."""
 
 
-# A console token's key names a human agent and becomes a file name: a Secret key's characters
-# (a manifest read locally is not checked by an API server), and no leading dot: the data plane
-# skips dot files, the kubelet's own entries in a mounted Secret.
-_CONSOLE_NAME = re.compile(r"^[-_a-zA-Z0-9][-._a-zA-Z0-9]{0,252}$")
+# A key of a Secret mounted as files (console tokens, session keys) becomes a file name: a
+# Secret key's characters (a manifest read locally is not checked by an API server), and no
+# leading dot: the data plane skips dot files, the kubelet's own entries in a mounted Secret.
+_FILE_NAME = re.compile(r"^[-_a-zA-Z0-9][-._a-zA-Z0-9]{0,252}$")
 
 
 def _secrets(documents: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
@@ -180,6 +180,7 @@ def local_plan(
                 router=router,
                 serve_config=rendered,
                 console_tokens=_console_tokens(name, spec, secrets),
+                session_keys=_session_keys(name, spec, secrets),
             )
         )
     if not agents:
@@ -240,26 +241,40 @@ def _secret_env(
     return env
 
 
-def _console_tokens(
-    name: str, spec: SupportAgentSpec, secrets: dict[str, dict[str, str]]
+def _secret_files(
+    name: str, field: str, secret: str | None, secrets: dict[str, dict[str, str]]
 ) -> dict[str, str]:
-    """The human agents' console tokens (name → token) from the Secret among the manifests."""
-    secret = spec.handoff.console_tokens_secret
+    """The keys of the Secret that `spec.<field>` names, from among the manifests; a Secret
+    mounted as files, so every key must be a plain file name."""
     if secret is None:
         return {}
     if secret not in secrets:
         raise RenderError(
-            f"SupportAgent {name}: Secret {secret} (spec.handoff.consoleTokensSecret) is not "
-            "among the manifests"
+            f"SupportAgent {name}: Secret {secret} (spec.{field}) is not among the manifests"
         )
-    tokens = secrets[secret]
-    bad = sorted(key for key in tokens if not _CONSOLE_NAME.match(key))
+    values = secrets[secret]
+    bad = sorted(key for key in values if not _FILE_NAME.match(key))
     if bad:
         raise RenderError(
-            f"SupportAgent {name}: Secret {secret} has keys that cannot name a human agent: "
-            f"{', '.join(repr(k) for k in bad)}"
+            f"SupportAgent {name}: Secret {secret} (spec.{field}) has keys that cannot be file "
+            f"names: {', '.join(repr(k) for k in bad)}"
         )
-    return dict(tokens)
+    return dict(values)
+
+
+def _console_tokens(
+    name: str, spec: SupportAgentSpec, secrets: dict[str, dict[str, str]]
+) -> dict[str, str]:
+    """The human agents' console tokens (name → token)."""
+    secret = spec.handoff.console_tokens_secret
+    return _secret_files(name, "handoff.consoleTokensSecret", secret, secrets)
+
+
+def _session_keys(
+    name: str, spec: SupportAgentSpec, secrets: dict[str, dict[str, str]]
+) -> dict[str, str]:
+    """The keys that sign session tokens (key id → key)."""
+    return _secret_files(name, "sessions.tokenSecret", spec.sessions.token_secret, secrets)
 
 
 def _validated(model: type[Any], doc: dict[str, Any]) -> Any:
@@ -282,10 +297,13 @@ def _localize(
     update: dict[str, Any] = {
         "handoff": app.handoff.model_copy(update={"console_tokens_dir": None}),
     }
+    # The session keys are in `LocalAgent.session_keys`, written out like the console tokens.
+    sessions = app.sessions.model_copy(update={"token_keys_dir": None})
     if app.sessions.store == "memory":
         # Corrections and escalations outlive the run (Redis keeps them on clusters).
         path = default_feedback_path(namespace, name, overrides.state_dir).resolve()
-        update["sessions"] = app.sessions.model_copy(update={"feedback_path": str(path)})
+        sessions = sessions.model_copy(update={"feedback_path": str(path)})
+    update["sessions"] = sessions
     # A model in object storage (spec.modelStorage) is fetched and verified by the replica, as on
     # a cluster; an override always names a local directory.
     if overrides.nlu_model or not is_remote(app.nlu.model_path):

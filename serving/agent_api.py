@@ -16,28 +16,44 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from .config import HandoffConfig
-from .http import CHAT_OPENAPI, ChatDispatch, error, handle_chat, new_api, parse_body
+from .auth import Authenticator, AuthError
+from .config import AuthConfig, HandoffConfig
+from .http import (
+    CHAT_OPENAPI,
+    CHAT_RESPONSES,
+    ChatDispatch,
+    Refused,
+    error,
+    errors,
+    handle_chat,
+    json_body,
+    new_api,
+    parse_body,
+)
+from .session_tokens import TOKEN_HEADER, TOKEN_QUERY, SessionRefused, SessionTokens
 from .workflow import handoffs as transitions
 from .workflow.handoffs import (
     OUT_OF_SCOPE,
     HandoffError,
+    HandoffMessage,
     HandoffRecord,
+    HandoffStatus,
     feedback_record,
     handoff_id,
     queue_position,
 )
 from .workflow.sessions import Conflict, SessionStore
-from .workflow.types import MAX_MESSAGE_CHARS, REQUEST_ID
+from .workflow.types import MAX_MESSAGE_CHARS, REQUEST_ID, ChatRequest
 
 log = logging.getLogger("switchboard.agent_api")
 
@@ -136,6 +152,43 @@ class RatingBody(_Mutation):
     rating: int = Field(ge=1, le=5)
 
 
+# --- answers (documentation of the JSON the routes build; see the OpenAPI document) --------
+
+
+class HandoffState(BaseModel):
+    id: str
+    status: HandoffStatus
+    assignee: str | None
+    queue_position: int | None
+
+
+class CustomerFeed(BaseModel):
+    """The human side of a conversation after the cursor `after`."""
+
+    messages: list[HandoffMessage]
+    cursor: int
+    """Pass it as `after` next time."""
+    handoff: HandoffState | None
+    """The latest handoff's state; null when the conversation was never handed off."""
+
+
+class RatingResult(BaseModel):
+    rating: int
+    handled_by: Literal["bot", "human"]
+
+
+class ListedHandoff(HandoffRecord):
+    queue_position: int | None
+
+
+class HandoffListing(BaseModel):
+    handoffs: list[ListedHandoff]
+    intents: list[str]
+    """What a correction may pick, `oos` (out of scope) last."""
+    me: str
+    """The human agent the bearer token belongs to."""
+
+
 # --- the service --------------------------------------------------------------------------
 
 
@@ -170,6 +223,10 @@ class HandoffService:
     """The labels the agent's model predicts (what a correction may pick)."""
     metrics: HandoffMetrics = field(default_factory=NoHandoffMetrics)
     clock: Callable[[], float] = time.time
+    session_tokens: SessionTokens | None = None
+    """Binds each conversation to whoever started it; None: a session id alone suffices."""
+    authenticator: Authenticator | None = None
+    """Who the customer is (`spec.auth`: a JWT the agent or Istio verified); None: anyone."""
 
     @classmethod
     def of(
@@ -179,6 +236,8 @@ class HandoffService:
         namespace: str,
         intents: Intents,
         metrics: HandoffMetrics | None = None,
+        token_keys_dir: str | None = None,
+        auth: AuthConfig | None = None,
     ) -> HandoffService:
         return cls(
             store,
@@ -186,7 +245,45 @@ class HandoffService:
             namespace,
             intents,
             metrics or NoHandoffMetrics(),
+            session_tokens=SessionTokens(token_keys_dir) if token_keys_dir else None,
+            authenticator=Authenticator(auth) if auth else None,
         )
+
+    # --- whose conversation ---
+
+    async def customer(self, headers: Mapping[str, str]) -> str | None:
+        """The verified customer of a chat request (None: anonymous, where allowed); a refusal
+        is a 401 with the reason and `WWW-Authenticate`, never the token."""
+        if self.authenticator is None:
+            return None
+        try:
+            return await asyncio.to_thread(self.authenticator.customer, headers)
+        except AuthError as exc:
+            raise Refused(
+                401, exc.reason, exc.message, {"WWW-Authenticate": exc.www_authenticate}
+            ) from None
+
+    async def admit(self, session_id: str, token: str | None, request_id: str | None) -> None:
+        """Raises `SessionRefused` when the conversation exists and `token` is not its own. A
+        new session id starts a new conversation. The one tokenless request let through is a
+        retry of the conversation's first turn (by its request id), whose answer — and token —
+        the client never received."""
+        if self.session_tokens is None:
+            return
+        session = await self.store.get(session_id)
+        if session is None:
+            return
+        first_retry = (
+            token is None
+            and request_id is not None
+            and session.turns == 1
+            and [r.request_id for r in session.replays[:1]] == [request_id]
+        )
+        if not first_retry:
+            self.session_tokens.check(session_id, token)
+
+    def sign(self, session_id: str) -> str | None:
+        return self.session_tokens.issue(session_id) if self.session_tokens else None
 
     # --- the customer's side ---
 
@@ -370,7 +467,8 @@ def _int_query(request: Request, name: str, default: int) -> int | JSONResponse:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 9:
+    # ASCII digits only: str.isdigit() also holds for '²' (which int() refuses) and '٣'.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
         return error(422, "invalid_request", f"query parameter {name} must be a whole number")
     return int(raw)
 
@@ -411,14 +509,71 @@ def _page(name: str) -> HTMLResponse:
     return HTMLResponse(page(name), headers={"Cache-Control": "no-cache"})
 
 
+# --- the OpenAPI description (serving/http.py says how the hand-parsed bodies get in) -------
+
+CONSOLE_AUTH = HTTPBearer(
+    scheme_name="consoleToken",
+    description="A human agent's token: a file of the console tokens Secret.",
+    auto_error=False,
+)
+"""Declares the console's bearer scheme in the OpenAPI document. It never refuses a call: the
+routes check the token themselves (`caller`) and answer a JSON 401."""
+
+
+def _param(name: str, where: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+_WHOLE_NUMBER = {"type": "integer", "minimum": 0, "maximum": 999_999_999}  # see _int_query
+_AFTER = _param("after", "query", _WHOLE_NUMBER, "Only what came after this cursor.")
+_IDEMPOTENCY = _param(
+    "Idempotency-Key",
+    "header",
+    {"type": "string", "minLength": 1, "maxLength": 128, "pattern": REQUEST_ID},
+    "The request id, when the body has none: a retry changes nothing.",
+)
+_SESSION_TOKEN = [
+    _param(TOKEN_HEADER, "header", {"type": "string"}, "The conversation's session token."),
+    _param(TOKEN_QUERY, "query", {"type": "string"}, "The session token (for EventSource)."),
+]
+_EVENTS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-Sent Events (`event: NAME` and a JSON `data` line each)",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+def _answers(model: type[BaseModel], *statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {200: {"model": model, "description": "OK"}, **errors(*statuses)}
+
+
 def agent_http_app(title: str, dispatch: ChatDispatch, service: HandoffService) -> FastAPI:
     """The agent's whole HTTP app: `/v1/chat` (answered by `dispatch`), the handoff API and
     the pages."""
     api = new_api(title)
 
-    @api.post("/v1/chat", openapi_extra=CHAT_OPENAPI)
+    async def guarded(request: ChatRequest, headers: Mapping[str, str]) -> dict[str, Any]:
+        customer = await service.customer(headers)
+        if customer is not None:  # a verified identity, not what the body claims
+            request = request.model_copy(update={"customer_id": customer})
+        await service.admit(request.session_id, headers.get(TOKEN_HEADER), request.request_id)
+        answer = await dispatch(request, headers)
+        return {**answer, "session_token": service.sign(request.session_id)}
+
+    @api.post(
+        "/v1/chat",
+        responses=CHAT_RESPONSES,
+        openapi_extra={**CHAT_OPENAPI, "parameters": [_SESSION_TOKEN[0], _IDEMPOTENCY]},
+    )
     async def chat(request: Request) -> JSONResponse:
-        return await handle_chat(request, dispatch)
+        return await handle_chat(request, guarded)
 
     @api.get("/widget", include_in_schema=False)
     async def widget() -> HTMLResponse:
@@ -434,16 +589,42 @@ def agent_http_app(title: str, dispatch: ChatDispatch, service: HandoffService) 
 
 
 def add_customer_routes(api: FastAPI, service: HandoffService) -> None:
-    @api.get("/v1/sessions/{session_id}/messages")
+    def refused(session_id: str, request: Request) -> JSONResponse | None:
+        """Reading a conversation takes its token (header, or `?token=` for EventSource), asked
+        before anything else: a stranger learns not even whether the session exists."""
+        if service.session_tokens is None:
+            return None
+        token = request.headers.get(TOKEN_HEADER) or request.query_params.get(TOKEN_QUERY)
+        try:
+            service.session_tokens.check(session_id, token)
+        except SessionRefused as exc:
+            return exc.response()
+        return None
+
+    @api.get(
+        "/v1/sessions/{session_id}/messages",
+        responses=_answers(CustomerFeed, 401, 403, 404, 422),
+        openapi_extra={"parameters": [_AFTER, *_SESSION_TOKEN]},
+    )
     async def session_messages(session_id: str, request: Request) -> JSONResponse:
+        if (no := refused(session_id, request)) is not None:
+            return no
         after = _int_query(request, "after", 0)
         if isinstance(after, JSONResponse):
             return after
         feed = await service.customer_feed(session_id, after)
         return JSONResponse(feed) if feed is not None else _not_found("such conversation")
 
-    @api.get("/v1/sessions/{session_id}/events")
+    @api.get(
+        "/v1/sessions/{session_id}/events",
+        response_class=StreamingResponse,
+        response_model=None,
+        responses={**_EVENTS, **errors(401, 403, 404, 422)},
+        openapi_extra={"parameters": [_AFTER, *_SESSION_TOKEN]},
+    )
     async def session_events(session_id: str, request: Request) -> Any:
+        if (no := refused(session_id, request)) is not None:
+            return no
         after = _int_query(request, "after", 0)
         if isinstance(after, JSONResponse):
             return after
@@ -465,8 +646,14 @@ def add_customer_routes(api: FastAPI, service: HandoffService) -> None:
 
         return await _sse(request, poll)
 
-    @api.post("/v1/sessions/{session_id}/rating")
+    @api.post(
+        "/v1/sessions/{session_id}/rating",
+        responses=_answers(RatingResult, 400, 401, 403, 404, 413, 422),
+        openapi_extra={**json_body(RatingBody), "parameters": [_IDEMPOTENCY, *_SESSION_TOKEN]},
+    )
     async def session_rating(session_id: str, request: Request) -> JSONResponse:
+        if (no := refused(session_id, request)) is not None:
+            return no
         body = await parse_body(request, RatingBody)
         if isinstance(body, JSONResponse):
             return body
@@ -490,7 +677,18 @@ def add_console_routes(api: FastAPI, service: HandoffService) -> None:
         token = bearer(request)
         return service.tokens.who(token) if token else None
 
-    @api.get("/v1/handoffs")
+    console = [Depends(CONSOLE_AUTH)]
+    listing_parameters = [
+        _param("status", "query", {"type": "string", "enum": ["open", "resolved", "all"]}, ""),
+        _param("limit", "query", _WHOLE_NUMBER, f"At most this many (up to {LIST_LIMIT})."),
+    ]
+
+    @api.get(
+        "/v1/handoffs",
+        dependencies=console,
+        responses=_answers(HandoffListing, 401, 422),
+        openapi_extra={"parameters": listing_parameters},
+    )
     async def list_handoffs(request: Request) -> JSONResponse:
         human = caller(request)
         if human is None:
@@ -504,7 +702,13 @@ def add_console_routes(api: FastAPI, service: HandoffService) -> None:
         listed = await service.listing(status, max(1, min(limit, LIST_LIMIT)))
         return JSONResponse({**listed, "me": human})
 
-    @api.get("/v1/handoffs/events")
+    @api.get(
+        "/v1/handoffs/events",
+        dependencies=console,
+        response_class=StreamingResponse,
+        response_model=None,
+        responses={**_EVENTS, **errors(401)},
+    )
     async def handoff_events(request: Request) -> Any:
         if caller(request) is None:
             return _unauthenticated()
@@ -528,7 +732,11 @@ def add_console_routes(api: FastAPI, service: HandoffService) -> None:
 
         return await _sse(request, poll)
 
-    @api.get("/v1/handoffs/{record_id}")
+    @api.get(
+        "/v1/handoffs/{record_id}",
+        dependencies=console,
+        responses=_answers(HandoffRecord, 401, 404, 422),
+    )
     async def get_handoff(record_id: str, request: Request) -> JSONResponse:
         if caller(request) is None:
             return _unauthenticated()
@@ -542,6 +750,9 @@ def add_console_routes(api: FastAPI, service: HandoffService) -> None:
             methods=["POST"],
             name=f"handoff_{suffix}",
             response_model=None,
+            dependencies=console,
+            responses=_answers(HandoffRecord, 400, 401, 403, 404, 409, 413, 422, 503),
+            openapi_extra={**json_body(model), "parameters": [_IDEMPOTENCY]},
         )
 
 

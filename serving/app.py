@@ -174,6 +174,36 @@ class _ServeMetrics:
             "agent_overload_refusals_total",
             description="Turns refused with 503 because the replica ran max_turns_in_flight.",
         )
+        self.llm_token_count = serve.metrics.Counter(
+            "agent_llm_tokens_total",
+            description="LLM tokens of the agent's generations, by kind (prompt, completion); "
+            "estimated from words (serving.workflow.limits.estimate_tokens).",
+            tag_keys=("kind",),
+        )
+        # Agent scope only: a series per customer would explode the metric's cardinality.
+        self.budget_left = serve.metrics.Gauge(
+            "agent_budget_remaining",
+            description="What the agent's budget (llm_tokens, tool_calls) has left in the "
+            "current window, as last seen by this replica.",
+            tag_keys=("budget", "scope"),  # type: ignore[arg-type]
+        )
+        self.budget_limit = serve.metrics.Gauge(
+            "agent_budget_limit",
+            description="The agent's budget per window (llm_tokens, tool_calls).",
+            tag_keys=("budget", "scope"),  # type: ignore[arg-type]
+        )
+        self.budgets_exhausted = serve.metrics.Counter(
+            "agent_budget_exhausted_total",
+            description="Turns answered without an LLM or tool call because a budget was "
+            "exhausted, by budget and scope (agent, customer).",
+            tag_keys=("budget", "scope"),  # type: ignore[arg-type]
+        )
+        self.rate_limits = serve.metrics.Counter(
+            "agent_rate_limited_total",
+            description="Turns refused with 429 by the inbound rate limit, by scope "
+            "(session, customer).",
+            tag_keys=("scope",),
+        )
 
     def turn(self, status: str, intent: str, seconds: float) -> None:
         self.requests.inc(tags={"status": status, "intent": intent})
@@ -211,6 +241,22 @@ class _ServeMetrics:
 
     def conversation_escalated(self) -> None:
         self.escalated.inc()
+
+    def llm_tokens(self, prompt: int, completion: int) -> None:
+        for kind, count in (("prompt", prompt), ("completion", completion)):
+            if count:
+                self.llm_token_count.inc(count, tags={"kind": kind})
+
+    def budget_remaining(self, budget: str, remaining: int, limit: int) -> None:
+        tags = {"budget": budget, "scope": "agent"}
+        self.budget_left.set(remaining, tags=tags)
+        self.budget_limit.set(limit, tags=tags)
+
+    def budget_exhausted(self, budget: str, scope: str) -> None:
+        self.budgets_exhausted.inc(tags={"budget": budget, "scope": scope})
+
+    def rate_limited(self, scope: str) -> None:
+        self.rate_limits.inc(tags={"scope": scope})
 
 
 class _RayTaskRunner:
@@ -282,7 +328,13 @@ class AgentIngress:
             generator = load_generator(self.config.llm)
         sessions = open_store(self.config.sessions, f"{self.config.namespace}:{self.config.agent}")
         self.handoffs = HandoffService.of(
-            sessions, self.config.handoff, self.config.namespace, self.intents, self.metrics.people
+            sessions,
+            self.config.handoff,
+            self.config.namespace,
+            self.intents,
+            self.metrics.people,
+            self.config.sessions.token_keys_dir,
+            self.config.auth,
         )
         self.orchestrator = Orchestrator(
             self.config,

@@ -14,6 +14,7 @@ import uuid
 from typing import Any, TextIO
 
 from .config import REVISION_HEADER
+from .session_tokens import TOKEN_HEADER
 
 
 def send(
@@ -22,13 +23,17 @@ def send(
     message: str,
     timeout: float = 60,
     revision: str | None = None,
+    session_token: str | None = None,
 ) -> dict[str, Any]:
     """One turn; `revision` (the previous reply's) pins the turn to the revision that served
-    the conversation so far."""
+    the conversation so far; `session_token` (the previous reply's) proves the conversation is
+    ours."""
     body = json.dumps({"session_id": session_id, "message": message, "channel": "terminal"})
     headers = {"Content-Type": "application/json"}
     if revision:
         headers[REVISION_HEADER] = revision
+    if session_token:
+        headers[TOKEN_HEADER] = session_token
     request = urllib.request.Request(
         url.rstrip("/") + "/v1/chat", data=body.encode(), headers=headers, method="POST"
     )
@@ -39,6 +44,25 @@ def send(
     except urllib.error.HTTPError as exc:
         detail = json.loads(exc.read() or b"{}").get("error", {})
         raise RuntimeError(f"HTTP {exc.code}: {detail.get('message', exc.reason)}") from None
+
+
+class Client:
+    """Turns against one agent as a browser tab would take them: each session's latest token
+    goes back with its next turn."""
+
+    def __init__(self, url: str, timeout: float = 60) -> None:
+        self.url, self.timeout = url, timeout
+        self.tokens: dict[str, str] = {}
+
+    def __call__(
+        self, session_id: str, message: str, revision: str | None = None
+    ) -> dict[str, Any]:
+        answer = send(
+            self.url, session_id, message, self.timeout, revision, self.tokens.get(session_id)
+        )
+        if answer.get("session_token"):
+            self.tokens[session_id] = answer["session_token"]
+        return answer
 
 
 def describe(answer: dict[str, Any]) -> str:
@@ -60,6 +84,7 @@ def describe(answer: dict[str, Any]) -> str:
 def chat(url: str, session_id: str | None = None, stdin: TextIO = sys.stdin) -> int:
     session = session_id or f"terminal-{uuid.uuid4().hex[:8]}"
     revision: str | None = None  # the revision that answered the first turn, once known
+    client = Client(url)
     print(f"Chatting with {url} (session {session}); Ctrl-D or 'quit' to leave.")
     while True:
         try:
@@ -72,7 +97,7 @@ def chat(url: str, session_id: str | None = None, stdin: TextIO = sys.stdin) -> 
         if not line.strip():
             continue
         try:
-            answer = send(url, session, line.strip(), revision=revision)
+            answer = client(session, line.strip(), revision=revision)
             revision = answer.get("revision") or revision
             print(describe(answer))
         except (RuntimeError, OSError) as exc:

@@ -49,6 +49,12 @@ GATEWAY_CONFIG_ENV = "SWITCHBOARD_GATEWAY_CONFIG"
 GATEWAY_CREDENTIALS_DIR = "/var/run/secrets/switchboard/credentials"
 # Where the Ray containers mount the human agents' console tokens (`HandoffConfig`).
 CONSOLE_TOKENS_DIR = "/var/run/secrets/switchboard/console-tokens"
+# Where they mount the keys that sign session tokens (`SessionConfig.token_keys_dir`).
+SESSION_TOKEN_KEYS_DIR = "/var/run/secrets/switchboard/session-token-keys"
+# Where the Ray containers mount `spec.auth.jwksSecret` (`AuthConfig.jwks_path` is a file in it).
+JWKS_DIR = "/var/run/secrets/switchboard/jwks"
+# The header Istio fills with the verified token's customer-id claim (`AuthConfig`).
+CUSTOMER_HEADER = "x-switchboard-customer"
 GATEWAY_HTTP_PORT = 8080
 
 
@@ -144,6 +150,43 @@ class ToolConfig(Contract):
     operations: list[ToolOperationConfig]
 
 
+class RateLimitConfig(Contract):
+    """A token bucket: `per_minute` turns sustained, `burst` at once."""
+
+    per_minute: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+class RateLimitsConfig(Contract):
+    session: RateLimitConfig | None = None
+    customer: RateLimitConfig | None = None
+    """Keyed by the request's `customer_id`; a request without one is limited per session only."""
+
+
+class BudgetLimitConfig(Contract):
+    """Limits of one scope per window; none: that budget is unlimited."""
+
+    llm_tokens: int | None = Field(default=None, ge=0)
+    tool_calls: int | None = Field(default=None, ge=0)
+
+
+DEFAULT_BUDGET_REPLY = (
+    "I can't take on more requests right now. Please try again a little later, or ask for a "
+    "colleague and I'll pass you on."
+)
+
+
+class BudgetsConfig(Contract):
+    """Budgets on model use and tool calls per fixed window (serving.workflow.limits)."""
+
+    window_seconds: int = Field(default=3600, ge=1)
+    agent: BudgetLimitConfig = Field(default_factory=BudgetLimitConfig)
+    customer: BudgetLimitConfig = Field(default_factory=BudgetLimitConfig)
+    on_exhausted: Literal["reply", "handoff"] = "reply"
+    reply: str = DEFAULT_BUDGET_REPLY
+    """The answer of a turn that would exceed a budget (`on_exhausted: reply`)."""
+
+
 class PolicyConfig(Contract):
     handoff_confidence_threshold: float = Field(default=0.5, ge=0, le=1)
     approval_required: list[str] = Field(default_factory=list)
@@ -152,6 +195,10 @@ class PolicyConfig(Contract):
     max_tool_calls_per_turn: int = Field(default=3, ge=0)
     rephrase_attempts: int = Field(default=1, ge=0)
     """Times an unclear message is answered with a request to rephrase before a handoff."""
+    rate_limit: RateLimitsConfig | None = None
+    """Inbound turns per session and per customer (serving.workflow.limits); none: unlimited."""
+    budgets: BudgetsConfig | None = None
+    """LLM tokens and tool calls per window, per agent and per customer; none: unlimited."""
 
 
 HANDOFF_VALUES = (
@@ -215,9 +262,35 @@ class SessionConfig(Contract):
     redis_url_env: str | None = None
     """Environment variable holding the Redis URL (redis store)."""
     ttl_seconds: int = Field(default=86400, ge=60)
+    token_keys_dir: str | None = None
+    """Folder of the keys that sign session tokens (a mounted Secret; serving.session_tokens).
+    None: a session id alone continues a conversation (no binding; the operator reports it)."""
     feedback_path: str | None = None
     """Memory store only: a JSON Lines file where corrections and escalations are appended, so
     they outlive the process (Redis keeps them on clusters). None: kept in memory."""
+
+
+class AuthConfig(Contract):
+    """How the chat authenticates customers (`switchboard.serving.auth`). `mode: verify`: the
+    agent verifies the bearer JWT itself (signature, issuer, audience, expiry) with keys from
+    `jwks_uri` or the JWKS file `jwks_path`. `mode: istio`: Istio's RequestAuthentication has
+    verified it already and put the customer id in `customer_header` (an AuthorizationPolicy
+    refuses requests carrying that header without a verified token), so the agent takes it."""
+
+    mode: Literal["verify", "istio"] = "verify"
+    issuer: str
+    audiences: list[str] = Field(min_length=1)
+    customer_id_claim: str = "sub"
+    required: bool = True
+    """Refuse a chat turn or session read without a valid token; false: anonymous allowed, a
+    token sent must still be valid."""
+    jwks_uri: str | None = None
+    """JWKS URL (cached; refetched on an unknown `kid`)."""
+    jwks_path: str | None = None
+    """JWKS file (a mounted Secret key; reread on an unknown `kid`)."""
+    customer_header: str = CUSTOMER_HEADER
+    leeway_seconds: int = Field(default=30, ge=0)
+    """Clock skew allowed on `exp`, `nbf` and `iat`."""
 
 
 class AgentAppConfig(Contract):
@@ -238,6 +311,8 @@ class AgentAppConfig(Contract):
     small_talk: SmallTalkConfig = Field(default_factory=SmallTalkConfig)
     max_turns_in_flight: int = Field(default=64, ge=1)
     """Turns one replica runs at once; more are refused at once with 503 and Retry-After."""
+    auth: AuthConfig | None = None
+    """Customer authentication of the chat; None: open."""
 
 
 class IntentPlanConfig(Contract):
@@ -290,6 +365,8 @@ class RouterConfig(Contract):
     handoff: HandoffConfig = Field(default_factory=HandoffConfig)
     """The agent API and the pages are the agent's, not a revision's: during a rollout the
     router serves them from the same session store the revisions use."""
+    auth: AuthConfig | None = None
+    """The revisions' customer authentication, for the session reads the router serves."""
 
 
 # --- tool gateway ------------------------------------------------------------------------
@@ -371,6 +448,9 @@ class LocalAgent(Contract):
     """The human agents' console tokens (`spec.handoff.consoleTokensSecret`: name -> token),
     written to a private directory that becomes `handoff.console_tokens_dir` of the app, the
     candidate and the router. Empty: no console tokens (the agent API refuses every call)."""
+    session_keys: dict[str, str] = Field(default_factory=dict)
+    """The keys that sign session tokens (`spec.sessions.tokenSecret`: key id -> key), written
+    the same way for `sessions.token_keys_dir`. Empty: conversations are not bound."""
 
 
 class LocalPlan(Contract):

@@ -97,21 +97,36 @@ def with_tool_urls(app: AgentAppConfig, urls: Mapping[str, str]) -> AgentAppConf
     return app.model_copy(update={"tools": tools})
 
 
-def with_console_tokens(agent: LocalAgent, directory: str) -> LocalAgent:
-    """The agent with its human agents' tokens read from `directory` by every revision and the
-    router (each serves the agent API)."""
+def _every_entry(agent: LocalAgent, change: Callable[[Any], Any]) -> LocalAgent:
+    """`change` applied to each config that serves the agent's HTTP: the revisions and the
+    router."""
+    return agent.model_copy(
+        update={
+            "app": change(agent.app),
+            "candidate": change(agent.candidate) if agent.candidate else None,
+            "router": change(agent.router),
+        }
+    )
 
-    def moved(config: Any) -> Any:
+
+def with_console_tokens(agent: LocalAgent, directory: str) -> LocalAgent:
+    """The agent with its human agents' tokens read from `directory`."""
+
+    def change(config: Any) -> Any:
         handoff = config.handoff.model_copy(update={"console_tokens_dir": directory})
         return config.model_copy(update={"handoff": handoff})
 
-    return agent.model_copy(
-        update={
-            "app": moved(agent.app),
-            "candidate": moved(agent.candidate) if agent.candidate else None,
-            "router": moved(agent.router),
-        }
-    )
+    return _every_entry(agent, change)
+
+
+def with_session_keys(agent: LocalAgent, directory: str) -> LocalAgent:
+    """The agent with the keys that sign session tokens read from `directory`."""
+
+    def change(config: Any) -> Any:
+        sessions = config.sessions.model_copy(update={"token_keys_dir": directory})
+        return config.model_copy(update={"sessions": sessions})
+
+    return _every_entry(agent, change)
 
 
 # --- Ray Serve -------------------------------------------------------------------------------
@@ -330,7 +345,14 @@ def single_process_api(app: AgentAppConfig) -> FastAPI:
     async def intents() -> list[str]:
         return list(understander.service.model.labels)
 
-    service = HandoffService.of(orchestrator.sessions, app.handoff, app.namespace, intents)
+    service = HandoffService.of(
+        orchestrator.sessions,
+        app.handoff,
+        app.namespace,
+        intents,
+        token_keys_dir=app.sessions.token_keys_dir,
+        auth=app.auth,
+    )
     return agent_http_app(f"Switchboard agent {app.agent} (single process)", dispatch, service)
 
 
@@ -377,6 +399,10 @@ def serve_plan(
                 tokens = secret_files(prefix, agent.console_tokens)
                 gateways.secrets.append(tokens)  # removed with the gateways' credentials
                 local = with_console_tokens(local, tokens.name)
+            if agent.session_keys:
+                keys = secret_files(f"switchboard-{agent.app.agent}-keys-", agent.session_keys)
+                gateways.secrets.append(keys)
+                local = with_session_keys(local, keys.name)
             deploy_agent(local, "/" if single else f"/{agent.app.agent}", cpus=cpus)
     except BaseException:
         gateways.stop()

@@ -106,6 +106,8 @@ class Router:
             self.config.namespace,
             self._intents,
             ServeHandoffMetrics(),
+            self.config.sessions.token_keys_dir,
+            self.config.auth,
         )
 
     async def _intents(self) -> list[str]:

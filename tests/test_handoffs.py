@@ -12,22 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
+from support.agent_replica import Replica, with_console
 from support.redis_server import RedisServer
-from support.scripted_agent import RecordingTools, scripted_orchestrator, talk
-from switchboard.serving.agent_api import HandoffService, agent_http_app
-from switchboard.serving.asgi_thread import serve_in_thread
+from support.scripted_agent import scripted_orchestrator, talk
 from switchboard.serving.config import HandoffConfig, SessionConfig
 from switchboard.serving.workflow import handoffs as t
 from switchboard.serving.workflow.handoffs import HandoffError, HandoffRecord
-from switchboard.serving.workflow.orchestrator import Orchestrator
-from switchboard.serving.workflow.sessions import MemorySessionStore, SessionStore, open_store
+from switchboard.serving.workflow.sessions import MemorySessionStore, open_store
 from switchboard.serving.workflow.types import ChatRequest
 
 # --- the transitions ----------------------------------------------------------------------
@@ -187,15 +184,9 @@ def test_queue_position_counts_the_waiting_handoffs_before() -> None:
 # --- the turn while a human has the conversation -------------------------------------------
 
 
-def _with_console(orchestrator: Orchestrator, tokens: Path | None = None) -> Orchestrator:
-    handoff = HandoffConfig(adapter="ticketing", console_tokens_dir=str(tokens or "/nowhere"))
-    orchestrator.config = orchestrator.config.model_copy(update={"handoff": handoff})
-    return orchestrator
-
-
 def test_after_a_handoff_the_bot_stays_quiet_until_a_human_resolves_it() -> None:
     orchestrator, tools = scripted_orchestrator()
-    _with_console(orchestrator)
+    with_console(orchestrator)
     store = orchestrator.sessions
     handed, joined, again = talk(
         orchestrator,
@@ -255,7 +246,7 @@ def test_the_ticket_uses_the_configured_operation_and_field_mapping() -> None:
 
 def test_a_handoff_turn_retried_after_a_crash_opens_one_handoff() -> None:
     orchestrator, _ = scripted_orchestrator()
-    _with_console(orchestrator)
+    with_console(orchestrator)
     request = ChatRequest(session_id="s1", message="gibberish, get me a human", request_id="m1")
 
     class DiesOnce(MemorySessionStore):
@@ -297,65 +288,6 @@ def tokens(tmp_path: Path) -> Path:
     for name in ("alice", "bob"):
         (folder / name).write_text(f"token-of-{name}\n")
     return folder
-
-
-class Http:
-    """requests with the replica's base URL."""
-
-    def __init__(self, base: str) -> None:
-        self.base, self.session = base, requests.Session()
-
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        return self.session.get(self.base + path, timeout=10, **kwargs)
-
-    def post(self, path: str, **kwargs: Any) -> requests.Response:
-        return self.session.post(self.base + path, timeout=10, **kwargs)
-
-    def stream(self, path: str) -> requests.Response:
-        return self.session.get(self.base + path, stream=True, timeout=10)
-
-    def close(self) -> None:
-        self.session.close()
-
-
-class Replica:
-    """One agent replica: the orchestrator and the HTTP app over a session store, served by
-    uvicorn on 127.0.0.1."""
-
-    def __init__(self, store: SessionStore, tokens: Path, tools: RecordingTools | None = None):
-        orchestrator, self.tools = scripted_orchestrator()
-        if tools is not None:
-            orchestrator.tools = self.tools = tools
-        _with_console(orchestrator, tokens)
-        orchestrator.sessions = store
-        self.store = store
-
-        async def dispatch(request: ChatRequest, _headers: Mapping[str, str]) -> dict[str, Any]:
-            return (await orchestrator.turn(request)).model_dump()
-
-        async def intents() -> list[str]:
-            return ["order_status", "payment_failed", "talk_to_human", "oos"]
-
-        service = HandoffService.of(store, orchestrator.config.handoff, "shop", intents)
-        self.url, self.server = serve_in_thread("agent", agent_http_app("t", dispatch, service))
-        self.http = Http(self.url)
-
-    def chat(self, message: str, session: str = "s1") -> dict[str, Any]:
-        answer = self.http.post("/v1/chat", json={"session_id": session, "message": message})
-        assert answer.status_code == 200, answer.text
-        body: dict[str, Any] = answer.json()
-        return body
-
-    def call(
-        self, who: str | None, action: str, handoff: str, **body: Any
-    ) -> tuple[int, dict[str, Any]]:
-        headers = {"Authorization": f"Bearer token-of-{who}"} if who else {}
-        answer = self.http.post(f"/v1/handoffs/{handoff}/{action}", json=body, headers=headers)
-        return answer.status_code, answer.json()
-
-    def stop(self) -> None:
-        self.http.close()
-        self.server.stop()
 
 
 @pytest.fixture

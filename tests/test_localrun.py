@@ -138,5 +138,5 @@ def test_a_token_key_must_name_a_file(tmp_path: Path, key: str) -> None:
             "stringData": {"alice": "t1", key: "t2"},
         }
     )
-    with pytest.raises(RenderError, match="cannot name a human agent"):
+    with pytest.raises(RenderError, match="cannot be file names"):
         local_plan(docs, overrides(tmp_path))

@@ -188,8 +188,9 @@ def converse(url: str, session: str, echo: bool) -> list[str]:
     `switchboard chat` does. The revisions that answered, turn by turn."""
     answered: list[str] = []
     revision: str | None = None
+    client = chat.Client(url)
     for message in TURNS:
-        answer = chat.send(url, session, message, revision=revision if echo else None)
+        answer = client(session, message, revision=revision if echo else None)
         answered.append(answer["revision"])
         revision = answer.get("revision") or revision
     return answered

@@ -7,6 +7,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import AfterValidator, Field, WithJsonSchema
 
 from switchboard.serving.config import (
+    DEFAULT_BUDGET_REPLY,
     DEFAULT_HANDOFF_FIELDS,
     DEFAULT_MIN_RELEVANCE,
     HANDOFF_VALUES,
@@ -301,6 +302,63 @@ class IntentPlan(ApiModel):
     """Always hand the conversation to a human (e.g. `talk_to_human`)."""
 
 
+class RateLimitSpec(ApiModel):
+    """A token bucket: `burst` messages at once, refilled at `perMinute`."""
+
+    per_minute: int = Field(ge=1, le=100000)
+    """Messages per minute, sustained."""
+    burst: int = Field(default=10, ge=1, le=10000)
+    """Messages allowed at once, after a pause."""
+
+
+class RateLimitsSpec(ApiModel):
+    """Inbound chat turns per session and per customer; a turn over a limit is refused with
+    429 and `Retry-After`. Counted in the session store, so replicas share the limit."""
+
+    session: RateLimitSpec | None = None
+    """Per conversation (`session_id`)."""
+    customer: RateLimitSpec | None = None
+    """Per customer (the request's `customer_id`); a turn without one is limited per session
+    only."""
+
+
+class BudgetLimitSpec(ApiModel):
+    """Limits per window; an unset one is unlimited."""
+
+    llm_tokens: int | None = Field(default=None, ge=0)
+    """LLM tokens (prompt and completion, estimated from words) per window."""
+    tool_calls: int | None = Field(default=None, ge=0)
+    """Tool calls (operations of the intent plans; handoff tickets not counted) per window."""
+
+
+# A duration with its unit: 90s, 30m, 1h, 1d.
+WINDOW_PATTERN = r"^[1-9][0-9]{0,6}(s|m|h|d)$"
+WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def window_seconds(window: str) -> int:
+    """Seconds of a `WINDOW_PATTERN` duration."""
+    return int(window[:-1]) * WINDOW_UNITS[window[-1]]
+
+
+class BudgetsSpec(ApiModel):
+    """Budgets on model use and tool calls per fixed window, counted in the session store
+    (shared by replicas). A turn that would exceed one gets `reply` (or a handoff) without the
+    LLM or tool call."""
+
+    window: str = Field(default="1h", pattern=WINDOW_PATTERN)
+    """The window the budgets count in, with a unit: `90s`, `30m`, `1h`, `1d`."""
+    agent: BudgetLimitSpec | None = None
+    """What the whole agent (all replicas and revisions) may use per window."""
+    customer: BudgetLimitSpec | None = None
+    """What one customer (the request's `customer_id`) may use per window."""
+    on_exhausted: Literal["reply", "handoff"] = "reply"
+    """`reply` answers with `reply`; `handoff` passes the conversation to a human (reason
+    `budget_exhausted`)."""
+    reply: str = Field(default=DEFAULT_BUDGET_REPLY, min_length=1, max_length=1000)
+    """The answer when a budget is exhausted (`onExhausted: reply`)."""
+
+
 class PolicySpec(ApiModel):
     """The policy gate every action passes before it runs."""
 
@@ -317,6 +375,10 @@ class PolicySpec(ApiModel):
     """Unclear (out-of-scope or low-confidence) messages in a row that the agent answers by
     asking to rephrase before it hands off; a customer asking for a person is handed off at
     once."""
+    rate_limit: RateLimitsSpec | None = None
+    """Inbound rate limits; unset: none."""
+    budgets: BudgetsSpec | None = None
+    """Budgets on LLM tokens and tool calls; unset: none."""
 
 
 def _handoff_value(value: str) -> str:
@@ -418,6 +480,12 @@ class SessionSpec(ApiModel):
     """Redis settings (store `redis`)."""
     ttl_seconds: int = Field(default=86400, ge=60, le=2592000)
     """Idle time after which a session is forgotten."""
+    token_secret: ObjectName | None = None
+    """Secret whose keys sign session tokens (any key names; tokens are signed with the key
+    whose name sorts last and accepted with any): the first turn's answer carries a token, and
+    later turns and reads of the conversation need it. Rotate by adding a key that sorts after
+    the current one, then removing the old. Unset: a session id alone continues a conversation
+    (`SessionsBound` in status says so)."""
 
 
 class IngressSpec(ApiModel):
@@ -427,6 +495,38 @@ class IngressSpec(ApiModel):
     """Hostnames the agent answers on."""
     gateways: list[str] = Field(default_factory=list, max_length=50)
     """Istio Gateways (`namespace/name`) to bind; empty means the mesh only."""
+
+
+class AuthSpec(ApiModel):
+    """Customers authenticate to the chat with a JWT from your identity provider. With
+    `ingress` and `jwksUri` Istio verifies it at the edge (a RequestAuthentication and an
+    AuthorizationPolicy on the agent's pods) and passes the customer id on in a header; else
+    the agent verifies it itself. The agent console and its API keep their own bearer tokens
+    (`handoff.consoleTokensSecret`)."""
+
+    cel_rules = (
+        CelRule(
+            rule="has(self.jwksUri) != has(self.jwksSecret)",
+            message="set exactly one key source: jwksUri or jwksSecret",
+        ),
+    )
+
+    issuer: str = Field(min_length=1, max_length=1024)
+    """The `iss` every token must carry, e.g. `https://login.example.com/`."""
+    jwks_uri: str | None = Field(default=None, pattern=r"^https?://", max_length=2048)
+    """URL of the issuer's JSON Web Key Set (fetched, cached, refetched for an unknown `kid`)."""
+    jwks_secret: SecretKeyRef | None = None
+    """Secret key holding a JSON Web Key Set document; mounted read-only in the Ray pods, so
+    a rotated key reaches them without a restart. The agent verifies tokens itself then."""
+    audiences: list[str] = Field(min_length=1, max_length=20)
+    """Accepted `aud` values: a token must name at least one."""
+    customer_id_claim: str = Field(
+        default="sub", min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_.:/-]+$"
+    )
+    """The claim that identifies the customer (the conversation's `customer_id`)."""
+    required: bool = True
+    """Refuse chat turns and session reads without a valid token (401); false lets anonymous
+    customers chat while a token, if sent, must still be valid."""
 
 
 class SupportAgentSpec(ApiModel):
@@ -497,6 +597,9 @@ class SupportAgentSpec(ApiModel):
     """Conversation state store."""
     ingress: IngressSpec | None = None
     """Istio routing; without it no VirtualService is created."""
+    auth: AuthSpec | None = None
+    """Customer authentication of the chat by JWT; unset, the chat is open to anyone who can
+    reach it."""
 
 
 class TrafficEntry(ApiModel):

@@ -17,7 +17,7 @@ from switchboard.serving import config as contract
 
 from ..api.base import ReplicaAutoscaling
 from ..api.modelrollout import HeaderMatch
-from ..api.supportagent import LlmSpec, NluSpec, SupportAgentSpec
+from ..api.supportagent import LlmSpec, NluSpec, PolicySpec, SupportAgentSpec, window_seconds
 from ..api.tooladapter import ToolAdapterSpec
 from .names import Parent, gateway_name, revision, revision_app_name, service_url
 
@@ -29,6 +29,10 @@ LLM_API_KEY_ENV = "SWITCHBOARD_LLM_API_KEY"
 MODEL_STORAGE_ACCESS_KEY_ENV = "SWITCHBOARD_MODEL_STORAGE_ACCESS_KEY_ID"
 MODEL_STORAGE_SECRET_KEY_ENV = "SWITCHBOARD_MODEL_STORAGE_SECRET_ACCESS_KEY"
 CONSOLE_TOKENS_VOLUME = "console-tokens"
+SESSION_KEYS_VOLUME = "session-token-keys"
+JWKS_VOLUME = "jwks"
+# The file `spec.auth.jwksSecret`'s key becomes inside `contract.JWKS_DIR`.
+JWKS_FILE = "jwks.json"
 
 # CPU share of one replica of each deployment. The head runs no replicas (num-cpus 0), so
 # these decide how many replicas fit a worker and when Ray's autoscaler adds one.
@@ -133,7 +137,54 @@ def pod_runtime(spec: SupportAgentSpec, extra_model_uris: Sequence[str] = ()) ->
                 "readOnly": True,
             }
         )
+    keys = spec.sessions.token_secret
+    if keys:  # files too: a key added for a rotation reaches the replicas in place
+        volumes.append(
+            {"name": SESSION_KEYS_VOLUME, "secret": {"secretName": keys, "defaultMode": 0o444}}
+        )
+        mounts.append(
+            {
+                "name": SESSION_KEYS_VOLUME,
+                "mountPath": contract.SESSION_TOKEN_KEYS_DIR,
+                "readOnly": True,
+            }
+        )
+    auth = spec.auth
+    if auth and auth.jwks_secret:
+        # One key as a file, no subPath: a rotated key set reaches the replicas in place.
+        volumes.append(
+            {
+                "name": JWKS_VOLUME,
+                "secret": {
+                    "secretName": auth.jwks_secret.name,
+                    "items": [{"key": auth.jwks_secret.key, "path": JWKS_FILE}],
+                    "defaultMode": 0o444,
+                },
+            }
+        )
+        mounts.append({"name": JWKS_VOLUME, "mountPath": contract.JWKS_DIR, "readOnly": True})
     return PodRuntime(volumes, mounts, env)
+
+
+def istio_verifies(spec: SupportAgentSpec) -> bool:
+    """Whether Istio verifies the customers' tokens at the edge: the agent has ingress and a
+    `jwksUri` Istio can fetch (a JWKS in a Secret is verified by the agent itself)."""
+    return bool(spec.auth and spec.ingress and spec.auth.jwks_uri)
+
+
+def auth_config(spec: SupportAgentSpec) -> contract.AuthConfig | None:
+    auth = spec.auth
+    if auth is None:
+        return None
+    return contract.AuthConfig(
+        mode="istio" if istio_verifies(spec) else "verify",
+        issuer=auth.issuer,
+        audiences=list(auth.audiences),
+        customer_id_claim=auth.customer_id_claim,
+        required=auth.required,
+        jwks_uri=auth.jwks_uri,
+        jwks_path=f"{contract.JWKS_DIR}/{JWKS_FILE}" if auth.jwks_secret else None,
+    )
 
 
 def model_storage(spec: SupportAgentSpec, uri: str | None) -> contract.ModelStorageConfig | None:
@@ -288,6 +339,7 @@ def session_config(spec: SupportAgentSpec) -> contract.SessionConfig:
         store=spec.sessions.store,
         redis_url_env=REDIS_URL_ENV if spec.sessions.redis else None,
         ttl_seconds=spec.sessions.ttl_seconds,
+        token_keys_dir=contract.SESSION_TOKEN_KEYS_DIR if spec.sessions.token_secret else None,
     )
 
 
@@ -359,6 +411,8 @@ def agent_app_config(
             pii_redaction=policy.pii_redaction,
             max_tool_calls_per_turn=policy.max_tool_calls_per_turn,
             rephrase_attempts=policy.rephrase_attempts,
+            rate_limit=rate_limit_config(policy),
+            budgets=budgets_config(policy),
         ),
         fallback=fallback_config(spec),
         max_turns_in_flight=turns_in_flight(spec.orchestrator.autoscaling),
@@ -367,6 +421,7 @@ def agent_app_config(
         ),
         sessions=session_config(spec),
         handoff=handoff,
+        auth=auth_config(spec),
     )
 
 
@@ -521,6 +576,7 @@ def serve_config(
         namespace=parent.namespace,
         sessions=stable.sessions,
         handoff=stable.handoff,
+        auth=stable.auth,
     )
     if len(apps) == 1:  # no rollout: the revision itself answers at `/`, no hop in front
         applications = [agent_application(spec, stable, "/")]
@@ -534,3 +590,33 @@ def serve_config(
         "http_options": {"host": "0.0.0.0", "port": contract.SERVE_HTTP_PORT},
         "applications": applications,
     }
+
+
+def rate_limit_config(policy: PolicySpec) -> contract.RateLimitsConfig | None:
+    spec = policy.rate_limit
+    if spec is None:
+        return None
+    return contract.RateLimitsConfig(
+        **{
+            scope: contract.RateLimitConfig(per_minute=limit.per_minute, burst=limit.burst)
+            for scope, limit in (("session", spec.session), ("customer", spec.customer))
+            if limit is not None
+        }
+    )
+
+
+def budgets_config(policy: PolicySpec) -> contract.BudgetsConfig | None:
+    spec = policy.budgets
+    if spec is None:
+        return None
+    limits = {
+        scope: contract.BudgetLimitConfig(llm_tokens=limit.llm_tokens, tool_calls=limit.tool_calls)
+        for scope, limit in (("agent", spec.agent), ("customer", spec.customer))
+        if limit is not None
+    }
+    return contract.BudgetsConfig(
+        window_seconds=window_seconds(spec.window),
+        on_exhausted=spec.on_exhausted,
+        reply=spec.reply,
+        **limits,
+    )

@@ -51,6 +51,10 @@ def _secret_refs(spec: SupportAgentSpec) -> list[tuple[str, str]]:
         refs.append(("sessions.redis.urlSecretRef", spec.sessions.redis.url_secret_ref.name))
     if spec.llm and spec.llm.api_key_secret_ref:
         refs.append(("llm.apiKeySecretRef", spec.llm.api_key_secret_ref.name))
+    if spec.auth and spec.auth.jwks_secret:
+        refs.append(("auth.jwksSecret", spec.auth.jwks_secret.name))
+    if spec.sessions.token_secret:
+        refs.append(("sessions.tokenSecret", spec.sessions.token_secret))
     return refs
 
 

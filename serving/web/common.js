@@ -75,6 +75,7 @@ var SB = (function () {
     var headers = { Accept: "application/json" };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     if (opts.token) headers.Authorization = "Bearer " + opts.token;
+    if (opts.sessionToken) headers["X-Session-Token"] = opts.sessionToken;
     var init = { method: method, headers: headers, cache: "no-store", credentials: "same-origin" };
     if (body !== undefined) init.body = JSON.stringify(body);
     var wait = opts.onWait || function () {};

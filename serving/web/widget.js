@@ -37,6 +37,19 @@
   function sessionPath(what) {
     return url("v1/sessions/" + encodeURIComponent(state.sessionId) + "/" + what);
   }
+  // The conversation's token (docs/security.md): every answer brings a fresh one, and every
+  // later turn and read sends it back. EventSource cannot set a header: it goes in the query.
+  function keep(reply) {
+    if (reply && reply.session_token) { state.sessionToken = reply.session_token; save(); }
+  }
+  function sessionOpts(opts) {
+    opts = opts || {};
+    opts.sessionToken = state.sessionToken || undefined;
+    return opts;
+  }
+  function withToken(path) {
+    return state.sessionToken ? path + "&token=" + encodeURIComponent(state.sessionToken) : path;
+  }
 
   // ---------------------------------------------------------------------------------------
   // Rendering: every item is kept in state.items so that a reload shows the conversation.
@@ -147,7 +160,7 @@
 
   function openStream() {
     if (!window.EventSource) return; // polling alone
-    var source = new EventSource(sessionPath("events?after=" + state.lastSeq));
+    var source = new EventSource(withToken(sessionPath("events?after=" + state.lastSeq)));
     live.source = source;
     source.onopen = function () { live.open = true; };
     source.addEventListener("message", function (event) {
@@ -174,7 +187,7 @@
   }
 
   function poll() {
-    return SB.api("GET", sessionPath("messages?after=" + state.lastSeq), undefined, { attempts: 1 }).then(
+    return SB.api("GET", sessionPath("messages?after=" + state.lastSeq), undefined, sessionOpts({ attempts: 1 })).then(
       function (body) {
         (body.messages || []).forEach(onMessage);
         if (typeof body.cursor === "number" && body.cursor > state.lastSeq) state.lastSeq = body.cursor;
@@ -200,9 +213,10 @@
     li.removeAttribute("data-failed");
     var body = { session_id: state.sessionId, message: text, request_id: requestId, channel: "web" };
     outbox = outbox.then(function () {
-      return SB.api("POST", url("v1/chat"), body, { onWait: waiting, attempts: 8 }).then(
+      return SB.api("POST", url("v1/chat"), body, sessionOpts({ onWait: waiting, attempts: 8 })).then(
         function (reply) {
           li.classList.remove("pending");
+          keep(reply);
           answered(reply);
         },
         function (error) {
@@ -268,7 +282,7 @@
     var rating = Number(button.getAttribute("data-rating"));
     var buttons = $("rating").querySelectorAll("button");
     buttons.forEach(function (b) { b.disabled = true; b.setAttribute("aria-pressed", String(b === button)); });
-    SB.api("POST", sessionPath("rating"), { rating: rating, request_id: SB.newId("rating-") }, { onWait: waiting }).then(
+    SB.api("POST", sessionPath("rating"), { rating: rating, request_id: SB.newId("rating-") }, sessionOpts({ onWait: waiting })).then(
       function () {
         $("rating").hidden = true;
         $("rating-thanks").hidden = false;

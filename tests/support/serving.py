@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from switchboard.serving.session_tokens import TOKEN_HEADER
+
 from .ports import free_port
 
 
@@ -66,6 +68,7 @@ class ServedAgent:
         self.metrics_port = metrics_port
         self.demo = demo
         self.plan = plan
+        self.session_tokens: dict[str, str] = {}
 
     def raw(self, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
         request = urllib.request.Request(
@@ -79,8 +82,15 @@ class ServedAgent:
             return exc.code, json.loads(exc.read() or b"{}")
 
     def chat(self, session: str, message: str) -> dict[str, Any]:
-        status, body = self.raw(json.dumps({"session_id": session, "message": message}).encode())
+        """One turn, sending back the session's token as a client must (`session_tokens`)."""
+        token = self.session_tokens.get(session)
+        status, body = self.raw(
+            json.dumps({"session_id": session, "message": message}).encode(),
+            {TOKEN_HEADER: token} if token else None,
+        )
         assert status == 200, body
+        if body.get("session_token"):
+            self.session_tokens[session] = body["session_token"]
         return body
 
     def api(
@@ -90,6 +100,10 @@ class ServedAgent:
         headers = {"Content-Type": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        if path.startswith("/v1/sessions/"):  # a conversation's own reads take its token
+            session = path.split("/")[3]
+            if session in self.session_tokens:
+                headers[TOKEN_HEADER] = self.session_tokens[session]
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(
             f"{self.url}{path}", data=data, method=method, headers=headers
