@@ -195,5 +195,5 @@ def test_no_pii_in_prompts_audit_transcript_or_tickets(
 def test_the_llm_is_used_for_knowledge_answers(harness: Harness) -> None:
     harness.llm.prompts.clear()
     answer = harness.turn("kb-llm", "What shipping options do you have?")
-    assert harness.llm.prompts and "Passages" in harness.llm.prompts[0]
+    assert harness.llm.prompts and "<passage id=" in harness.llm.prompts[0]
     assert answer.sources and answer.reply

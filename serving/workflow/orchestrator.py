@@ -36,6 +36,7 @@ from .handoffs import (
 )
 from .limits import BudgetExhausted, Limits, RateLimited, estimate_tokens
 from .pii import redact, redact_value
+from .prompts import facts_prompt, leaks_prompt, passages_prompt
 from .sessions import SessionStore
 from .tools import TaskRunner, ToolCaller, ToolResult
 from .types import (
@@ -648,11 +649,8 @@ class Orchestrator:
                 return filled
         if self.generator is not None:
             facts = json.dumps(self.redact_value({"slots": slots, "result": result}), default=str)
-            prompt = (
-                "You are a customer-support agent. Answer the customer in two sentences at most, "
-                f"using only these facts.\nFacts: {facts}\nCustomer: {self.redact(message)}\nAgent:"
-            )
-            return await self._generate(prompt, turn) or "Done."
+            prompt = facts_prompt(facts, self.redact(message))
+            return await self._generate(prompt, turn) or "Done: your request has been processed."
         turn.steps.append("answer: generic confirmation")
         return "Done: your request has been processed."
 
@@ -679,12 +677,7 @@ class Orchestrator:
         turn.sources = [Source(id=p.id, title=p.title, score=round(p.score, 4)) for p in passages]
         turn.reply_kind = "knowledge_base"
         if self.generator is not None:
-            context = "\n".join(f"[{p.id}] {p.text}" for p in passages)
-            prompt = (
-                "You are a customer-support agent. Answer from the passages only, in two "
-                f"sentences at most.\nPassages:\n{context}\n"
-                f"Customer: {self.redact(message)}\nAgent:"
-            )
+            prompt = passages_prompt(((p.id, p.text) for p in passages), self.redact(message))
             generated = await self._generate(prompt, turn)
             if generated:
                 return f"{generated} (sources: {', '.join(p.id for p in passages)})"
@@ -706,6 +699,11 @@ class Orchestrator:
             turn.customer_id, estimate_tokens(prompt), estimate_tokens(generated)
         )
         text = generated.strip()
+        if leaks_prompt(text):
+            # The model echoed its instructions or its data's tags: say it another way.
+            turn.steps.append("llm answer withheld: it repeated its prompt")
+            turn.policy.append("an LLM answer that repeated its prompt was withheld")
+            return None
         turn.steps.append("answer from llm")
         return text or None
 
