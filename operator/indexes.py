@@ -212,6 +212,25 @@ class Lookup:
     def agents_granted(self, namespace: str, adapter: str) -> list[str]:
         return sorted(self._values("grants", (namespace, adapter)))
 
+    def operations_granted(self, namespace: str, adapter: str) -> dict[str, tuple[str, ...]]:
+        """Agent → the operations of `adapter` its `spec.tools` grant (what the gateway checks
+        each caller against)."""
+        granted: dict[str, tuple[str, ...]] = {}
+        for name in self.agents_granted(namespace, adapter):
+            view = self.agent(namespace, name)
+            tools = (view.spec.get("tools") or []) if view is not None else []
+            granted[name] = tuple(
+                sorted(
+                    {
+                        str(op)
+                        for tool in tools
+                        if isinstance(tool, Mapping) and tool.get("adapter") == adapter
+                        for op in tool.get("operations") or []
+                    }
+                )
+            )
+        return granted
+
     def agent(self, namespace: str, name: str) -> AgentView | None:
         found = self._values("agents", (namespace, name))
         return found[0] if found else None

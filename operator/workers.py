@@ -111,9 +111,10 @@ def agent_references(body: Mapping[str, Any], lookup: Lookup) -> Hashable:
 
 
 def adapter_references(body: Mapping[str, Any], lookup: Lookup) -> Hashable:
-    """A ToolAdapter reads which SupportAgents reference it: its gateway admits only them."""
+    """A ToolAdapter reads which SupportAgents reference it and the operations each is
+    granted: its gateway admits only them, and only to those operations."""
     meta = body["metadata"]
-    return tuple(lookup.agents_granted(meta["namespace"], meta["name"]))
+    return tuple(sorted(lookup.operations_granted(meta["namespace"], meta["name"]).items()))
 
 
 def rollout_references(body: Mapping[str, Any], lookup: Lookup) -> Hashable:

@@ -589,9 +589,14 @@ def agent_http_app(title: str, dispatch: ChatDispatch, service: HandoffService) 
 
 
 def add_customer_routes(api: FastAPI, service: HandoffService) -> None:
-    def refused(session_id: str, request: Request) -> JSONResponse | None:
-        """Reading a conversation takes its token (header, or `?token=` for EventSource), asked
-        before anything else: a stranger learns not even whether the session exists."""
+    async def refused(session_id: str, request: Request) -> JSONResponse | None:
+        """Reading a conversation takes the customer's JWT where `spec.auth` asks for one, and
+        the conversation's token (header, or `?token=` for EventSource), asked before anything
+        else: a stranger learns not even whether the session exists."""
+        try:
+            await service.customer(request.headers)
+        except Refused as exc:
+            return exc.response()
         if service.session_tokens is None:
             return None
         token = request.headers.get(TOKEN_HEADER) or request.query_params.get(TOKEN_QUERY)
@@ -607,7 +612,7 @@ def add_customer_routes(api: FastAPI, service: HandoffService) -> None:
         openapi_extra={"parameters": [_AFTER, *_SESSION_TOKEN]},
     )
     async def session_messages(session_id: str, request: Request) -> JSONResponse:
-        if (no := refused(session_id, request)) is not None:
+        if (no := await refused(session_id, request)) is not None:
             return no
         after = _int_query(request, "after", 0)
         if isinstance(after, JSONResponse):
@@ -623,7 +628,7 @@ def add_customer_routes(api: FastAPI, service: HandoffService) -> None:
         openapi_extra={"parameters": [_AFTER, *_SESSION_TOKEN]},
     )
     async def session_events(session_id: str, request: Request) -> Any:
-        if (no := refused(session_id, request)) is not None:
+        if (no := await refused(session_id, request)) is not None:
             return no
         after = _int_query(request, "after", 0)
         if isinstance(after, JSONResponse):
@@ -652,7 +657,7 @@ def add_customer_routes(api: FastAPI, service: HandoffService) -> None:
         openapi_extra={**json_body(RatingBody), "parameters": [_IDEMPOTENCY, *_SESSION_TOKEN]},
     )
     async def session_rating(session_id: str, request: Request) -> JSONResponse:
-        if (no := refused(session_id, request)) is not None:
+        if (no := await refused(session_id, request)) is not None:
             return no
         body = await parse_body(request, RatingBody)
         if isinstance(body, JSONResponse):

@@ -56,6 +56,17 @@ JWKS_DIR = "/var/run/secrets/switchboard/jwks"
 # The header Istio fills with the verified token's customer-id claim (`AuthConfig`).
 CUSTOMER_HEADER = "x-switchboard-customer"
 GATEWAY_HTTP_PORT = 8080
+# Who calls a gateway: each agent's Ray containers hold a projected ServiceAccount token for
+# this audience at AGENT_TOKEN_PATH (the kubelet rotates it), send it in AGENT_TOKEN_HEADER on
+# every tool call, and the gateway verifies it with a TokenReview. See docs/tool-gateway.md.
+AGENT_TOKEN_AUDIENCE = "switchboard-gateway"
+AGENT_TOKEN_EXPIRATION_SECONDS = 600
+AGENT_TOKEN_DIR = "/var/run/secrets/switchboard/agent-token"
+AGENT_TOKEN_PATH = f"{AGENT_TOKEN_DIR}/token"
+AGENT_TOKEN_HEADER = "X-Switchboard-Agent-Token"
+# The ServiceAccount of every tool gateway of a namespace; the chart creates it and binds it
+# to the one ClusterRole that may create TokenReviews.
+GATEWAY_SERVICE_ACCOUNT = "switchboard-tool-gateway"
 
 
 class Contract(BaseModel):
@@ -424,6 +435,12 @@ class ToolGatewayConfig(Contract):
     idempotency_header: str | None = "Idempotency-Key"
     """Header carrying an idempotency key on mutating calls; None sends none (and then
     mutating calls are never retried)."""
+    caller_auth: Literal["tokenreview", "none"] = "none"
+    """`tokenreview`: every call must carry the calling agent's ServiceAccount token
+    (AGENT_TOKEN_HEADER), verified with a TokenReview, and the agent must be granted the
+    operation in `grants`. `none`: callers are not checked (local runs, without a cluster)."""
+    grants: dict[str, list[str]] = Field(default_factory=dict)
+    """SupportAgent name → the operations of this adapter it is granted (`spec.tools`)."""
 
 
 # --- a local run (`switchboard serve`) ------------------------------------------------------

@@ -293,6 +293,20 @@ def test_cluster_role_is_exact_and_never_deletes(helm_template: Any) -> None:
 
 def test_namespaced_install_has_no_cluster_permission(helm_template: Any) -> None:
     objects = helm_template(values=VARIANTS["namespaced"])
+    # The only cluster-wide grant is the tool gateways' (TokenReview is cluster-scoped): create
+    # tokenreviews, bound to the gateways' ServiceAccount of each watched namespace.
+    gateway_rbac = [o for o in objects if o["metadata"]["name"].endswith("-gateway-tokenreview")]
+    assert sorted(kinds(gateway_rbac)) == ["ClusterRole", "ClusterRoleBinding"]
+    role = one(gateway_rbac, "ClusterRole")
+    assert rules_of(role) == {("authentication.k8s.io", "tokenreviews"): {"create"}}
+    binding = one(gateway_rbac, "ClusterRoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "switchboard-tool-gateway", "namespace": ns}
+        for ns in ("support", "support-eu")
+    ]
+    accounts = [o for o in objects if o["metadata"]["name"] == "switchboard-tool-gateway"]
+    assert sorted(o["metadata"]["namespace"] for o in accounts) == ["support", "support-eu"]
+    objects = [o for o in objects if o not in gateway_rbac]
     assert not {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"} & set(kinds(objects))
     roles = [o for o in objects if o["kind"] == "Role"]
     bindings = [o for o in objects if o["kind"] == "RoleBinding"]
@@ -321,7 +335,12 @@ def test_cluster_role_watching_a_list_meets_on_namespaced_peerings(helm_template
     assert [o["metadata"]["namespace"] for o in objects if o["kind"] == "KopfPeering"] == [
         "support"
     ]
-    rules = rules_of(one(objects, "ClusterRole"))
+    [role] = [
+        o
+        for o in objects
+        if o["kind"] == "ClusterRole" and not o["metadata"]["name"].endswith("-gateway-tokenreview")
+    ]
+    rules = rules_of(role)
     assert ("kopf.dev", "kopfpeerings") in rules
     assert ("kopf.dev", "clusterkopfpeerings") not in rules
 

@@ -468,5 +468,8 @@ def test_the_chat_takes_the_customer_from_a_verified_token_only(
         assert running.http.post("/v1/chat", json=body, headers=valid).status_code == 200
         session = asyncio.run(running.store.get("s1"))
         assert session is not None and session.customer_id == "customer-42"
+        # Reading the conversation takes the token too.
+        assert running.http.get("/v1/sessions/s1/messages").status_code == 401
+        assert running.http.get("/v1/sessions/s1/messages", headers=valid).status_code == 200
     finally:
         running.stop()

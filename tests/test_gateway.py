@@ -1205,3 +1205,240 @@ def test_python_m_entry_point_rejects_bad_config_in_one_line(
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+# --- which agent calls: TokenReview of the agent's ServiceAccount token --------------------
+
+
+class TokenReviewServer:
+    """The API server's TokenReview endpoint, as far as the gateway uses it: tokens it knows
+    are authenticated as their user for the audiences given, others are not; each review is
+    recorded, and requests without the gateway's own bearer token are refused (403)."""
+
+    def __init__(self, own_token: str) -> None:
+        self.own_token = own_token
+        self.users: dict[str, str] = {}
+        self.reviews: list[dict[str, Any]] = []
+        self.app = Starlette(
+            routes=[
+                Route("/apis/authentication.k8s.io/v1/tokenreviews", self.handle, methods=["POST"])
+            ]
+        )
+
+    async def handle(self, request: Request) -> Response:
+        if request.headers.get("authorization") != f"Bearer {self.own_token}":
+            return JSONResponse({"kind": "Status", "code": 403}, 403)
+        review = await request.json()
+        self.reviews.append(review)
+        spec = review["spec"]
+        user = self.users.get(spec["token"])
+        audiences = spec.get("audiences") or []
+        status: dict[str, Any] = (
+            {"authenticated": True, "user": {"username": user}, "audiences": audiences}
+            if user and audiences == ["switchboard-gateway"]
+            else {"authenticated": False, "error": "invalid bearer token"}
+        )
+        return JSONResponse({**review, "status": status}, 201)
+
+
+def fake_jwt(exp: float) -> str:
+    def part(obj: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256'})}.{part({'exp': int(exp), 'sub': 'x'})}.sig"
+
+
+@pytest.fixture
+def reviewed_gateway(
+    upstream_server: tuple[Upstream, str], tmp_path: Path
+) -> Iterator[tuple[Gateway, TokenReviewServer]]:
+    from switchboard.serving.gateway.caller_auth import TokenReviewer
+
+    api = TokenReviewServer("gateway-own-token")
+    api_server = ServerThread(api.app).start()
+    own = tmp_path / "token"
+    own.write_text("gateway-own-token\n")
+    reviewer = TokenReviewer(api_server.url, str(own), None)
+    config = make_config(
+        upstream_server[1],
+        caller_auth="tokenreview",
+        grants={"acme": ["get_order"], "beta": ["create_ticket"]},
+    )
+    app = create_app(config, review=reviewer.review)
+    server = ServerThread(app).start()
+    yield Gateway(server.url, app.state.gateway), api
+    server.stop()
+    api_server.stop()
+
+
+def test_caller_token_is_reviewed_and_checked_against_the_grants(
+    upstream: Upstream, reviewed_gateway: tuple[Gateway, TokenReviewServer]
+) -> None:
+    from switchboard.serving.config import AGENT_TOKEN_HEADER
+
+    gw, api = reviewed_gateway
+    acme, beta = fake_jwt(time.time() + 600), fake_jwt(time.time() + 601)
+    api.users[acme] = "system:serviceaccount:shop:acme-ray"
+    api.users[beta] = "system:serviceaccount:shop:beta-ray"
+    api.users["other-namespace"] = "system:serviceaccount:elsewhere:acme-ray"
+    api.users["not-a-ray-account"] = "system:serviceaccount:shop:default"
+
+    # Granted: proxied upstream, one review for any number of calls with the same token.
+    for _ in range(3):
+        reply = gw.call("get_order", {"order_id": "A1"}, headers={AGENT_TOKEN_HEADER: acme})
+        assert reply.status == 200, reply.body
+    assert len(upstream.seen) == 3
+    assert AGENT_TOKEN_HEADER.lower() not in upstream.seen[0].headers, "never sent upstream"
+    assert [r["spec"]["token"] for r in api.reviews] == [acme]
+    assert api.reviews[0]["spec"]["audiences"] == ["switchboard-gateway"]
+
+    # Verified, but not granted this operation: 403, upstream never called.
+    reply = gw.call("get_order", {"order_id": "A1"}, headers={AGENT_TOKEN_HEADER: beta})
+    assert reply.status == 403
+    assert reply.json()["error"]["code"] == "not_granted"
+    assert "'beta'" in reply.json()["error"]["message"]
+    reply = gw.call("create_ticket", {"subject": "hello"}, headers={AGENT_TOKEN_HEADER: acme})
+    assert reply.status == 403
+
+    # Missing, unknown, or another namespace's / a non-agent account's token: 401.
+    for headers in (
+        {},
+        {AGENT_TOKEN_HEADER: "forged"},
+        {AGENT_TOKEN_HEADER: "other-namespace"},
+        {AGENT_TOKEN_HEADER: "not-a-ray-account"},
+    ):
+        reply = gw.call("get_order", {"order_id": "A1"}, headers=headers)
+        assert reply.status == 401, headers
+        assert reply.json()["error"]["code"] == "unauthenticated"
+        assert reply.headers["WWW-Authenticate"] == "Bearer"
+    assert len(upstream.seen) == 3
+
+    def refusals(reason: str) -> float | None:
+        return gw.sample("tool_gateway_caller_refusals_total", reason=reason)
+
+    assert refusals("not_granted") == 2
+    assert refusals("missing_token") == 1
+    assert refusals("invalid_token") == 3
+    assert refusals("unavailable") == 0
+    # Refused calls are not tool calls.
+    assert gw.sample("tool_call_total", operation="get_order", outcome="success") == 3
+    assert gw.sample("tool_call_total", operation="get_order", outcome="invalid_input") == 0
+
+
+def test_caller_check_without_the_api_server_is_a_503(
+    upstream: Upstream, reviewed_gateway: tuple[Gateway, TokenReviewServer]
+) -> None:
+    from switchboard.serving.config import AGENT_TOKEN_HEADER
+
+    gw, api = reviewed_gateway
+    api.own_token = "rotated-elsewhere"  # the API server refuses the gateway's own token
+    reply = gw.call("get_order", {"order_id": "A1"}, headers={AGENT_TOKEN_HEADER: "t"})
+    assert reply.status == 503
+    assert reply.json()["error"]["code"] == "caller_check_unavailable"
+    assert gw.sample("tool_gateway_caller_refusals_total", reason="unavailable") == 1
+    assert upstream.seen == []
+
+
+def test_caller_log_line_names_the_agent(
+    upstream: Upstream,
+    reviewed_gateway: tuple[Gateway, TokenReviewServer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from switchboard.serving.config import AGENT_TOKEN_HEADER
+
+    gw, api = reviewed_gateway
+    token = fake_jwt(time.time() + 600)
+    api.users[token] = "system:serviceaccount:shop:beta-ray"
+    with caplog.at_level("INFO", logger="switchboard.serving.gateway"):
+        gw.call("get_order", {"order_id": "A1"}, headers={AGENT_TOKEN_HEADER: token})
+        gw.call("create_ticket", {"subject": "hello"}, headers={AGENT_TOKEN_HEADER: token})
+    lines = [JsonFormatter().format(r) for r in caplog.records if r.name.endswith("gateway")]
+    entries = [json.loads(line) for line in lines]
+    assert [(e["agent"], e["operation"], e["outcome"], e["status"]) for e in entries] == [
+        ("beta", "get_order", "refused_caller", 403),
+        ("beta", "create_ticket", "success", 200),
+    ]
+    assert entries[0]["error"] == "not_granted"
+    assert all(token not in line for line in lines)
+
+
+def test_caller_reviews_are_cached_until_shortly_before_expiry() -> None:
+    from switchboard.serving.gateway.caller_auth import Caller, CallerAuth
+
+    now = [1_000_000.0]
+    calls: list[str] = []
+
+    def review(token: str) -> dict[str, Any]:
+        calls.append(token)
+        return {
+            "authenticated": True,
+            "user": {"username": "system:serviceaccount:shop:acme-ray"},
+            "audiences": ["switchboard-gateway"],
+        }
+
+    auth = CallerAuth("shop", {"acme": ["get_order"]}, review, clock=lambda: now[0])
+    token = fake_jwt(now[0] + 600)
+
+    async def scenario() -> None:
+        # Concurrent first calls share one review.
+        results = await asyncio.gather(*(auth.check(token, "get_order") for _ in range(5)))
+        assert all(isinstance(r, Caller) and r.agent == "acme" for r in results)
+        assert len(calls) == 1
+        now[0] += 560  # 40 s before expiry: still cached
+        assert isinstance(await auth.check(token, "get_order"), Caller)
+        assert len(calls) == 1
+        now[0] += 15  # 25 s before expiry: reviewed again
+        assert isinstance(await auth.check(token, "get_order"), Caller)
+        assert len(calls) == 2
+
+    asyncio.run(scenario())
+
+
+def test_review_without_our_audience_is_not_trusted() -> None:
+    from switchboard.serving.gateway.caller_auth import CallerAuth, Refusal
+
+    def review(token: str) -> dict[str, Any]:
+        # An API server that ignores audiences authenticates any of the account's tokens.
+        return {"authenticated": True, "user": {"username": "system:serviceaccount:shop:a-ray"}}
+
+    result = asyncio.run(CallerAuth("shop", {"a": ["x"]}, review).check("t", "x"))
+    assert isinstance(result, Refusal) and result.status == 401
+
+
+def test_tokenreview_without_a_cluster_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(ConfigError, match="KUBERNETES_SERVICE_HOST"):
+        ToolGateway(make_config("http://x", caller_auth="tokenreview"))
+
+
+def test_agent_tool_caller_sends_its_current_token(
+    upstream: Upstream, reviewed_gateway: tuple[Gateway, TokenReviewServer], tmp_path: Path
+) -> None:
+    """The agent's side: HttpToolCaller re-reads the projected token on every call (the kubelet
+    rotates it), so a rotated token is used at once; without the file it sends none."""
+    from switchboard.serving.config import ToolConfig
+    from switchboard.serving.workflow.tools import HttpToolCaller
+
+    gw, api = reviewed_gateway
+    first, second = fake_jwt(time.time() + 600), fake_jwt(time.time() + 900)
+    api.users[first] = api.users[second] = "system:serviceaccount:shop:acme-ray"
+    token_file = tmp_path / "agent-token"
+    tools = [ToolConfig(adapter="orders", system="orders", url=gw.url, operations=[])]
+
+    async def scenario() -> list[int]:
+        statuses = []
+        caller = HttpToolCaller(tools, token_path=str(token_file))
+        try:
+            for token in (first, second, None):
+                if token is None:
+                    token_file.unlink()
+                else:
+                    token_file.write_text(token + "\n")
+                result = await caller.call("orders", "get_order", {"order_id": "A1"}, None)
+                statuses.append(result.status)
+        finally:
+            await caller.close()
+        return statuses
+
+    assert asyncio.run(scenario()) == [200, 200, 401]
+    assert [r["spec"]["token"] for r in api.reviews] == [first, second]

@@ -198,9 +198,19 @@ def test_adapter_references_are_the_agents_that_reference_it() -> None:
     one = Lookup.of([agent("acme", ("orders",)), agent("beta", ("ticketing",))])
     both = Lookup.of([agent("acme", ("orders",)), agent("beta", ("orders", "ticketing"))])
     gone = Lookup.of([agent("beta", ("orders",))])
-    assert adapter_references(ADAPTER, one) == ("acme",)
-    assert adapter_references(ADAPTER, both) == ("acme", "beta")
-    assert adapter_references(ADAPTER, gone) == ("beta",)
+    assert adapter_references(ADAPTER, one) == (("acme", ("x",)),)
+    assert adapter_references(ADAPTER, both) == (("acme", ("x",)), ("beta", ("x",)))
+    assert adapter_references(ADAPTER, gone) == (("beta", ("x",)),)
+    # A change of the operations granted re-renders the gateway too (its grants table).
+    more = Lookup.of(
+        [
+            {
+                **agent("beta", ()),
+                "spec": {"tools": [{"adapter": "orders", "operations": ["y", "x"]}]},
+            }
+        ]
+    )
+    assert adapter_references(ADAPTER, more) == (("beta", ("x", "y")),)
     # What the reconciler renders from the same lookup.
     assert callers(
         render_networkpolicy(ORDERS, GatewayAccess.of(both.agents_granted(NS, "orders")))

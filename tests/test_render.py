@@ -372,7 +372,8 @@ def test_cli_render_matches_golden_files() -> None:
     assert [object_id(o) for o in printed] == [object_id(o) for o in golden]
 
     def gateway_access(obj: dict[str, Any]) -> bool:
-        policy = obj["kind"] in ("NetworkPolicy", "AuthorizationPolicy")
+        # The gateway's Deployment too: its config carries the grants of the referencing agents.
+        policy = obj["kind"] in ("NetworkPolicy", "AuthorizationPolicy", "Deployment")
         return policy and parent_of(obj)[0] == "ToolAdapter"
 
     assert [o for o in printed if not gateway_access(o)] == [
@@ -381,6 +382,11 @@ def test_cli_render_matches_golden_files() -> None:
     # The quickstart's gateways admit examples/gpu-llm's agent too (it references them); the
     # quickstart golden, rendered alone, shows its own agent only.
     for obj in filter(gateway_access, printed):
+        if obj["kind"] == "Deployment":
+            [env] = obj["spec"]["template"]["spec"]["containers"][0]["env"]
+            grants = json.loads(env["value"])["grants"]
+            assert {"acme", "acme-llm"} <= set(grants), object_id(obj)
+            continue
         text = json.dumps(obj["spec"])
         assert '"acme"' in text or "/acme-ray" in text, object_id(obj)
         assert '"acme-llm"' in text or "/acme-llm-ray" in text, object_id(obj)
@@ -1054,7 +1060,12 @@ def test_gateway_deployment(adapter: str, secret: str | None) -> None:
     [container] = pod["containers"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
-    assert pod["automountServiceAccountToken"] is False
+    # The gateways' shared ServiceAccount (the chart's), whose token asks for TokenReviews.
+    assert pod["serviceAccountName"] == contract.GATEWAY_SERVICE_ACCOUNT
+    assert pod["automountServiceAccountToken"] is True
+    config = contract.ToolGatewayConfig.model_validate_json(container["env"][0]["value"])
+    assert config.caller_auth == "tokenreview"
+    assert config.grants == {}, "rendered without access: no agent is granted anything"
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False

@@ -80,9 +80,10 @@ def render_adapter(
     """Deployment, Service and HorizontalPodAutoscaler of the adapter's gateway, then its
     NetworkPolicy and (with Istio) AuthorizationPolicy: who may call it (`access`; none given,
     no agent may)."""
-    return render_gateway(parent, spec, hpa_api_version) + render_gateway_access(
-        parent, access or GatewayAccess()
-    )
+    access = access or GatewayAccess()
+    return render_gateway(
+        parent, spec, hpa_api_version, access.grant_table()
+    ) + render_gateway_access(parent, access)
 
 
 class RenderError(Exception):
@@ -135,12 +136,12 @@ def render_manifests(
     rendered: list[dict[str, Any]] = []
     for (namespace, name), adapter_spec in sorted(adapters.items()):
         parent = Parent("ToolAdapter", name, namespace)
-        callers = [
-            agent
+        grants = {
+            agent: [op for t in agent_spec.tools if t.adapter == name for op in t.operations]
             for (agent_ns, agent), agent_spec in agents.items()
             if agent_ns == namespace and any(t.adapter == name for t in agent_spec.tools)
-        ]
-        access = GatewayAccess.of(callers, scrapers, istio)
+        }
+        access = GatewayAccess.of(grants, scrapers, istio, grants)
         rendered += render_adapter(parent, adapter_spec, hpa_api_version, access)
     for (namespace, name), agent_spec in sorted(agents.items()):
         parent = Parent("SupportAgent", name, namespace)

@@ -45,12 +45,25 @@ class GatewayAccess:
     agents: tuple[str, ...] = ()
     scrapers: Scrapers = field(default_factory=Scrapers)
     istio: bool = False
+    grants: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(agent, the operations it is granted): what the gateway checks each verified caller
+    against. An agent in `agents` without an entry here is granted nothing."""
 
     @classmethod
     def of(
-        cls, agents: Iterable[str], scrapers: Scrapers | None = None, istio: bool = False
+        cls,
+        agents: Iterable[str],
+        scrapers: Scrapers | None = None,
+        istio: bool = False,
+        grants: Mapping[str, Iterable[str]] | None = None,
     ) -> GatewayAccess:
-        return cls(tuple(sorted(set(agents))), scrapers or Scrapers(), istio)
+        granted = tuple(
+            (agent, tuple(sorted(set(ops)))) for agent, ops in sorted((grants or {}).items())
+        )
+        return cls(tuple(sorted(set(agents))), scrapers or Scrapers(), istio, granted)
+
+    def grant_table(self) -> dict[str, list[str]]:
+        return {agent: list(ops) for agent, ops in self.grants}
 
 
 def principal(namespace: str, agent: str) -> str:

@@ -17,7 +17,11 @@ HPA_API_VERSIONS = ("autoscaling/v2", "autoscaling/v2beta2")
 NONROOT_UID = 65532
 
 
-def gateway_config(parent: Parent, spec: ToolAdapterSpec) -> contract.ToolGatewayConfig:
+def gateway_config(
+    parent: Parent, spec: ToolAdapterSpec, grants: dict[str, list[str]] | None = None
+) -> contract.ToolGatewayConfig:
+    """`grants` (agent → operations): the gateway verifies every caller's ServiceAccount token
+    and checks it against them; None (a local run, no cluster to ask): callers are not checked."""
     return contract.ToolGatewayConfig(
         adapter=parent.name,
         namespace=parent.namespace,
@@ -53,6 +57,8 @@ def gateway_config(parent: Parent, spec: ToolAdapterSpec) -> contract.ToolGatewa
             requests_per_second=spec.rate_limit.requests_per_second, burst=spec.rate_limit.burst
         ),
         idempotency_header=spec.idempotency.header_name if spec.idempotency.enabled else None,
+        caller_auth="none" if grants is None else "tokenreview",
+        grants={agent: sorted(set(ops)) for agent, ops in sorted((grants or {}).items())},
     )
 
 
@@ -61,12 +67,15 @@ def gateway_selector(parent: Parent) -> dict[str, str]:
     return {"app.kubernetes.io/name": "tool-gateway", ADAPTER_LABEL: parent.name}
 
 
-def render_deployment(parent: Parent, spec: ToolAdapterSpec) -> dict[str, Any]:
+def render_deployment(
+    parent: Parent, spec: ToolAdapterSpec, grants: dict[str, list[str]] | None = None
+) -> dict[str, Any]:
+    """`grants`: agent → the operations it may call (none given: no agent may call any)."""
     name = gateway_name(parent.name)
     meta = metadata(parent, name, "tool-gateway")
     # Not exclude_none: `idempotency_header: null` means "disabled"; dropped, the gateway would
     # read the default header and retry mutating calls the system cannot deduplicate.
-    config = gateway_config(parent, spec).model_dump_json()
+    config = gateway_config(parent, spec, grants or {}).model_dump_json()
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if spec.credentials.secret_ref:
@@ -121,7 +130,11 @@ def render_deployment(parent: Parent, spec: ToolAdapterSpec) -> dict[str, Any]:
             "template": {
                 "metadata": {"labels": meta["labels"]},
                 "spec": {
-                    "automountServiceAccountToken": False,
+                    # The gateways' shared ServiceAccount (created and bound by the chart: it
+                    # may create TokenReviews and nothing else); its token, mounted, is how the
+                    # gateway asks the API server who is calling.
+                    "serviceAccountName": contract.GATEWAY_SERVICE_ACCOUNT,
+                    "automountServiceAccountToken": True,
                     "securityContext": {
                         "runAsNonRoot": True,
                         "runAsUser": NONROOT_UID,
@@ -206,10 +219,13 @@ def render_hpa(parent: Parent, spec: ToolAdapterSpec, api_version: str) -> dict[
 
 
 def render_gateway(
-    parent: Parent, spec: ToolAdapterSpec, hpa_api_version: str
+    parent: Parent,
+    spec: ToolAdapterSpec,
+    hpa_api_version: str,
+    grants: dict[str, list[str]] | None = None,
 ) -> list[dict[str, Any]]:
     return [
-        render_deployment(parent, spec),
+        render_deployment(parent, spec, grants),
         render_service(parent),
         render_hpa(parent, spec, hpa_api_version),
     ]

@@ -31,6 +31,7 @@ MODEL_STORAGE_SECRET_KEY_ENV = "SWITCHBOARD_MODEL_STORAGE_SECRET_ACCESS_KEY"
 CONSOLE_TOKENS_VOLUME = "console-tokens"
 SESSION_KEYS_VOLUME = "session-token-keys"
 JWKS_VOLUME = "jwks"
+AGENT_TOKEN_VOLUME = "agent-token"
 # The file `spec.auth.jwksSecret`'s key becomes inside `contract.JWKS_DIR`.
 JWKS_FILE = "jwks.json"
 
@@ -163,7 +164,33 @@ def pod_runtime(spec: SupportAgentSpec, extra_model_uris: Sequence[str] = ()) ->
             }
         )
         mounts.append({"name": JWKS_VOLUME, "mountPath": contract.JWKS_DIR, "readOnly": True})
+    if spec.tools:
+        volumes.append(agent_token_volume())
+        mounts.append(
+            {"name": AGENT_TOKEN_VOLUME, "mountPath": contract.AGENT_TOKEN_DIR, "readOnly": True}
+        )
     return PodRuntime(volumes, mounts, env)
+
+
+def agent_token_volume() -> dict[str, Any]:
+    """The Ray pods' ServiceAccount token for the gateways' audience only (useless against the
+    API server), short-lived and rotated by the kubelet; the tool caller re-reads it per call."""
+    return {
+        "name": AGENT_TOKEN_VOLUME,
+        "projected": {
+            # Readable by the image's non-root user (the Ray pods set no fsGroup).
+            "defaultMode": 0o444,
+            "sources": [
+                {
+                    "serviceAccountToken": {
+                        "audience": contract.AGENT_TOKEN_AUDIENCE,
+                        "expirationSeconds": contract.AGENT_TOKEN_EXPIRATION_SECONDS,
+                        "path": contract.AGENT_TOKEN_PATH.rsplit("/", 1)[1],
+                    }
+                }
+            ],
+        },
+    }
 
 
 def istio_verifies(spec: SupportAgentSpec) -> bool:

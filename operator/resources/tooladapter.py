@@ -87,9 +87,9 @@ def gateway_access(
     """Who may call the gateway: the agents whose `spec.tools` reference it (from the index,
     so an agent that starts or stops referencing it re-renders its policies), the scrapers, and
     Istio's principals where the cluster serves Istio's security API."""
-    agents = lookup.agents_granted(namespace, name) if lookup else []
+    grants = lookup.operations_granted(namespace, name) if lookup else {}
     group, version = ISTIO_SECURITY
-    return GatewayAccess.of(agents, scrapers, version in kube.served_versions(group))
+    return GatewayAccess.of(grants, scrapers, version in kube.served_versions(group), grants)
 
 
 def _desired_status(

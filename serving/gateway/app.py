@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import random
 import re
 import time
@@ -32,7 +33,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from yarl import URL
 
-from ..config import GATEWAY_CONFIG_ENV, GatewayOperation, ToolGatewayConfig
+from ..config import (
+    AGENT_TOKEN_HEADER,
+    GATEWAY_CONFIG_ENV,
+    GatewayOperation,
+    ToolGatewayConfig,
+)
+from .caller_auth import Caller, CallerAuth, Refusal, Review, ReviewUnavailable, TokenReviewer
 from .credentials import Credentials, CredentialsUnavailable
 from .logs import LOGGER_NAME
 from .metrics import GatewayMetrics, Outcome
@@ -230,9 +237,20 @@ class ToolGateway:
         clock: Clock = time.monotonic,
         rng: Callable[[], float] = random.random,
         sleep: Sleep = asyncio.sleep,
+        review: Review | None = None,
     ) -> None:
+        """`review`: how caller tokens are reviewed (`caller_auth: tokenreview`); by default a
+        TokenReview against the API server with the pod's own ServiceAccount."""
         self.config = config
         self.operations = compile_operations(config)
+        self.caller_auth: CallerAuth | None = None
+        if config.caller_auth == "tokenreview":
+            if review is None:
+                try:
+                    review = TokenReviewer.in_cluster(os.environ).review
+                except ReviewUnavailable as exc:
+                    raise ConfigError(f"caller_auth 'tokenreview': {exc}") from None
+            self.caller_auth = CallerAuth(config.namespace, config.grants, review)
         self.max_body_bytes = max_body_bytes
         self.max_response_bytes = max_response_bytes
         self.credentials = Credentials(config.auth)
@@ -264,6 +282,8 @@ class ToolGateway:
         started = self._clock()
         name = str(request.path_params["name"])
         op = self.operations.get(name)
+        agent: str | None = None
+        refused = False
         if op is None:
             reply = Reply(
                 404,
@@ -275,23 +295,40 @@ class ToolGateway:
                 Outcome.INVALID_INPUT,
             )
         else:
-            try:
-                raw = await read_body(request, self.max_body_bytes)
-            except BodyTooLarge:
+            caller: Caller | Refusal | None = None
+            if self.caller_auth is not None:
+                # Before the body is read: an unknown or ungranted caller gets nothing parsed.
+                caller = await self.caller_auth.check(
+                    request.headers.get(AGENT_TOKEN_HEADER), op.name
+                )
+            if isinstance(caller, Refusal):
+                self.metrics.caller_refused(caller.reason)
+                agent, refused = caller.agent, True
                 reply = Reply(
-                    413,
-                    error_body(
-                        "payload_too_large",
-                        f"request body exceeds {self.max_body_bytes} bytes",
-                    ),
+                    caller.status,
+                    error_body(caller.code, caller.message),
                     Outcome.INVALID_INPUT,
+                    headers={"WWW-Authenticate": "Bearer"} if caller.status == 401 else {},
                 )
             else:
-                reply = await self.call(
-                    op, raw, request.headers.get(CALLER_IDEMPOTENCY_HEADER), started
-                )
-        self._account(name, op, reply, started)
+                agent = caller.agent if caller is not None else None
+                reply = await self._read_and_call(request, op, started)
+        # A refused call is counted by `tool_gateway_caller_refusals_total`, not `tool_call`.
+        self._account(name, None if refused else op, reply, started, agent=agent, refused=refused)
         return JSONResponse(reply.body, reply.status, headers=reply.headers)
+
+    async def _read_and_call(self, request: Request, op: Operation, started: float) -> Reply:
+        try:
+            raw = await read_body(request, self.max_body_bytes)
+        except BodyTooLarge:
+            return Reply(
+                413,
+                error_body(
+                    "payload_too_large", f"request body exceeds {self.max_body_bytes} bytes"
+                ),
+                Outcome.INVALID_INPUT,
+            )
+        return await self.call(op, raw, request.headers.get(CALLER_IDEMPOTENCY_HEADER), started)
 
     async def handle_ready(self, request: Request) -> Response:
         circuit = self.breaker.state.label
@@ -530,7 +567,16 @@ class ToolGateway:
             reached_upstream=True,
         )
 
-    def _account(self, name: str, op: Operation | None, reply: Reply, started: float) -> None:
+    def _account(
+        self,
+        name: str,
+        op: Operation | None,
+        reply: Reply,
+        started: float,
+        *,
+        agent: str | None = None,
+        refused: bool = False,
+    ) -> None:
         duration = self._clock() - started
         if op is not None:
             # Unknown names are not counted: they come from the caller, and as a label value
@@ -550,9 +596,17 @@ class ToolGateway:
             "duration_ms": round(duration * 1000, 1),
             "circuit": self.breaker.state.label,
         }
+        if self.caller_auth is not None:
+            fields["agent"] = agent
+        if refused:
+            fields["outcome"] = "refused_caller"
         if "error" in reply.body:
             fields["error"] = reply.body["error"]["code"]
-        quiet = reply.outcome in {Outcome.SUCCESS, Outcome.CLIENT_ERROR, Outcome.INVALID_INPUT}
+        quiet = not refused and reply.outcome in {
+            Outcome.SUCCESS,
+            Outcome.CLIENT_ERROR,
+            Outcome.INVALID_INPUT,
+        }
         level = logging.INFO if quiet else logging.WARNING
         self._log.log(level, "tool call", extra={"fields": fields})
 

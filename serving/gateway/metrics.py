@@ -28,6 +28,8 @@ class Outcome(StrEnum):
     """The gateway cannot authenticate (credentials missing or unusable)."""
 
 
+REFUSAL_REASONS = ("missing_token", "invalid_token", "not_granted", "unavailable")
+
 # Tool calls span milliseconds (cache hits) to the retry budget (several seconds).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -63,6 +65,15 @@ class GatewayMetrics:
             ["tool"],
             registry=self.registry,
         )
+        self.refusals = Counter(
+            "tool_gateway_caller_refusals",
+            "Calls refused before the pipeline because of who called: missing_token, "
+            "invalid_token, not_granted, unavailable (the caller could not be verified).",
+            ["tool", "reason"],
+            registry=self.registry,
+        )
+        for reason in REFUSAL_REASONS:
+            self.refusals.labels(tool, reason)
         # Read at scrape time: the breaker moves from open to half-open by the clock alone.
         self.circuit.labels(tool=tool).set_function(circuit_state)
         # Every series exists from the start at 0, so rate() and alerts see the first event.
@@ -74,6 +85,9 @@ class GatewayMetrics:
 
     def call(self, operation: str, outcome: Outcome) -> None:
         self.calls.labels(self.tool, operation, outcome.value).inc()
+
+    def caller_refused(self, reason: str) -> None:
+        self.refusals.labels(self.tool, reason).inc()
 
     def observe_latency(self, operation: str, seconds: float) -> None:
         self.latency.labels(self.tool, operation).observe(seconds)

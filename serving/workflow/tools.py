@@ -7,11 +7,12 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
 
-from ..config import ToolConfig
+from ..config import AGENT_TOKEN_HEADER, AGENT_TOKEN_PATH, ToolConfig
 
 # The gateway retries upstream itself; this bound only protects the turn from a gateway that
 # does not answer at all.
@@ -33,11 +34,22 @@ class ToolCaller(Protocol):
     ) -> ToolResult: ...
 
 
-class HttpToolCaller:
-    """`POST {gateway}/v1/ops/{operation}` for each call."""
+def read_agent_token(path: str) -> str | None:
+    """The agent's projected ServiceAccount token, or None where there is none (local runs)."""
+    try:
+        token = Path(path).read_text().strip()
+    except OSError:
+        return None
+    return token or None
 
-    def __init__(self, tools: list[ToolConfig]) -> None:
+
+class HttpToolCaller:
+    """`POST {gateway}/v1/ops/{operation}` for each call, with the agent's ServiceAccount token
+    (re-read per call: the kubelet rotates it) so the gateway knows which agent calls."""
+
+    def __init__(self, tools: list[ToolConfig], token_path: str = AGENT_TOKEN_PATH) -> None:
         self._urls = {t.adapter: t.url.rstrip("/") for t in tools}
+        self._token_path = token_path
         self._session: aiohttp.ClientSession | None = None
 
     async def _client(self) -> aiohttp.ClientSession:
@@ -51,6 +63,9 @@ class HttpToolCaller:
     ) -> ToolResult:
         url = f"{self._urls[adapter]}/v1/ops/{operation}"
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        token = read_agent_token(self._token_path)
+        if token is not None:
+            headers[AGENT_TOKEN_HEADER] = token
         try:
             client = await self._client()
             async with client.post(url, json=payload, headers=headers) as response:
