@@ -241,3 +241,20 @@ def test_an_input_schema_with_its_own_definitions_stays_resolvable(tmp_path: Pat
         "properties": {"email": {"type": "string"}},
     }
     assert resolve(document, component["properties"]["again"]["$ref"]) is component
+
+
+def test_a_gateway_checking_its_callers_documents_the_agent_token(tmp_path: Path) -> None:
+    from switchboard.serving.gateway.openapi import openapi_document
+
+    (base,) = [c for c in quickstart_gateways(tmp_path) if c.adapter == "orders"]
+    assert "security" not in served_document(base), "local runs check no caller"
+    checked = base.model_copy(update={"caller_auth": "tokenreview", "grants": {"acme": []}})
+    document = openapi_document(checked)
+    assert_valid(document)
+    assert document["security"] == [{"agentToken": []}]
+    scheme = document["components"]["securitySchemes"]["agentToken"]
+    assert (scheme["type"], scheme["in"], scheme["name"]) == (
+        "apiKey",
+        "header",
+        "X-Switchboard-Agent-Token",
+    )

@@ -13,7 +13,12 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
 
-from ..config import GatewayOperation, ToolGatewayConfig
+from ..config import (
+    AGENT_TOKEN_AUDIENCE,
+    AGENT_TOKEN_HEADER,
+    GatewayOperation,
+    ToolGatewayConfig,
+)
 
 SCHEMA_REF = "#/components/schemas/{model}"
 IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,255}$"  # printable ASCII without spaces (app.py)
@@ -100,7 +105,8 @@ def _operation(op: GatewayOperation, input_ref: str) -> dict[str, Any]:
         "responses": {
             "200": {"description": "The system answered", "content": json(ref(OperationResult))},
             "4XX": {
-                "description": "Refused by the gateway (400 input, 413 size, 429 rate limit), "
+                "description": "Refused by the gateway (400 input, 401 no valid agent token, "
+                "403 operation not granted to the agent, 413 size, 429 rate limit), "
                 "or the system's own 4xx passed back",
                 "content": json({"anyOf": [ref(OperationResult), ref(GatewayError)]}),
             },
@@ -124,12 +130,25 @@ def openapi_document(config: ToolGatewayConfig) -> dict[str, Any]:
         pointer = SCHEMA_REF.format(model=key)
         schemas[key] = _rebased(copy.deepcopy(op.input_schema), pointer)
         paths[f"/v1/ops/{quote(op.name, safe='')}"] = {"post": _operation(op, pointer)}
-    return {
+    components: dict[str, Any] = {"schemas": dict(sorted(schemas.items()))}
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": f"Switchboard tool gateway {config.adapter} ({config.system})",
             "version": "v1",
         },
         "paths": paths,
-        "components": {"schemas": dict(sorted(schemas.items()))},
+        "components": components,
     }
+    if config.caller_auth == "tokenreview":
+        components["securitySchemes"] = {
+            "agentToken": {
+                "type": "apiKey",
+                "in": "header",
+                "name": AGENT_TOKEN_HEADER,
+                "description": "The calling agent's projected ServiceAccount token (audience "
+                f"{AGENT_TOKEN_AUDIENCE!r}), verified with a TokenReview",
+            }
+        }
+        document["security"] = [{"agentToken": []}]
+    return document
