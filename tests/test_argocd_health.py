@@ -1246,8 +1246,11 @@ def test_health_of_live_objects(cluster: Cluster, run_operator: Any) -> None:
         cluster.wait_for(
             "both gateway Deployments", lambda: len(cluster.list("apps/v1", "Deployment", ns)) == 2
         )
-        cluster.make_gateways_available(ns)
-        cluster.wait_for("a Healthy adapter", shows("ToolAdapter", "orders", "Healthy"))
+
+        cluster.wait_for(
+            "a Healthy adapter",
+            cluster.with_gateways_available(ns, shows("ToolAdapter", "orders", "Healthy")),
+        )
         cluster.make_rayservice_running(ns, "acme")
         cluster.wait_for("a Healthy agent", shows("SupportAgent", "acme", "Healthy"))
 

@@ -112,8 +112,12 @@ def test_namespaced_install_serves_its_namespace_with_roles_only(
         cluster.make_rayservice_running(served, "acme")
         cluster.wait_for(
             "agent Ready",
-            lambda: (
-                (cluster.condition("SupportAgent", served, "acme") or {}).get("status") == "True"
+            cluster.with_gateways_available(
+                served,
+                lambda: (
+                    (cluster.condition("SupportAgent", served, "acme") or {}).get("status")
+                    == "True"
+                ),
             ),
         )
         # kopf registered this replica in the namespace's peering object.

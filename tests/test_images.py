@@ -358,7 +358,12 @@ def test_operator_image_brings_the_quickstart_to_ready(
         cluster.make_rayservice_running(ns, "acme")
         ready = cluster.wait_for(
             "agent Ready",
-            lambda: (c := cluster.condition("SupportAgent", ns, "acme")) and c["status"] == "True",
+            cluster.with_gateways_available(
+                ns,
+                lambda: (
+                    (c := cluster.condition("SupportAgent", ns, "acme")) and c["status"] == "True"
+                ),
+            ),
             timeout=60,
         )
         assert ready
@@ -402,6 +407,10 @@ def test_gateway_image_serves_an_operation_read_only_with_the_mounted_secret(
     with start_demo_systems(tmp_path / "demo.sqlite", orders_port=0, ticketing_port=0) as demo:
         config = json.loads(env[GATEWAY_CONFIG_ENV])
         config["base_url"] = demo.orders_url  # the cluster Service URL, here on 127.0.0.1
+        # The per-call agent check asks a Kubernetes API server (TokenReview), which a plain
+        # podman run has not: test_gateway.py and test_gateway_callers_envtest.py test it.
+        assert config["caller_auth"] == "tokenreview"
+        config["caller_auth"] = "none"
         env[GATEWAY_CONFIG_ENV] = json.dumps(config)
         flags = pod_flags(pod, spec_container, {secret_volume_spec["name"]: credentials})
         command = [*spec_container["command"], "--host=127.0.0.1", f"--port={port}"]

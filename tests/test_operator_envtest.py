@@ -140,8 +140,11 @@ def test_agent_ready_once_kuberay_and_gateways_report(cluster: Cluster, quicksta
     for adapter in ("orders", "ticketing"):
         cluster.wait_for(
             f"ToolAdapter {adapter} Ready",
-            lambda a=adapter: (
-                (cluster.condition("ToolAdapter", ns, a) or {}).get("status") == "True"
+            cluster.with_gateways_available(
+                ns,
+                lambda a=adapter: (
+                    (cluster.condition("ToolAdapter", ns, a) or {}).get("status") == "True"
+                ),
             ),
         )
     assert (cluster.condition("SupportAgent", ns, "acme") or {}).get("status") != "True"

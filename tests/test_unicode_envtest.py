@@ -70,7 +70,10 @@ def test_astral_plane_text_reaches_the_applied_children(
     for kind, name in (("ToolAdapter", "orders"), ("SupportAgent", "acme")):
         ready = cluster.wait_for(
             f"{kind} {name} Ready",
-            lambda k=kind, n=name: (c := cluster.condition(k, ns, n)) and c["status"] == "True",
+            cluster.with_gateways_available(
+                ns,
+                lambda k=kind, n=name: (c := cluster.condition(k, ns, n)) and c["status"] == "True",
+            ),
         )
         assert ready
     assert ("Warning", "ApplyFailed") not in cluster.events(ns, "orders")

@@ -3,6 +3,7 @@ the test server lacks (KubeRay's RayService status, the Deployment controller's)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,19 @@ class Cluster:
             meta = dep["metadata"]
             status = deployment_status(meta["generation"], replicas, replicas)
             self.patch_status("apps/v1", "Deployment", namespace, meta["name"], status)
+
+    def with_gateways_available(
+        self, namespace: str, predicate: Callable[[], Any]
+    ) -> Callable[[], Any]:
+        """`predicate`, with every gateway reported available again before each check, as the
+        Deployment controller would: a gateway rolls once more when an agent's grants reach its
+        config, possibly after the first report."""
+
+        def check() -> Any:
+            self.make_gateways_available(namespace)
+            return predicate()
+
+        return check
 
     def make_deployment_available(
         self, namespace: str, name: str, available: int, replicas: int
