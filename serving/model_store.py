@@ -98,7 +98,7 @@ def _where(uri: str, s3: Any) -> str:
     return f"{uri} (endpoint {s3.meta.endpoint_url})"
 
 
-def _listing(uri: str, s3: Any) -> dict[str, dict[str, Any]]:
+def _listing(uri: str, s3: Any, what: str = "the model") -> dict[str, dict[str, Any]]:
     """Relative path → {size, etag} of every object under the URI's prefix."""
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -115,7 +115,7 @@ def _listing(uri: str, s3: Any) -> dict[str, dict[str, Any]]:
                     raise ModelStoreError(f"{uri}: refusing object key {obj['Key']!r}")
                 objects[rel] = {"size": obj["Size"], "etag": obj.get("ETag", "")}
     except (ClientError, BotoCoreError) as exc:
-        raise _store_error(uri, s3, "cannot list the model", exc) from None
+        raise _store_error(uri, s3, f"cannot list {what}", exc) from None
     return objects
 
 
@@ -297,3 +297,66 @@ def push(directory: str | Path, uri: str, *, endpoint: str | None = None) -> int
         except Exception as exc:  # boto3's S3UploadFailedError wraps ClientError
             raise ModelStoreError(f"{_where(uri, s3)}: cannot upload {rel}: {exc}") from None
     return len(files) + 1
+
+
+# --- single objects (retraining data, reports) ------------------------------------------------
+
+
+def parse_object_uri(uri: str) -> tuple[str, str]:
+    """(bucket, key) of an `s3://bucket/key` naming one object."""
+    bucket, prefix = parse_uri(uri)
+    if not prefix or uri.endswith("/"):
+        raise ModelStoreError(f"{uri}: not an object URI (s3://bucket/key, no trailing /)")
+    return bucket, prefix.removesuffix("/")
+
+
+def read_object(uri: str, *, endpoint: str | None = None) -> bytes:
+    """The bytes of one object; a missing one raises `ModelStoreError` naming URI and endpoint."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = parse_object_uri(uri)
+    s3 = client(None, endpoint)
+    try:
+        body: bytes = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except (ClientError, BotoCoreError) as exc:
+        raise _store_error(uri, s3, "cannot read the object", exc) from None
+    return body
+
+
+def list_objects(uri: str, *, endpoint: str | None = None, suffix: str = "") -> list[str]:
+    """The `s3://` URIs of the objects under a prefix whose key ends in `suffix`, in key order."""
+    s3 = client(None, endpoint)
+    bucket, prefix = parse_uri(uri)
+    return [
+        f"{SCHEME}{bucket}/{prefix}{rel}"
+        for rel in sorted(_listing(uri, s3, "the prefix"))
+        if rel.endswith(suffix)
+    ]
+
+
+def write_object(uri: str, body: bytes, *, endpoint: str | None = None) -> None:
+    """Write one object (small: a report), replacing any object of that key."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = parse_object_uri(uri)
+    s3 = client(None, endpoint)
+    try:
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    except (ClientError, BotoCoreError) as exc:
+        raise _store_error(uri, s3, "cannot write the object", exc) from None
+
+
+def object_exists(uri: str, *, endpoint: str | None = None) -> bool:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = parse_object_uri(uri)
+    s3 = client(None, endpoint)
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise _store_error(uri, s3, "cannot look up the object", exc) from None
+    except BotoCoreError as exc:
+        raise _store_error(uri, s3, "cannot look up the object", exc) from None
+    return True

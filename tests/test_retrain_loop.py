@@ -32,21 +32,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from support.corrections import CORRECTIONS, ESCALATION, feedback_record
 from switchboard.serving.workflow.sessions import MemorySessionStore
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINING_CSV = REPO / "examples" / "nlu" / "ecommerce-intents.csv"
 HELD_OUT_CSV = REPO / "examples" / "nlu" / "ecommerce-heldout.csv"
 TIMEOUT_S = 900
-# Texts the demo model misclassifies (what it predicted in one run beside each), with the
-# intent a human agent corrected them to in the console.
-CORRECTIONS = {
-    "where is my money for the return I sent": ("return_item", "refund_request"),
-    "my parcel was stolen from my porch": ("damaged_item", "track_package"),
-    "put my order on hold until I'm back from holiday": ("cancel_order", "change_order"),
-    "the courier left my parcel at the wrong house": ("oos", "track_package"),
-}
-ESCALATION = "I need to talk to someone about a charge from last year"
 
 
 def switchboard(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -79,25 +71,6 @@ def held_out_accuracy(model: Path, cwd: Path) -> float:
 def texts_of(path: Path) -> set[str]:
     with path.open(encoding="utf-8", newline="") as f:
         return {row["text"].strip().casefold() for row in csv.DictReader(f)}
-
-
-def feedback_record(text: str, predicted: str, corrected: str | None, n: int) -> dict[str, Any]:
-    """What the data plane appends on a correction (or, corrected None, an escalation)."""
-    return {
-        "text": text,
-        "corrected_intent": corrected,
-        "predicted_intent": predicted,
-        "confidence": 0.61,
-        "trace_id": f"{n:032x}",
-        "timestamp": f"2025-05-04T10:{n:02d}:00Z",
-        "model_revision": "demo",
-        "agent": "acme",
-        "namespace": "default",
-        "source": "correction" if corrected else "escalation",
-        "session_id": f"session-{n}",
-        "handoff_id": f"handoff-{n}",
-        "by": "alice" if corrected else None,
-    }
 
 
 def test_corrections_retrain_the_demo_model(demo_nlu_model: Path, tmp_path: Path) -> None:

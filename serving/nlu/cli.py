@@ -1,6 +1,7 @@
-"""`switchboard nlu train|eval|predict|push` (dispatched from switchboard.operator.cli).
+"""`switchboard nlu train|eval|predict|push|retrain` (dispatched from switchboard.operator.cli).
 
-Exit status: 0 success, 1 bad data or artifact (message, no traceback), 2 usage error.
+Exit status: 0 success, 1 bad data or artifact (message, no traceback), 2 usage error; `retrain`
+has its own (serving.training_report: 2 bad data, 1 other failures).
 """
 
 from __future__ import annotations
@@ -134,7 +135,75 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("dir", help="artifact directory from `switchboard nlu train`")
     push.add_argument("uri", help="s3://bucket/prefix")
     push.add_argument("--endpoint", help=ENDPOINT_HELP)
+
+    _add_retrain(sub)
     return parser
+
+
+def _agent_ref(raw: str) -> str:
+    namespace, _, name = raw.partition("/")
+    if not namespace or not name or "/" in name:
+        raise argparse.ArgumentTypeError(f"expected NAMESPACE/NAME, got {raw!r}")
+    return raw
+
+
+def _add_retrain(sub: Any) -> None:
+    from .retrain import DEVICES
+
+    rt = sub.add_parser(
+        "retrain",
+        help="one retraining run: train a candidate, score it beside the current model, and "
+        "write both to object storage (a ModelTraining's RayJob)",
+        description="Merge feedback into the base data, train + calibrate + quantize a candidate "
+        "as `train` does, evaluate candidate and current model (int8) on the same held-out rows, "
+        "push the candidate to OUTPUT/model and then write OUTPUT/report.json. Inputs are "
+        "s3://bucket/key objects or local paths. Exit status: 0 report written, 2 bad data (a "
+        "retry cannot help), 1 any other failure (storage, Redis, device).",
+    )
+    rt.add_argument("--run", required=True, help="run name (recorded in the report)")
+    rt.add_argument("--base-data", required=True, metavar="URI", help="base training CSV")
+    rt.add_argument(
+        "--feedback",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="feedback JSONL: an object, a prefix ending in / (every *.jsonl under it, in key "
+        "order) or a file; repeatable, later sources win",
+    )
+    rt.add_argument(
+        "--feedback-redis-url-env",
+        metavar="VAR",
+        help="also read --agent's feedback log from its Redis session store (URL in $VAR)",
+    )
+    rt.add_argument("--agent", type=_agent_ref, metavar="NS/NAME", help="the agent of that log")
+    rt.add_argument("--heldout", required=True, metavar="URI", help="held-out CSV")
+    rt.add_argument(
+        "--current-model", required=True, metavar="URI", help="the model agents serve now"
+    )
+    rt.add_argument(
+        "--output", required=True, metavar="URI", help="s3://bucket/prefix/RUN (or a directory)"
+    )
+    rt.add_argument(
+        "--min-heldout",
+        type=_positive_int,
+        default=20,
+        help="fewer held-out rows are bad data (default: 20)",
+    )
+    rt.add_argument("--text-col", default="text", help="text column (default: text)")
+    rt.add_argument("--label-col", default="category", help="label column (default: category)")
+    rt.add_argument("--epochs", type=_positive_int, default=None, help="default: 4")
+    rt.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    rt.add_argument("--per-class", type=_positive_int, help="use at most N rows per class")
+    rt.add_argument("--batch-size", type=_positive_int, default=None, help="default: 32")
+    rt.add_argument("--lr", type=float, default=None, help="encoder learning rate (1e-4)")
+    rt.add_argument("--threads", type=_positive_int, help="training threads (default: all)")
+    rt.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="training device (default: auto, cuda when torch sees one)",
+    )
+    rt.add_argument("--endpoint", help=ENDPOINT_HELP)
 
 
 ENDPOINT_HELP = (
@@ -183,13 +252,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     from .train import TrainConfig, train_artifact
 
-    config = TrainConfig(val_split=args.val_split, seed=args.seed, threads=args.threads)
-    if args.epochs is not None:
-        config.epochs = args.epochs
-    if args.batch_size is not None:
-        config.batch_size = args.batch_size
-    if args.lr is not None:
-        config.learning_rate = args.lr
+    config = TrainConfig(val_split=args.val_split, seed=args.seed, threads=args.threads).tuned(
+        args.epochs, args.batch_size, args.lr
+    )
     config.oos_threshold = args.oos_threshold
     n_labels = len({ex.label for ex in examples})
     print(f"training on {len(examples)} rows, {n_labels} intents", file=sys.stderr)
@@ -256,7 +321,22 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "push": cmd_push}
+def cmd_retrain(args: argparse.Namespace) -> int:
+    if bool(args.feedback_redis_url_env) != bool(args.agent):
+        print(f"{PROG} retrain: --feedback-redis-url-env and --agent go together", file=sys.stderr)
+        return 2
+    from .retrain import run
+
+    return run(args)  # maps its own errors to the exit codes the operator reads
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "predict": cmd_predict,
+    "push": cmd_push,
+    "retrain": cmd_retrain,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,7 +47,8 @@ class Example:
     """Where the example came from, `file:line`, for error messages."""
 
 
-def _decode_utf8(raw: bytes, source: str) -> str:
+def decode_utf8(raw: bytes, source: str) -> str:
+    """UTF-8 text (a BOM dropped); `DataError` naming the line of the first bad byte."""
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -76,7 +77,14 @@ def read_csv(
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(source, [f"cannot read: {exc.strerror or exc}"]) from None
-    text = _decode_utf8(raw, source)
+    return parse_csv(raw, source, text_col=text_col, label_col=label_col)
+
+
+def parse_csv(
+    raw: bytes, source: str, *, text_col: str = "text", label_col: str = "category"
+) -> list[Example]:
+    """`read_csv` on bytes read elsewhere (an object in S3); `source` names them in errors."""
+    text = decode_utf8(raw, source)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
@@ -189,11 +197,16 @@ def read_feedback(path: str | Path) -> tuple[list[Example], int]:
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(source, [f"cannot read: {exc.strerror or exc}"]) from None
-    text = _decode_utf8(raw, source)
+    return parse_feedback(decode_utf8(raw, source).splitlines(), source)
+
+
+def parse_feedback(lines: Iterable[str], source: str) -> tuple[list[Example], int]:
+    """`read_feedback` on lines read elsewhere (an object in S3, a Redis list); `source` names
+    them in errors and in each example's `source:line`."""
     problems: list[str] = []
     latest: dict[str, Example] = {}
     skipped = 0
-    for number, record in json_objects(text.splitlines(), problems):
+    for number, record in json_objects(lines, problems):
         value, label = record.get("text"), record.get("corrected_intent")
         if not isinstance(value, str) or not value.strip():
             problems.append(f"line {number}: 'text' must be a non-empty string")

@@ -9,7 +9,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,16 @@ class TrainConfig:
     """None: tuned on validation when the data has an oos class, else DEFAULT_THRESHOLD."""
     threads: int | None = None
     """Torch threads while training (default: every core)."""
+    device: str = "cpu"
+    """Torch device fine-tuning runs on (`cpu`, `cuda`); export, calibration and the artifact
+    are the same either way (the model comes back to the CPU after training)."""
+
+    def tuned(
+        self, epochs: int | None, batch_size: int | None, learning_rate: float | None
+    ) -> TrainConfig:
+        """This configuration with the command line's optional settings (None keeps ours)."""
+        changes = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate}
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 @dataclass
@@ -107,8 +117,9 @@ def fine_tune(
     rng = random.Random(config.seed)
     index = {label: i for i, label in enumerate(labels)}
     ids = tokenizer.ids([ex.text for ex in examples])
-    gold = torch.tensor([index[ex.label] for ex in examples], dtype=torch.long)
-    model = from_base(len(labels), config.dropout)
+    device = torch.device(config.device)
+    gold = torch.tensor([index[ex.label] for ex in examples], dtype=torch.long, device=device)
+    model = from_base(len(labels), config.dropout).to(device)
     # The word-embedding matrix is 11.7M of the 22.7M parameters and a batch touches a few hundred
     # of its rows: freezing it skips half of AdamW's work and keeps rare words where pretraining
     # put them.
@@ -138,7 +149,9 @@ def fine_tune(
         running = 0.0
         for n, batch in enumerate(_batches(lengths, config.batch_size, rng), start=1):
             input_ids, mask = pad([ids[i] for i in batch])
-            logits = model(torch.from_numpy(input_ids), torch.from_numpy(mask))
+            logits = model(
+                torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device)
+            )
             loss = torch.nn.functional.cross_entropy(
                 logits, gold[batch], label_smoothing=config.label_smoothing
             )
@@ -151,7 +164,7 @@ def fine_tune(
             bar.update(1)
             bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", loss=f"{running / n:.3f}")
     bar.close()
-    return model.eval()
+    return model.cpu().eval()
 
 
 def _choose_threshold(

@@ -34,6 +34,33 @@ class S3Server:
     def object_path(self, bucket: str, key: str) -> Path:
         return self.root / bucket / key
 
+    def put(self, key: str, body: bytes | str, bucket: str | None = None) -> str:
+        """An object, uploaded through the S3 API (rclone caches directory listings: a file
+        written beside the served ones may stay unseen for minutes); its s3:// URI."""
+        import boto3
+
+        client = boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+        )  # fmt: skip
+        bucket = bucket or self.bucket
+        client.put_object(
+            Bucket=bucket, Key=key, Body=body.encode() if isinstance(body, str) else body
+        )
+        return f"s3://{bucket}/{key}"
+
+    def push_model(self, directory: Path, uri: str) -> None:
+        """`switchboard nlu push`, as models get there (upload_file: large files multipart; a
+        single PUT of the 23 MB ONNX file makes rclone answer ranged GETs with the whole
+        object's CRC, which boto3 rejects)."""
+        pushed = subprocess.run(
+            [sys.executable, "-P", "-m", "switchboard.operator.cli", "nlu", "push",
+             str(directory), uri],
+            env={**os.environ, **self.env()}, stdin=subprocess.DEVNULL, capture_output=True,
+            text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert pushed.returncode == 0, pushed.stderr
+
     def env(self) -> dict[str, str]:
         """The standard AWS variables that reach this server (boto3's ambient credentials)."""
         return {
