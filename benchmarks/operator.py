@@ -681,8 +681,9 @@ class Load:
         )
         last_report = created
         while not self.all_ready.wait(1.0):
-            # As the Deployment controller would: the shared gateway rolls each time a new
-            # agent's grant reaches its config, and is reported available again.
+            # As the Deployment controller would: a rolled gateway is reported available
+            # again. (Since the grants live in a ConfigMap, new agents roll nothing: the patch
+            # changes nothing, and the API server sends no event for it.)
             set_gateway_available(self.cluster, GATEWAY_REPLICAS)
             now = time.monotonic()
             if now - started > timeout:

@@ -116,6 +116,31 @@ def cmd_nlu(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Ask a ModelTraining for one run now: a new value of its run-requested annotation (the
+    operator starts it once the run going, if any, has finished)."""
+    from datetime import UTC, datetime
+
+    from .api.base import API_VERSION
+    from .api.modeltraining import RUN_NOW_ANNOTATION
+    from .kube import Kube, KubeError
+
+    request = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        kube = Kube.from_environment(pool_size=1)
+        kube.annotate(
+            API_VERSION, "ModelTraining", args.namespace, args.name, {RUN_NOW_ANNOTATION: request}
+        )
+    except KubeError as exc:
+        print(f"ModelTraining {args.namespace}/{args.name}: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"ModelTraining {args.namespace}/{args.name}: run requested ({request}); "
+        f"follow it with: kubectl -n {args.namespace} get modeltraining {args.name} -w"
+    )
+    return 0
+
+
 def cmd_feedback_export(args: argparse.Namespace) -> int:
     from . import feedback
     from .render.serve_config import REDIS_URL_ENV
@@ -544,6 +569,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="only corrections (skip escalations nobody labelled: corrected_intent null)",
     )
     export.set_defaults(func=cmd_feedback_export)
+
+    train = sub.add_parser(
+        "train", help="start one run of a ModelTraining now (after the running one, if any)"
+    )
+    train.add_argument("name", help="the ModelTraining")
+    train.add_argument("-n", "--namespace", default="default")
+    train.set_defaults(func=cmd_train)
 
     nlu = sub.add_parser(
         "nlu",

@@ -20,7 +20,7 @@ from typing import Any
 from .api.base import API_VERSION
 
 # The kinds whose children the operator owns (and indexes by owner).
-OWNER_KINDS = frozenset({"SupportAgent", "ToolAdapter"})
+OWNER_KINDS = frozenset({"SupportAgent", "ToolAdapter", "ModelTraining"})
 
 
 def plain(obj: Any) -> Any:

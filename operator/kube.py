@@ -20,7 +20,9 @@ PLURALS = {
     "SupportAgent": "supportagents",
     "ToolAdapter": "tooladapters",
     "ModelRollout": "modelrollouts",
+    "ModelTraining": "modeltrainings",
     "RayService": "rayservices",
+    "RayJob": "rayjobs",
     "VirtualService": "virtualservices",
     "RequestAuthentication": "requestauthentications",
     "Deployment": "deployments",
@@ -143,6 +145,37 @@ class Kube:
                 return None
             raise
         return result
+
+    def annotate(
+        self, api_version: str, kind: str, namespace: str, name: str, annotations: dict[str, str]
+    ) -> dict[str, Any]:
+        """Merge-patch annotations onto an object (not server-side apply: they are a user's
+        request, not a field the operator owns)."""
+        result: dict[str, Any] = self._call(
+            "PATCH",
+            _path(api_version, kind, namespace, name),
+            body={"metadata": {"annotations": annotations}},
+            content_type="application/merge-patch+json",
+        )
+        return result
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Delete in the background (dependents go by owner reference); False if it was gone."""
+        try:
+            self._call(
+                "DELETE",
+                _path(api_version, kind, namespace, name),
+                body={
+                    "kind": "DeleteOptions",
+                    "apiVersion": "v1",
+                    "propagationPolicy": "Background",
+                },
+            )
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     def list_objects(self, api_version: str, kind: str, namespace: str) -> list[dict[str, Any]]:
         found = self._call("GET", _path(api_version, kind, namespace))

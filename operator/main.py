@@ -40,7 +40,7 @@ from .indexes import (
 from .kube import Kube, KubeError
 from .render.access import Scrapers
 from .render.names import MANAGED_BY
-from .resources import modelrollout, supportagent, tooladapter
+from .resources import modelrollout, modeltraining, supportagent, tooladapter
 from .resources.common import Outcome, apply_failed_status, write_status
 from .workers import (
     Key,
@@ -51,18 +51,22 @@ from .workers import (
     adapter_references,
     agent_references,
     rollout_references,
+    training_references,
 )
 
 MANAGED_LABEL = "app.kubernetes.io/managed-by"
 MANAGED = {MANAGED_LABEL: MANAGED_BY}
 # (group, plural) of each kind of child, and how kopf's decorators name it. The children whose
-# status an owner reports are indexed: RayServices (agents) and Deployments (adapters). The others
-# are watched only for deletions: an index holds back every handler of the operator until its
-# first listing succeeds, and a narrowed Role that forbids, say, HPAs must cost the adapters
-# that need one an ApplyFailed condition, not the whole operator its start.
+# status an owner reports are indexed: RayServices (agents), Deployments (adapters) and RayJobs
+# (trainings); so are the agents' ServiceAccounts, which an agent applies only while the index
+# lacks them. The others are watched only for deletions: an index holds back every handler of
+# the operator until its first listing succeeds, and a narrowed Role that forbids, say, HPAs
+# must cost the adapters that need one an ApplyFailed condition, not the whole operator its start.
 INDEXED_CHILDREN = {
     ("ray.io", "rayservices"): ("ray.io", "v1", "rayservices"),
     ("apps", "deployments"): ("apps", "v1", "deployments"),
+    ("", "serviceaccounts"): ("serviceaccounts",),
+    ("ray.io", "rayjobs"): ("ray.io", "v1", "rayjobs"),
 }
 WATCHED_CHILDREN = {
     ("networking.istio.io", "virtualservices"): ("networking.istio.io", "v1", "virtualservices"),
@@ -74,12 +78,13 @@ WATCHED_CHILDREN = {
         "v1",
         "authorizationpolicies",
     ),
-    ("", "serviceaccounts"): ("serviceaccounts",),
+    ("", "configmaps"): ("configmaps",),
 }
 CHILD_RESOURCES = {**INDEXED_CHILDREN, **WATCHED_CHILDREN}
 AGENTS: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": "supportagents"}
 ADAPTERS: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": "tooladapters"}
 ROLLOUTS: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": "modelrollouts"}
+TRAININGS: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": "modeltrainings"}
 # A worker is cancelled when its object goes (or the operator stops); a reconcile then in a
 # thread finishes on its own.
 WORKER_CANCELLATION_SECONDS = 10.0
@@ -99,6 +104,7 @@ class QuietMarks(logging.Filter):
             "agent_event",
             "adapter_event",
             "rollout_event",
+            "training_event",
             "child_event",
             "unindexed_child_event",
         }
@@ -209,6 +215,12 @@ def _agent(kube: Kube, body: dict[str, Any], lookup: Lookup, config: OperatorCon
     return supportagent.reconcile(kube, body, record_event, lookup)
 
 
+def _agent_refresh(
+    kube: Kube, body: dict[str, Any], lookup: Lookup, config: OperatorConfig
+) -> Outcome:
+    return supportagent.reconcile(kube, body, record_event, lookup, refresh=True)
+
+
 def _adapter(kube: Kube, body: dict[str, Any], lookup: Lookup, config: OperatorConfig) -> Outcome:
     return tooladapter.reconcile(kube, body, record_event, lookup, config.scrapers)
 
@@ -218,10 +230,18 @@ def _rollout(kube: Kube, body: dict[str, Any], lookup: Lookup, config: OperatorC
     return modelrollout.reconcile(kube, body, record_event, lookup, context)
 
 
+def _training(kube: Kube, body: dict[str, Any], lookup: Lookup, config: OperatorConfig) -> Outcome:
+    return modeltraining.reconcile(kube, body, record_event, lookup)
+
+
+# For when the only news is a child's status (`workers.Worker.refresh`); other kinds always
+# reconcile in full.
+REFRESHERS: dict[str, Reconciler] = {supportagent.KIND: _agent_refresh}
 RECONCILERS: dict[str, Reconciler] = {
     supportagent.KIND: _agent,
     tooladapter.KIND: _adapter,
     modelrollout.KIND: _rollout,
+    modeltraining.KIND: _training,
 }
 
 
@@ -251,7 +271,10 @@ def register_worker(
         kube: Kube = memo.kube
         config: OperatorConfig = memo.config
         lookup = lookup_of(kwargs)
-        reconcile = RECONCILERS[kind]
+        reconcile, refresh = RECONCILERS[kind], REFRESHERS.get(kind)
+
+        def counting(reconciler: Reconciler) -> Callable[[dict[str, Any]], Outcome]:
+            return lambda b: counted(kind, kube, b, lambda: reconciler(kube, b, lookup, config))
 
         def on_outcome(outcome: Outcome) -> None:
             if kind == supportagent.KIND and outcome.result != "deleted":
@@ -263,7 +286,8 @@ def register_worker(
             lookup=lookup,
             marks=memo.marks,
             executor=memo.executor,
-            reconcile=lambda b: counted(kind, kube, b, lambda: reconcile(kube, b, lookup, config)),
+            reconcile=counting(reconcile),
+            refresh=counting(refresh) if refresh else None,
             references=references,
             interval=interval(config),
             logger=logger,
@@ -315,6 +339,8 @@ async def agent_event(event: kopf.RawEvent, meta: kopf.Meta, memo: kopf.Memo, **
     # The gateways it references (or referenced: the grants index no longer names those) admit
     # its pods or stop admitting them; each adapter's worker compares who references it now.
     memo.marks.mark_namespace(tooladapter.KIND, namespace)
+    # Its trainings compare against the model it serves.
+    memo.marks.mark_namespace(modeltraining.KIND, namespace)
 
 
 # --- ToolAdapter -----------------------------------------------------------------------
@@ -356,14 +382,35 @@ async def rollout_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, 
     mark(memo, (supportagent.KIND, namespace, agent))
 
 
+# --- ModelTraining ---------------------------------------------------------------------
+
+
+register_worker(modeltraining.KIND, TRAININGS, lambda c: c.drift_seconds, training_references)
+
+
+@kopf.on.event(**TRAININGS)
+async def training_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Its own changes, a run asked for by hand (an annotation) among them; the worker decides."""
+    meta = body["metadata"]
+    namespace, name = str(meta["namespace"]), str(meta["name"])
+    deleted = event.get("type") == "DELETED"
+    memo.gauges.training(
+        namespace, name, None if deleted else (body.get("status") or {}).get("phase")
+    )
+    mark(memo, (modeltraining.KIND, namespace, name))
+
+
 # --- children: a status change or a deletion concerns the owner ------------------------
 
 
-async def child_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """An indexed child's change reaches its owner's inputs through the index."""
+async def child_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """An indexed child's change reaches its owner's inputs through the index; its deletion
+    forces the owner to re-create it (the index may never have shown it to the owner's
+    worker, which then takes it as still applied)."""
     owner = owner_of(body)
     if owner is not None:
-        mark(memo, (owner[0], str(body["metadata"]["namespace"]), owner[1]))
+        deleted = event.get("type") == "DELETED"
+        mark(memo, (owner[0], str(body["metadata"]["namespace"]), owner[1]), forced=deleted)
 
 
 async def unindexed_child_event(

@@ -39,6 +39,31 @@ ROLLOUT_PHASE = Gauge(
 )
 ROLLOUT_PHASES = ("Initializing", "Progressing", "Holding", "Paused", "Succeeded", "Failed")
 
+TRAINING_PHASE = Gauge(
+    "switchboard_training_phase",
+    "1 for a ModelTraining's current phase, 0 for the others.",
+    ["namespace", "training", "phase"],
+)
+TRAINING_PHASES = ("Idle", "Running", "Passed", "Refused", "Failed", "Degraded")
+
+TRAINING_RUNS = Counter(
+    "switchboard_training_runs_total",
+    "Finished ModelTraining runs by result (Passed, Refused, Failed, BadData).",
+    ["namespace", "training", "result"],
+)
+TRAINING_ACCURACY = Gauge(
+    "switchboard_training_heldout_accuracy",
+    "Held-out accuracy (int8) of the last report of a ModelTraining, per model (current, "
+    "candidate): both evaluated in the same run on the same rows.",
+    ["namespace", "training", "model"],
+)
+TRAINING_RUN_SECONDS = Histogram(
+    "switchboard_training_run_duration_seconds",
+    "Time from a run's RayJob creation until its report (or failure) was seen.",
+    ["namespace", "training"],
+    buckets=(60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 28800),
+)
+
 
 class ObjectGauges:
     """The per-object series: set from the operator's event loop only (no lock), kept in its
@@ -47,6 +72,7 @@ class ObjectGauges:
     def __init__(self) -> None:
         self._agent_ready: dict[tuple[str, str], bool] = {}
         self._rollouts: dict[tuple[str, str], str] = {}  # (namespace, rollout) → its agent
+        self._trainings: set[tuple[str, str]] = set()
 
     def agent_ready(self, namespace: str, name: str, ready: bool | None) -> None:
         """Record an agent's readiness (None: the agent is gone) and refresh the totals."""
@@ -77,5 +103,19 @@ class ObjectGauges:
         ROLLOUT_WEIGHT.labels(namespace=namespace, rollout=name, agent=agent).set(weight)
         for p in ROLLOUT_PHASES:
             ROLLOUT_PHASE.labels(namespace=namespace, rollout=name, phase=p).set(
+                1 if p == phase else 0
+            )
+
+    def training(self, namespace: str, name: str, phase: str | None) -> None:
+        """Record a training's phase; `phase=None` removes its series (deleted)."""
+        if phase is None:
+            if (namespace, name) in self._trainings:
+                self._trainings.discard((namespace, name))
+                for p in TRAINING_PHASES:
+                    TRAINING_PHASE.remove(namespace, name, p)
+            return
+        self._trainings.add((namespace, name))
+        for p in TRAINING_PHASES:
+            TRAINING_PHASE.labels(namespace=namespace, training=name, phase=p).set(
                 1 if p == phase else 0
             )

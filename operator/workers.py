@@ -21,6 +21,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from .api.modeltraining import RUN_NOW_ANNOTATION
 from .indexes import ChildView, Lookup, plain
 from .resources.common import Outcome
 
@@ -123,11 +124,48 @@ def rollout_references(body: Mapping[str, Any], lookup: Lookup) -> Hashable:
     return lookup.agent(meta["namespace"], str((body.get("spec") or {}).get("agentRef")))
 
 
+def training_references(body: Mapping[str, Any], lookup: Lookup) -> Hashable:
+    """A ModelTraining reads its agent (the current model) and the run-by-hand annotation,
+    which moves no generation."""
+    meta = body["metadata"]
+    agent = lookup.agent(meta["namespace"], str((body.get("spec") or {}).get("agentRef")))
+    return agent, (meta.get("annotations") or {}).get(RUN_NOW_ANNOTATION)
+
+
 def no_references(body: Mapping[str, Any], lookup: Lookup) -> Hashable:
     return None
 
 
 References = Callable[[Mapping[str, Any], Lookup], Hashable]
+
+
+def status_news_only(last: Inputs, now: Inputs) -> bool:
+    """Whether the only news since `last` is what the children's controllers report: the same
+    spec and references (so a render comes out the same), and every child the index shows is
+    the object last applied or seen, at the same generation (nobody else edited it, so an apply
+    would change nothing). A child gone from the index was deleted, which forces a full
+    reconcile (main.child_event)."""
+    if (now.generation, now.references) != (last.generation, last.references):
+        return False
+    seen = {(c.kind, c.name): (c.uid, c.generation) for c in last.children}
+    return all(seen.get((c.kind, c.name)) == (c.uid, c.generation) for c in now.children)
+
+
+ChildKey = tuple[str, str]
+"""(kind, name) of a child."""
+
+
+def with_echoes_awaited(
+    last: Inputs, now: Inputs, awaited: frozenset[ChildKey]
+) -> tuple[Inputs, frozenset[ChildKey]]:
+    """`now`, with the `awaited` children (applied by the last reconcile, not yet shown by the
+    index) taken as that apply answered, and those still awaited. A child's watch event can lag
+    far behind the apply's answer, and a kind no index shows never comes: its absence is no
+    news. (A deletion marks the owner forced, whether the index showed the child or not.)"""
+    shown = {(c.kind, c.name) for c in now.children}
+    still = frozenset(key for key in awaited if key not in shown)
+    answered = {c for c in last.children if (c.kind, c.name) in still}
+    return replace(now, children=now.children | answered), still
 
 
 def inputs_of(key: Key, body: Mapping[str, Any], lookup: Lookup, references: References) -> Inputs:
@@ -172,33 +210,54 @@ class Worker:
     logger: logging.Logger | logging.LoggerAdapter[Any]
     on_outcome: Callable[[Outcome], None] = lambda outcome: None
     clock: Callable[[], float] = time.monotonic
+    refresh: Reconcile | None = None
+    """A reconcile that applies nothing again, only updates the status, for when the only news
+    is a child's status (`status_news_only`) after a reconcile that succeeded; the deadline, a
+    forced mark and every other change still reconcile in full. None: always in full."""
 
     async def run(self, stopped: Stopped) -> None:
         with self.marks.registered(self.key) as wake:
             last: Inputs | None = None
+            settled = False  # the last reconcile succeeded: what it applied stands
+            awaited: frozenset[ChildKey] = frozenset()
             due = self.clock()
             while not stopped:
                 forced = wake.take()
                 body = plain(self.body)
                 inputs = inputs_of(self.key, body, self.lookup, self.references)
-                if forced or last is None or inputs != last or self.clock() >= due:
-                    last, delay = await self._reconcile(body, inputs)
+                if last is not None:
+                    inputs, awaited = with_echoes_awaited(last, inputs, awaited)
+                full = forced or self.clock() >= due
+                news_only = last is not None and status_news_only(last, inputs)
+                if not (full or last is None or inputs != last):
+                    await wake.sleep(due - self.clock())
+                    continue
+                if self.refresh and settled and not full and news_only:
+                    # The full reconcile stays due when it was: refreshes never postpone it.
+                    last, delay, settled = await self._reconcile(body, inputs, self.refresh)
+                    due = min(due, self.clock() + delay)
+                else:
+                    last, delay, settled = await self._reconcile(body, inputs, self.reconcile)
                     due = self.clock() + delay
+                before = {(c.kind, c.name) for c in inputs.children}
+                awaited = frozenset((c.kind, c.name) for c in last.children) - before
                 await wake.sleep(due - self.clock())
 
-    async def _reconcile(self, body: dict[str, Any], inputs: Inputs) -> tuple[Inputs, float]:
-        """Reconcile once; the inputs it reconciled from and the delay until the next forced
-        reconcile. Applied children count as the API server answered the apply: their watch
-        events, mere echoes of it, then change nothing."""
-        call = functools.partial(contextvars.copy_context().run, self.reconcile, body)
+    async def _reconcile(
+        self, body: dict[str, Any], inputs: Inputs, reconcile: Reconcile
+    ) -> tuple[Inputs, float, bool]:
+        """Reconcile once; the inputs it reconciled from, the delay until the next forced
+        reconcile, and whether it succeeded. Applied children count as the API server answered
+        the apply: their watch events, mere echoes of it, then change nothing."""
+        call = functools.partial(contextvars.copy_context().run, reconcile, body)
         try:
             outcome = await asyncio.get_running_loop().run_in_executor(self.executor, call)
         except Retry as exc:
             self.logger.warning(f"Reconcile failed, retrying in {exc.delay:.0f}s: {exc}")
-            return inputs, exc.delay
+            return inputs, exc.delay, False
         except Exception:  # a bug must not stop the worker: it says so, and tries again later
             self.logger.exception(f"Reconcile failed, retrying in {self.interval:.0f}s")
-            return inputs, self.interval
+            return inputs, self.interval, False
         self.on_outcome(outcome)
         if outcome.status_written:  # news only: a reconcile that changed nothing stays quiet
             self.logger.info(f"Reconciled: {outcome.result}")
@@ -206,4 +265,6 @@ class Worker:
             applied = {(c.kind, c.name): c for c in outcome.children}
             others = {c for c in inputs.children if (c.kind, c.name) not in applied}
             inputs = replace(inputs, children=frozenset(applied.values()) | others)
-        return inputs, self.interval
+        if outcome.requeue_after is not None:
+            return inputs, min(self.interval, max(outcome.requeue_after, 0.0)), True
+        return inputs, self.interval, True

@@ -47,6 +47,11 @@ SERVE_FRONT_END_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 # Environment of a tool-gateway container: where its config and the adapter's credentials are.
 GATEWAY_CONFIG_ENV = "SWITCHBOARD_GATEWAY_CONFIG"
 GATEWAY_CREDENTIALS_DIR = "/var/run/secrets/switchboard/credentials"
+# Where a gateway mounts its grants table (the ConfigMap `<adapter>-gateway-grants`, key
+# GATEWAY_GRANTS_KEY): a file, so that agents coming and going never roll the Deployment.
+GATEWAY_GRANTS_DIR = "/var/run/switchboard/grants"
+GATEWAY_GRANTS_KEY = "grants.json"
+GATEWAY_GRANTS_FILE = f"{GATEWAY_GRANTS_DIR}/{GATEWAY_GRANTS_KEY}"
 # Where the Ray containers mount the human agents' console tokens (`HandoffConfig`).
 CONSOLE_TOKENS_DIR = "/var/run/secrets/switchboard/console-tokens"
 # Where they mount the keys that sign session tokens (`SessionConfig.token_keys_dir`).
@@ -438,7 +443,19 @@ class ToolGatewayConfig(Contract):
     caller_auth: Literal["tokenreview", "none"] = "none"
     """`tokenreview`: every call must carry the calling agent's ServiceAccount token
     (AGENT_TOKEN_HEADER), verified with a TokenReview, and the agent must be granted the
-    operation in `grants`. `none`: callers are not checked (local runs, without a cluster)."""
+    operation (`grants_file`, else `grants`). `none`: callers are not checked (local runs,
+    without a cluster)."""
+    grants: dict[str, list[str]] = Field(default_factory=dict)
+    """SupportAgent name → the operations of this adapter it is granted (`spec.tools`), when
+    there is no `grants_file`."""
+    grants_file: str | None = None
+    """A `GatewayGrants` JSON file that replaces `grants`, re-read when it changes (the
+    operator's ConfigMap, mounted at GATEWAY_GRANTS_FILE)."""
+
+
+class GatewayGrants(Contract):
+    """The grants file of a gateway (`ToolGatewayConfig.grants_file`), kept by the operator."""
+
     grants: dict[str, list[str]] = Field(default_factory=dict)
     """SupportAgent name → the operations of this adapter it is granted (`spec.tools`)."""
 

@@ -55,7 +55,7 @@ CONFIGMAP = ARGOCD_DIR / "argocd-cm.yaml"
 GITOPS = EXAMPLES / "gitops"
 UPDATE_GOLDEN = os.environ.get("SWITCHBOARD_UPDATE_GOLDEN") == "1"
 
-KINDS = ("SupportAgent", "ToolAdapter", "ModelRollout")
+KINDS = ("SupportAgent", "ToolAdapter", "ModelRollout", "ModelTraining")
 KEY_PREFIX = "resource.customizations.health.switchboard.dev_"
 # What Argo CD accepts from a health script (gitops-engine's HealthStatusCode).
 HEALTH_CODES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
@@ -154,6 +154,53 @@ def health(kind: str, status: Mapping[str, Any] | None, generation: int = 1) -> 
 
 def health_of(obj: Mapping[str, Any]) -> dict[str, str]:
     return run_lua(script(str(obj["kind"])), obj)
+
+
+# --------------------------------------------------------------------------------------------
+# ModelTraining: statuses the operator builds (training_checks + build_status)
+
+
+def training_status(result: str | None, running: bool = False) -> dict[str, Any]:
+    from switchboard.operator.api.modeltraining import RunRecord
+    from switchboard.operator.resources.common import build_status
+    from switchboard.operator.resources.modeltraining import training_checks
+
+    def record(outcome: str) -> RunRecord:
+        return RunRecord(name="r", trigger="schedule", started_at="t", result=outcome,
+                         message=f"run r: {outcome}")  # fmt: skip
+
+    body = {"metadata": {"generation": 1}, "status": {}}
+    checks, phase = training_checks(
+        record("Running") if running else None, record(result) if result else None, None
+    )
+    return build_status(body, checks, phase, {})
+
+
+@pytest.mark.parametrize(
+    ("result", "running", "verdict"),
+    [
+        (None, False, "Healthy"),
+        (None, True, "Healthy"),
+        ("Passed", False, "Healthy"),
+        ("Refused", False, "Healthy"),
+        ("Refused", True, "Healthy"),
+        ("Failed", False, "Degraded"),
+        ("BadData", False, "Degraded"),
+    ],
+)
+def test_modeltraining_health_like_a_cronjob(
+    result: str | None, running: bool, verdict: str
+) -> None:
+    """Waiting, running, and a refused candidate are normal work; a failed run needs a human."""
+    status = training_status(result, running)
+    got = health("ModelTraining", status)
+    assert got["status"] == verdict, got
+    if result and not running:
+        assert f"run r: {result}" in got["message"]
+
+
+def test_modeltraining_without_status_waits_for_the_operator() -> None:
+    assert health("ModelTraining", None)["status"] == "Progressing"
 
 
 # --------------------------------------------------------------------------------------------

@@ -258,11 +258,16 @@ def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
 OPERATOR_RULES = {
     ("switchboard.dev", "supportagents"): {"get", "list", "watch", "patch"},
     ("switchboard.dev", "tooladapters"): {"get", "list", "watch", "patch"},
-    ("switchboard.dev", "modelrollouts"): {"get", "list", "watch", "patch"},
+    # ...and creates the ModelRollouts of retraining runs that pass their gate.
+    ("switchboard.dev", "modelrollouts"): {"get", "list", "watch", "patch", "create"},
+    ("switchboard.dev", "modeltrainings"): {"get", "list", "watch", "patch"},
     ("switchboard.dev", "supportagents/status"): {"get", "patch"},
     ("switchboard.dev", "tooladapters/status"): {"get", "patch"},
     ("switchboard.dev", "modelrollouts/status"): {"get", "patch"},
+    ("switchboard.dev", "modeltrainings/status"): {"get", "patch"},
     ("ray.io", "rayservices"): {"get", "list", "watch", "create", "patch"},
+    # One RayJob per retraining run; runs past historyLimit are deleted (the only delete).
+    ("ray.io", "rayjobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("networking.istio.io", "virtualservices"): {"get", "list", "watch", "create", "patch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
     ("", "services"): {"get", "list", "watch", "create", "patch"},
@@ -272,13 +277,13 @@ OPERATOR_RULES = {
     ("security.istio.io", "authorizationpolicies"): {"get", "list", "watch", "create", "patch"},
     ("", "serviceaccounts"): {"get", "list", "watch", "create", "patch"},
     ("", "secrets"): {"get"},
-    ("", "configmaps"): {"get"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
 
 
-def test_cluster_role_is_exact_and_never_deletes(helm_template: Any) -> None:
+def test_cluster_role_is_exact_and_deletes_only_old_rayjobs(helm_template: Any) -> None:
     role = one(helm_template(), "ClusterRole")
     assert rules_of(role) == {
         **OPERATOR_RULES,
@@ -287,7 +292,8 @@ def test_cluster_role_is_exact_and_never_deletes(helm_template: Any) -> None:
     }
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
-        assert not {"delete", "deletecollection", "update", "escalate", "bind"} & set(rule["verbs"])
+        assert not {"deletecollection", "update", "escalate", "bind"} & set(rule["verbs"])
+        assert "delete" not in rule["verbs"] or rule["resources"] == ["rayjobs"]
         assert "resourceNames" not in rule
 
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from switchboard.operator.api.base import API_VERSION
 from switchboard.operator.api.modelrollout import ModelRolloutSpec
+from switchboard.operator.api.modeltraining import ModelTrainingSpec
 from switchboard.operator.api.supportagent import SupportAgentSpec
 from switchboard.operator.api.tooladapter import ToolAdapterSpec
 from switchboard.operator.api.validation import SpecError, cel_violations, validate_spec
@@ -36,6 +37,7 @@ SPEC_MODELS: dict[str, type[BaseModel]] = {
     "SupportAgent": SupportAgentSpec,
     "ToolAdapter": ToolAdapterSpec,
     "ModelRollout": ModelRolloutSpec,
+    "ModelTraining": ModelTrainingSpec,
 }
 
 # Short names of kubectl's built-in resources, and of CRDs commonly installed beside ours
@@ -457,10 +459,19 @@ PROGRESSIVE = {
     },
     "testers": [{"name": "x-switchboard-canary", "exact": "1"}],
 }
+TRAINING = {
+    "agentRef": "acme",
+    "schedule": "0 3 * * 1",
+    "data": {"baseUri": "s3://models/data/base.csv", "heldoutUri": "s3://models/data/ho.csv"},
+    "outputPrefix": "s3://models/runs",
+    "storage": {"credentialsSecretRef": {"name": "model-storage"}},
+    "rollout": {"weight": 0},
+}
 BASES: dict[str, dict[str, Any]] = {
     "SupportAgent": AGENT,
     "ToolAdapter": ADAPTER,
     "ModelRollout": ROLLOUT,
+    "ModelTraining": TRAINING,
 }
 
 
@@ -480,6 +491,17 @@ OPENAI = {
 KEY = {"name": "llm", "key": "api-key"}
 
 VALID_CASES: list[tuple[str, str, dict[str, Any]]] = [
+    ("training-base", "ModelTraining", {}),
+    ("training-by-hand-only", "ModelTraining", {"schedule": DELETE}),
+    (
+        "training-progressive-gpu",
+        "ModelTraining",
+        {
+            "rollout": {"weight": DELETE, "progressive": {"steps": [10, 100]}, "paused": True},
+            "job": {"workers": {"gpus": 1}},
+            "feedback": {"uris": ["s3://models/feedback/"], "fromAgent": True},
+        },
+    ),
     ("agent-minimal", "SupportAgent", {"tools": DELETE, "handoff": DELETE}),
     (
         "agent-handoff-console-only",
@@ -587,6 +609,26 @@ VALID_CASES: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 INVALID_CASES: list[tuple[str, str, dict[str, Any], str]] = [
+    # ModelTraining
+    (
+        "training-without-storage-credentials",
+        "ModelTraining",
+        {"storage": {"credentialsSecretRef": DELETE, "endpoint": "http://minio:9000"}},
+        "spec: storage.credentialsSecretRef is required: the runs write with it and the operator "
+        "reads each run's report with it",
+    ),
+    (
+        "training-rollout-without-mode",
+        "ModelTraining",
+        {"rollout": {"weight": DELETE}},
+        "spec.rollout: set exactly one of weight (manual) and progressive",
+    ),
+    (
+        "training-rollout-both-modes",
+        "ModelTraining",
+        {"rollout": {"progressive": {"steps": [10, 100]}}},
+        "spec.rollout: set exactly one of weight (manual) and progressive",
+    ),
     # SupportAgent
     (
         "cpu-pool-min-gt-max",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
@@ -1248,10 +1249,11 @@ def fake_jwt(exp: float) -> str:
     return f"{part({'alg': 'RS256'})}.{part({'exp': int(exp), 'sub': 'x'})}.sig"
 
 
-@pytest.fixture
-def reviewed_gateway(
-    upstream_server: tuple[Upstream, str], tmp_path: Path
+@contextlib.contextmanager
+def reviewing_gateway(
+    upstream_url: str, tmp_path: Path, **grants: Any
 ) -> Iterator[tuple[Gateway, TokenReviewServer]]:
+    """A gateway checking callers (`grants` or `grants_file`) against a TokenReviewServer."""
     from switchboard.serving.gateway.caller_auth import TokenReviewer
 
     api = TokenReviewServer("gateway-own-token")
@@ -1259,16 +1261,23 @@ def reviewed_gateway(
     own = tmp_path / "token"
     own.write_text("gateway-own-token\n")
     reviewer = TokenReviewer(api_server.url, str(own), None)
-    config = make_config(
-        upstream_server[1],
-        caller_auth="tokenreview",
-        grants={"acme": ["get_order"], "beta": ["create_ticket"]},
-    )
+    config = make_config(upstream_url, caller_auth="tokenreview", **grants)
     app = create_app(config, review=reviewer.review)
     server = ServerThread(app).start()
-    yield Gateway(server.url, app.state.gateway), api
-    server.stop()
-    api_server.stop()
+    try:
+        yield Gateway(server.url, app.state.gateway), api
+    finally:
+        server.stop()
+        api_server.stop()
+
+
+@pytest.fixture
+def reviewed_gateway(
+    upstream_server: tuple[Upstream, str], tmp_path: Path
+) -> Iterator[tuple[Gateway, TokenReviewServer]]:
+    grants = {"acme": ["get_order"], "beta": ["create_ticket"]}
+    with reviewing_gateway(upstream_server[1], tmp_path, grants=grants) as reviewed:
+        yield reviewed
 
 
 def test_caller_token_is_reviewed_and_checked_against_the_grants(
@@ -1403,6 +1412,96 @@ def test_review_without_our_audience_is_not_trusted() -> None:
 
     result = asyncio.run(CallerAuth("shop", {"a": ["x"]}, review).check("t", "x"))
     assert isinstance(result, Refusal) and result.status == 401
+
+
+# --- the grants table from the operator's ConfigMap, mounted as a file ----------------------
+
+
+def write_grants(directory: Path, grants: dict[str, list[str]] | str) -> Path:
+    """The grants ConfigMap as the kubelet lays it out and updates it (`write_secret`); a
+    string is written as is (a broken file)."""
+    from switchboard.serving.config import GATEWAY_GRANTS_KEY, GatewayGrants
+
+    raw = grants if isinstance(grants, str) else GatewayGrants(grants=grants).model_dump_json()
+    write_secret(directory, {GATEWAY_GRANTS_KEY: raw})
+    return directory / GATEWAY_GRANTS_KEY
+
+
+def test_gateway_rereads_the_grants_file_when_the_kubelet_swaps_it(
+    upstream: Upstream, upstream_server: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """An agent granted (or no longer granted) an operation is answered accordingly on the
+    next call after the kubelet syncs the ConfigMap: no restart, no new pod."""
+    from switchboard.serving.config import AGENT_TOKEN_HEADER
+
+    grants_dir = tmp_path / "grants"
+    path = write_grants(grants_dir, {"acme": ["get_order"]})
+    with reviewing_gateway(upstream_server[1], tmp_path, grants_file=str(path)) as (gw, api):
+        acme, beta = fake_jwt(time.time() + 600), fake_jwt(time.time() + 601)
+        api.users[acme] = "system:serviceaccount:shop:acme-ray"
+        api.users[beta] = "system:serviceaccount:shop:beta-ray"
+
+        def status(token: str) -> int:
+            headers = {AGENT_TOKEN_HEADER: token}
+            return gw.call("get_order", {"order_id": "A1"}, headers=headers).status
+
+        assert (status(acme), status(beta)) == (200, 403)
+        write_grants(grants_dir, {"acme": ["get_order"], "beta": ["get_order"]})
+        assert (status(acme), status(beta)) == (200, 200)
+        write_grants(grants_dir, {"beta": ["get_order"]})
+        assert (status(acme), status(beta)) == (403, 200)
+        assert len(upstream.seen) == 4
+        assert gw.get("/readyz").status == 200
+
+
+def test_a_broken_grants_file_keeps_the_last_good_table(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from switchboard.serving.gateway.grants import GrantsFile
+
+    grants_dir = tmp_path / "grants"
+    grants = GrantsFile(write_grants(grants_dir, {"acme": ["get_order"]}))
+    assert grants.table() == {"acme": frozenset({"get_order"})}
+    with caplog.at_level("WARNING", logger="switchboard.serving.gateway"):
+        write_grants(grants_dir, '{"grants": {"acme": "get_order"')
+        for _ in range(3):
+            assert grants.table() == {"acme": frozenset({"get_order"})}
+            assert grants.problem() is None, "ready: the last good table is in force"
+    [warning] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "is not valid" in warning.getMessage()
+    assert "keeping the last good grants" in warning.getMessage()
+    write_grants(grants_dir, {"beta": ["x"]})
+    assert grants.table() == {"beta": frozenset({"x"})}
+
+
+@pytest.mark.parametrize("content", [None, "not json", '{"grants": {"acme": [1]}}'])
+def test_without_a_good_grants_file_every_call_is_refused(
+    content: str | None, tmp_path: Path
+) -> None:
+    """Fail closed: no table to go by (missing or invalid from the start) → 503, not 403 (the
+    gateway cannot tell whether the agent is granted), and the pod is not ready."""
+    from switchboard.serving.gateway.caller_auth import Caller, CallerAuth, Refusal
+    from switchboard.serving.gateway.grants import GrantsFile
+
+    path = tmp_path / "grants" / "grants.json"
+    if content is not None:
+        path = write_grants(path.parent, content)
+    grants = GrantsFile(path)
+
+    def review(token: str) -> dict[str, Any]:
+        user = {"username": "system:serviceaccount:shop:acme-ray"}
+        return {"authenticated": True, "user": user, "audiences": ["switchboard-gateway"]}
+
+    result = asyncio.run(CallerAuth("shop", grants, review).check("t", "get_order"))
+    assert isinstance(result, Refusal)
+    assert (result.status, result.code, result.reason) == (503, "grants_unavailable", "unavailable")
+    assert str(path) in result.message
+    assert grants.problem() is not None
+    # A good file later is used at once.
+    write_grants(path.parent, {"acme": ["get_order"]})
+    assert asyncio.run(CallerAuth("shop", grants, review).check("t", "get_order")) == Caller(
+        "acme", "system:serviceaccount:shop:acme-ray"
+    )
 
 
 def test_tokenreview_without_a_cluster_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:

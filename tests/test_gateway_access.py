@@ -27,6 +27,7 @@ from switchboard.operator.render.access import (
     principal,
     render_authorizationpolicy,
     render_networkpolicy,
+    render_service_account,
 )
 from switchboard.operator.render.names import AGENT_LABEL, ray_service_account_name
 from switchboard.operator.workers import Marks, adapter_references
@@ -201,7 +202,7 @@ def test_adapter_references_are_the_agents_that_reference_it() -> None:
     assert adapter_references(ADAPTER, one) == (("acme", ("x",)),)
     assert adapter_references(ADAPTER, both) == (("acme", ("x",)), ("beta", ("x",)))
     assert adapter_references(ADAPTER, gone) == (("beta", ("x",)),)
-    # A change of the operations granted re-renders the gateway too (its grants table).
+    # A change of the operations granted re-renders the gateway's grants table too.
     more = Lookup.of(
         [
             {
@@ -218,6 +219,35 @@ def test_adapter_references_are_the_agents_that_reference_it() -> None:
         "acme",
         "beta",
     ]
+
+
+def test_an_agent_applies_its_service_account_only_while_the_index_lacks_it() -> None:
+    """Its content depends only on the agent: applied once, not on every reconcile; the
+    index's view of it counts as seen by the reconcile (no second reconcile for its event)."""
+    from switchboard.operator.indexes import ChildView
+    from switchboard.operator.render.names import metadata
+    from switchboard.operator.resources.supportagent import APPLY_ONCE_KINDS, present_children
+
+    parent = Parent("SupportAgent", "acme", NS, uid="u-acme")
+    account = render_service_account(parent)
+    rayservice = {"apiVersion": "ray.io/v1", "kind": "RayService"}
+    rayservice["metadata"] = metadata(parent, "acme", "ray")
+    children = [rayservice, account]
+    assert present_children(Lookup.of([]), parent, children, APPLY_ONCE_KINDS) == (
+        children,
+        frozenset(),
+    )
+    live = [{**child, "metadata": {**child["metadata"], "uid": "u-child"}} for child in children]
+    assert present_children(Lookup.of(live), parent, children, APPLY_ONCE_KINDS) == (
+        [rayservice],  # rendered from the spec: always applied
+        frozenset({ChildView.of(live[1])}),
+    )
+    # Another agent's account is no reason to skip this one's.
+    other = render_service_account(Parent("SupportAgent", "beta", NS, uid="u-beta"))
+    assert present_children(Lookup.of([other]), parent, children, APPLY_ONCE_KINDS) == (
+        children,
+        frozenset(),
+    )
 
 
 def test_an_agent_event_marks_every_adapter_of_its_namespace() -> None:
@@ -250,7 +280,13 @@ def test_validated_adapter_spec_renders_policies_with_the_gateway() -> None:
         next(d for d in example_documents("quickstart") if d.get("kind") == "ToolAdapter")["spec"],
     )
     kinds = [o["kind"] for o in render_adapter(ORDERS, spec)]
-    assert kinds == ["Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy"]
+    assert kinds == [
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+    ]
     kinds = [
         o["kind"] for o in render_adapter(ORDERS, spec, access=GatewayAccess.of(["a"], istio=True))
     ]

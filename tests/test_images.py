@@ -41,13 +41,13 @@ import pytest
 import yaml
 
 from support.manifests import quickstart_documents
-from support.paths import QUICKSTART
+from support.paths import EXAMPLES, QUICKSTART
 from support.ports import free_port
 from switchboard.operator.api.tooladapter import ToolAdapterSpec
 from switchboard.operator.api.validation import validate_spec
 from switchboard.operator.main import in_cluster_server
 from switchboard.operator.render import Parent
-from switchboard.operator.render.gateway import render_deployment
+from switchboard.operator.render.gateway import render_deployment, render_grants
 from switchboard.serving.config import GATEWAY_CONFIG_ENV
 from switchboard.serving.demo import SAMPLE_ORDERS, start_demo_systems
 
@@ -58,6 +58,7 @@ IMAGES = {
     name: f"localhost/switchboard/{name}:{VERSION}"
     for name in ("switchboard-operator", "tool-gateway", "agent-runtime")
 }
+EXAMPLES_NLU = EXAMPLES / "nlu"
 GRACE_SECONDS = 30  # the chart's and the rendered pods' terminationGracePeriodSeconds
 OPERATOR_BUDGET_BYTES = 250 * 1000 * 1000
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -392,7 +393,8 @@ def test_gateway_image_serves_an_operation_read_only_with_the_mounted_secret(
     )
     spec = validate_spec(ToolAdapterSpec, adapter["spec"])
     secret = next(d for d in docs if d["metadata"]["name"] == spec.credentials.secret_ref)
-    deployment = render_deployment(Parent("ToolAdapter", "orders", "shop"), spec)
+    parent = Parent("ToolAdapter", "orders", "shop")
+    deployment = render_deployment(parent, spec)
     pod = deployment["spec"]["template"]["spec"]
     spec_container = pod["containers"][0]
     secret_volume_spec = next(v for v in pod["volumes"] if "secret" in v)
@@ -400,6 +402,15 @@ def test_gateway_image_serves_an_operation_read_only_with_the_mounted_secret(
         tmp_path / "credentials",
         secret["stringData"],
         secret_volume_spec["secret"]["defaultMode"],
+        pod["securityContext"]["fsGroup"],
+    )
+    # The grants ConfigMap as the kubelet mounts it (default mode 0644); unread below, where
+    # callers are not checked, but the pod mounts it.
+    grants_volume_spec = next(v for v in pod["volumes"] if "configMap" in v)
+    grants = secret_volume(
+        tmp_path / "grants",
+        render_grants(parent, {"acme": ["get_order"]})["data"],
+        0o644,
         pod["securityContext"]["fsGroup"],
     )
     port = free_port()
@@ -412,7 +423,8 @@ def test_gateway_image_serves_an_operation_read_only_with_the_mounted_secret(
         assert config["caller_auth"] == "tokenreview"
         config["caller_auth"] = "none"
         env[GATEWAY_CONFIG_ENV] = json.dumps(config)
-        flags = pod_flags(pod, spec_container, {secret_volume_spec["name"]: credentials})
+        volumes = {secret_volume_spec["name"]: credentials, grants_volume_spec["name"]: grants}
+        flags = pod_flags(pod, spec_container, volumes)
         command = [*spec_container["command"], "--host=127.0.0.1", f"--port={port}"]
         with container(
             f"switchboard-gateway-test-{os.getpid()}",
@@ -522,3 +534,67 @@ def test_runtime_image_serves_the_quickstart_with_its_model_from_s3(
     assert "SIGTERM received" not in logs and "Traceback" not in logs, logs[-4000:]
     # `podman logs` gives stdout, then stderr: the last line of stdout says it stopped.
     assert "stopping...\n" in logs and "\nstopped\n" in logs, logs[-2000:]
+
+
+def test_runtime_image_runs_a_retraining_run_as_its_rayjob_says(
+    s3_server: Any, demo_nlu_model: Path
+) -> None:
+    """The entrypoint of a ModelTraining's RayJob, run in the runtime image with the RayJob's
+    environment (Secret references resolved as the kubelet would): the candidate and the report
+    land in the bucket. The operator's side of a run is tests/test_training_envtest.py."""
+    from support.corrections import corrections_jsonl
+    from switchboard.operator.api.modeltraining import ModelTrainingSpec
+    from switchboard.operator.api.supportagent import SupportAgentSpec
+    from switchboard.operator.render.training import render_rayjob
+    from switchboard.serving.training_report import TrainingReport
+
+    base = s3_server.put("image/intents.csv", (EXAMPLES_NLU / "ecommerce-intents.csv").read_bytes())
+    heldout = s3_server.put(
+        "image/heldout.csv", (EXAMPLES_NLU / "ecommerce-heldout.csv").read_bytes()
+    )
+    feedback = s3_server.put("image/feedback/1.jsonl", corrections_jsonl())
+    s3_server.push_model(demo_nlu_model, "s3://models/image/current")
+    storage = {"endpoint": s3_server.endpoint, "credentialsSecretRef": {"name": "storage"}}
+    training = validate_spec(
+        ModelTrainingSpec,
+        {
+            "agentRef": "shop",
+            "data": {"baseUri": base, "heldoutUri": heldout},
+            "feedback": {"uris": [feedback.rsplit("/", 1)[0] + "/"]},
+            "outputPrefix": "s3://models/image/runs",
+            "storage": storage,
+            "gate": {"minHeldoutRows": 60},
+            "rollout": {"weight": 0},
+        },
+    )
+    agent = validate_spec(
+        SupportAgentSpec,
+        {"nlu": {"modelUri": "s3://models/image/current"}, "modelStorage": storage},
+    )
+    job = render_rayjob(
+        Parent("ModelTraining", "shop-nlu", "shop"), training, "image-run",
+        "s3://models/image/current", agent,
+    )  # fmt: skip
+    secret = {"accessKeyId": s3_server.access_key, "secretAccessKey": s3_server.secret_key}
+    worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    env_flags: list[str] = []
+    for var in worker["containers"][0]["env"]:
+        value = var.get("value") or secret[var["valueFrom"]["secretKeyRef"]["key"]]
+        env_flags += ["--env", f"{var['name']}={value}"]
+    started = time.monotonic()
+    output = podman(
+        "run", "--rm", *RUN_FLAGS, "--tmpfs", "/tmp:rw,size=2g,mode=1777", *env_flags,
+        "--entrypoint", "/bin/bash", image("agent-runtime"), "-c", job["spec"]["entrypoint"],
+        timeout=900,
+    )  # fmt: skip
+    record_start("agent-runtime", "retraining run finished", time.monotonic() - started)
+    headline = json.loads(output.strip().splitlines()[-1])
+    assert headline["run"] == "image-run", output
+    report = TrainingReport.model_validate_json(
+        s3_server.object_path("models", "image/runs/image-run/report.json").read_text()
+    )
+    assert report.candidate_uri == "s3://models/image/runs/image-run/model"
+    assert report.device == "cpu" and report.heldout.rows == 76
+    assert report.data.corrections == 4
+    assert report.candidate.accuracy == headline["candidate_accuracy"]
+    assert s3_server.object_path("models", "image/runs/image-run/model/manifest.json").is_file()

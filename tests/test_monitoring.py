@@ -54,6 +54,7 @@ SEVERITIES = {"critical", "warning", "info"}
 ALERTS = {
     "SwitchboardAgentNotReady",
     "SwitchboardRolloutFailed",
+    "SwitchboardTrainingFailed",
     "SwitchboardEscalationRateSpike",
     "SwitchboardChatTurnsFailing",
     "SwitchboardToolErrorRate",

@@ -655,17 +655,36 @@ def test_gateway_admits_exactly_the_agents_that_reference_it(
     def callers_are(adapter: str, expected: list[str]) -> bool:
         return gateway_callers(cluster, ns, adapter) == expected
 
+    def granted(adapter: str) -> list[str] | None:
+        grants = cluster.get("v1", "ConfigMap", ns, f"{adapter}-gateway-grants")
+        return (
+            None if grants is None else sorted(json.loads(grants["data"]["grants.json"])["grants"])
+        )
+
     cluster.wait_for("orders admits acme", lambda: callers_are("orders", ["acme"]))
     cluster.wait_for("ticketing admits both", lambda: callers_are("ticketing", ["acme", "beta"]))
+    cluster.wait_for("orders grants acme", lambda: granted("orders") == ["acme"])
     adapter = cluster.get(f"{GROUP}/{VERSION}", "ToolAdapter", ns, "orders")
     policy = cluster.get("networking.k8s.io/v1", "NetworkPolicy", ns, "orders-gateway")
-    assert adapter is not None and policy is not None
+    grants = cluster.get("v1", "ConfigMap", ns, "orders-gateway-grants")
+    assert adapter is not None and policy is not None and grants is not None
     assert owned_by(policy, adapter) and applied_by_switchboard(policy)
+    assert owned_by(grants, adapter) and applied_by_switchboard(grants)
+    gateway = cluster.get("apps/v1", "Deployment", ns, "orders-gateway")
+    assert gateway is not None
     # The agents' pods run as their own ServiceAccount, which the agent owns. (`beta`, whose
     # intents use operations of `orders` it is not granted yet, renders nothing: the gateways
     # follow what agents reference, valid or not.)
     account = cluster.get("v1", "ServiceAccount", ns, "acme-ray")
     assert account is not None and owned_by(account, cluster.agent(ns, "acme"))
+    # Applied once, not on every reconcile; deleted, it is applied again.
+    cluster.delete("v1", "ServiceAccount", ns, "acme-ray")
+
+    def recreated() -> bool:
+        again = cluster.get("v1", "ServiceAccount", ns, "acme-ray")
+        return again is not None and again["metadata"]["uid"] != account["metadata"]["uid"]
+
+    cluster.wait_for("acme-ray re-created", recreated)
 
     def principals() -> list[str] | None:
         ap = cluster.get("security.istio.io/v1", "AuthorizationPolicy", ns, "orders-gateway")
@@ -687,11 +706,20 @@ def test_gateway_admits_exactly_the_agents_that_reference_it(
     )
     cluster.wait_for("orders admits both", lambda: callers_are("orders", ["acme", "beta"]))
     cluster.wait_for("orders' principals: both", lambda: len(principals() or []) == 2)
+    cluster.wait_for("orders grants both", lambda: granted("orders") == ["acme", "beta"])
+    # Only the grants changed: the gateway's pods were not rolled for a new agent.
+    again = cluster.get("apps/v1", "Deployment", ns, "orders-gateway")
+    assert again is not None
+    assert again["metadata"]["generation"] == gateway["metadata"]["generation"]
 
     cluster.delete(f"{GROUP}/{VERSION}", "SupportAgent", ns, "beta")
     cluster.wait_for("orders admits acme again", lambda: callers_are("orders", ["acme"]))
     cluster.wait_for("ticketing admits acme again", lambda: callers_are("ticketing", ["acme"]))
     assert principals() == [f"cluster.local/ns/{ns}/sa/acme-ray"]
+    cluster.wait_for("orders grants acme again", lambda: granted("orders") == ["acme"])
+    # A deleted grants table is re-created by its adapter.
+    cluster.delete("v1", "ConfigMap", ns, "orders-gateway-grants")
+    cluster.wait_for("orders' grants re-created", lambda: granted("orders") == ["acme"])
 
 
 def test_no_forbidden_call_under_the_charts_role(

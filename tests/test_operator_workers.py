@@ -99,10 +99,17 @@ def run_worker(
     steps: list[Callable[[Marks, World], None]],
     reconcile: Callable[[dict[str, Any]], Outcome] | None = None,
     interval: float = 3600.0,
+    refreshed: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Start the agent's worker, then run each step (a change and a mark) and let the worker
-    settle; the bodies it reconciled, in order."""
+    settle; the bodies it reconciled in full, in order (with `refreshed`, the worker refreshes
+    too, and the bodies it refreshed go there)."""
     reconciled: list[dict[str, Any]] = []
+
+    def refresh(body: dict[str, Any]) -> Outcome:
+        assert refreshed is not None
+        refreshed.append(body)
+        return Outcome("ready", True, True)
 
     def record(body: dict[str, Any]) -> Outcome:
         reconciled.append(body)
@@ -127,6 +134,7 @@ def run_worker(
                 references=agent_references,
                 interval=interval,
                 logger=logging.getLogger("test"),
+                refresh=refresh if refreshed is not None else None,
             )
             task = asyncio.create_task(worker.run(stop))
             await asyncio.sleep(0.05)
@@ -181,6 +189,85 @@ def test_what_makes_a_worker_reconcile(
 ) -> None:
     world = World(agent(), adapter(), adapter("billing"))
     assert len(run_worker(world, steps)) == reconciles, case
+
+
+def renamed(obj: dict[str, Any], **meta: Any) -> dict[str, Any]:
+    return {**obj, "metadata": {**obj["metadata"], **meta}}
+
+
+@pytest.mark.parametrize(
+    ("case", "steps", "full", "refreshes"),
+    [
+        ("a child's new status only refreshes", [change(rayservice("Running"))], 1, 1),
+        (
+            "and so does the next one",
+            [change(rayservice("Running")), change(rayservice("Failed"))],
+            1,
+            2,
+        ),
+        (
+            "someone else's edit of the child (a new generation) reconciles in full",
+            [change(renamed(rayservice("Running"), generation=2))],
+            2,
+            0,
+        ),
+        (
+            "a re-created child (a new uid) reconciles in full",
+            [change(renamed(rayservice(), uid="r2"))],
+            2,
+            0,
+        ),
+        ("a spec edit reconciles in full", [change(agent(generation=2))], 2, 0),
+        ("an adapter's change reconciles in full", [change(adapter(ready=False))], 2, 0),
+        ("a forced mark reconciles in full", [forced], 2, 0),
+    ],
+)
+def test_a_childs_status_alone_only_refreshes(
+    case: str, steps: list[Callable[[Marks, World], None]], full: int, refreshes: int
+) -> None:
+    """What the worker last applied stands when only its controller's report changed: the
+    reconcile then applies nothing the index shows (supportagent's `refresh`)."""
+    world = World(agent(), adapter())
+    refreshed: list[dict[str, Any]] = []
+    assert len(run_worker(world, steps, refreshed=refreshed)) == full, case
+    assert len(refreshed) == refreshes, case
+
+
+def test_refreshes_never_postpone_the_full_reconcile() -> None:
+    world = World(agent(), adapter())
+    refreshed: list[dict[str, Any]] = []
+    statuses = [change(rayservice(s)) for s in ("A", "B", "C", "D", "E", "F")]
+    reconciled = run_worker(world, statuses, interval=0.12, refreshed=refreshed)
+    assert refreshed and len(reconciled) >= 2
+
+
+def test_no_refresh_after_a_failed_reconcile() -> None:
+    """What failed to apply must be applied again, not taken as standing."""
+    world = World(agent(), adapter())
+    refreshed: list[dict[str, Any]] = []
+
+    def failing(body: dict[str, Any]) -> Outcome:
+        raise Retry("503 unavailable", delay=3600)
+
+    steps = [change(rayservice("Running"))]
+    assert len(run_worker(world, steps, reconcile=failing, refreshed=refreshed)) == 2
+    assert refreshed == []
+
+
+def test_a_child_the_index_does_not_show_yet_is_no_news() -> None:
+    """A child's watch event can lag far behind its apply's answer (and a kind no index shows
+    never comes): its absence meanwhile, and its arrival as applied, cost no reconcile."""
+    world = World(agent(), adapter())
+    account = renamed(rayservice(), name="acme-ray", uid="s1")
+    account["kind"] = "ServiceAccount"
+
+    def applies_an_account(body: dict[str, Any]) -> Outcome:
+        world.objects.setdefault(("RayService", "acme"), rayservice())
+        views = {ChildView.of(world.objects[("RayService", "acme")]), ChildView.of(account)}
+        return Outcome("progressing", False, True, frozenset(views))
+
+    echo = change(account)
+    assert len(run_worker(world, [mark_only, mark_only, echo], applies_an_account)) == 1
 
 
 def test_the_deadline_reconciles_when_nothing_marks() -> None:

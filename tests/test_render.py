@@ -43,6 +43,7 @@ from switchboard.operator.api.supportagent import SupportAgentSpec
 from switchboard.operator.api.tooladapter import ToolAdapterSpec
 from switchboard.operator.api.validation import SpecError, validate_spec
 from switchboard.operator.render import (
+    GatewayAccess,
     Parent,
     RenderError,
     render_adapter,
@@ -52,6 +53,7 @@ from switchboard.operator.render import (
 from switchboard.operator.render.names import (
     ADAPTER_LABEL,
     AGENT_LABEL,
+    TRAINING_LABEL,
     gateway_name,
     revision_app_name,
     serve_service_name,
@@ -77,12 +79,14 @@ EXAMPLE_SETS: dict[str, tuple[str, ...]] = {
     "gpu-llm": ("quickstart", "gpu-llm"),
     "rollout": ("quickstart", "rollout"),
     "secure": ("secure",),
+    "retraining": ("retraining",),
 }
 # The last Kubernetes that serves `autoscaling/v2beta2`.
 K8S_WITH_HPA_V2BETA2 = "1.25.0"
 # Validated against the upstream CRDs (tests/support/schemas.py CRD_FILES, from ../shared).
 UPSTREAM_KINDS = {
     ("ray.io/v1", "RayService"),
+    ("ray.io/v1", "RayJob"),
     ("networking.istio.io/v1", "VirtualService"),
     ("security.istio.io/v1", "RequestAuthentication"),
     ("security.istio.io/v1", "AuthorizationPolicy"),
@@ -94,6 +98,7 @@ BUILTIN_KINDS = {
     ("autoscaling/v2beta2", "HorizontalPodAutoscaler"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
     ("v1", "ServiceAccount"),
+    ("v1", "ConfigMap"),
 }
 
 
@@ -117,6 +122,8 @@ def parent_of(obj: dict[str, Any]) -> tuple[str, str]:
     labels = obj["metadata"]["labels"]
     if AGENT_LABEL in labels:
         return "SupportAgent", labels[AGENT_LABEL]
+    if TRAINING_LABEL in labels:
+        return "ModelTraining", labels[TRAINING_LABEL]
     return "ToolAdapter", labels[ADAPTER_LABEL]
 
 
@@ -372,8 +379,9 @@ def test_cli_render_matches_golden_files() -> None:
     assert [object_id(o) for o in printed] == [object_id(o) for o in golden]
 
     def gateway_access(obj: dict[str, Any]) -> bool:
-        # The gateway's Deployment too: its config carries the grants of the referencing agents.
-        policy = obj["kind"] in ("NetworkPolicy", "AuthorizationPolicy", "Deployment")
+        # The gateway's grants ConfigMap too: it carries the referencing agents' grants (the
+        # Deployment does not: it stays the same whoever references the adapter).
+        policy = obj["kind"] in ("NetworkPolicy", "AuthorizationPolicy", "ConfigMap")
         return policy and parent_of(obj)[0] == "ToolAdapter"
 
     assert [o for o in printed if not gateway_access(o)] == [
@@ -382,9 +390,8 @@ def test_cli_render_matches_golden_files() -> None:
     # The quickstart's gateways admit examples/gpu-llm's agent too (it references them); the
     # quickstart golden, rendered alone, shows its own agent only.
     for obj in filter(gateway_access, printed):
-        if obj["kind"] == "Deployment":
-            [env] = obj["spec"]["template"]["spec"]["containers"][0]["env"]
-            grants = json.loads(env["value"])["grants"]
+        if obj["kind"] == "ConfigMap":
+            grants = json.loads(obj["data"][contract.GATEWAY_GRANTS_KEY])["grants"]
             assert {"acme", "acme-llm"} <= set(grants), object_id(obj)
             continue
         text = json.dumps(obj["spec"])
@@ -1065,7 +1072,18 @@ def test_gateway_deployment(adapter: str, secret: str | None) -> None:
     assert pod["automountServiceAccountToken"] is True
     config = contract.ToolGatewayConfig.model_validate_json(container["env"][0]["value"])
     assert config.caller_auth == "tokenreview"
-    assert config.grants == {}, "rendered without access: no agent is granted anything"
+    # The grants come from the mounted ConfigMap (rendered without access: nobody granted).
+    assert config.grants == {} and config.grants_file == contract.GATEWAY_GRANTS_FILE
+    grants = gateway_objects(adapter)["ConfigMap"]
+    assert grants["metadata"]["name"] == f"{gateway_name(adapter)}-grants"
+    assert json.loads(grants["data"][contract.GATEWAY_GRANTS_KEY]) == {"grants": {}}
+    [volume] = [v for v in pod["volumes"] if "configMap" in v]
+    assert volume["configMap"] == {"name": grants["metadata"]["name"]}
+    assert mounts_of(container)[volume["name"]] == {
+        "name": volume["name"],
+        "mountPath": contract.GATEWAY_GRANTS_DIR,
+        "readOnly": True,
+    }
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
@@ -1094,6 +1112,33 @@ def test_gateway_deployment(adapter: str, secret: str | None) -> None:
     ]
     if secret:
         assert secret not in env_of(container)[contract.GATEWAY_CONFIG_ENV]["value"]
+
+
+def mounts_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for m in container["volumeMounts"]}
+
+
+def test_agents_coming_and_going_change_the_grants_not_the_deployment() -> None:
+    """The regression of BENCHMARKS.md: every new agent rolled the gateway. Now only the
+    ConfigMap the pods mount changes, and the gateway re-reads it (test_gateway.py)."""
+    parent = Parent("ToolAdapter", "orders", NAMESPACE, uid="u-1")
+    spec = validate_spec(ToolAdapterSpec, ADAPTER_SPECS["orders"])
+
+    def rendered(grants: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+        access = GatewayAccess.of(grants, grants=grants)
+        return {o["kind"]: o for o in render_adapter(parent, spec, access=access)}
+
+    none, one = rendered({}), rendered({"acme": ["get_order"]})
+    two = rendered({"acme": ["get_order"], "beta": ["get_order", "cancel_order"]})
+    assert none["Deployment"] == one["Deployment"] == two["Deployment"]
+    tables = [json.loads(r["ConfigMap"]["data"][contract.GATEWAY_GRANTS_KEY]) for r in (one, two)]
+    assert tables == [
+        {"grants": {"acme": ["get_order"]}},
+        {"grants": {"acme": ["get_order"], "beta": ["cancel_order", "get_order"]}},
+    ]
+    # Owned by the adapter, so it goes with it; applied before the pods that mount it.
+    assert two["ConfigMap"]["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert [o["kind"] for o in render_adapter(parent, spec)][:2] == ["ConfigMap", "Deployment"]
 
 
 @pytest.mark.parametrize("adapter", sorted(ADAPTER_SPECS))
@@ -1274,8 +1319,9 @@ def test_owner_references(uid: str | None) -> None:
     children = render_agent(agent_parent, spec, adapters()) + render_adapter(
         adapter_parent, adapters()["orders"]
     )
-    assert len(children) == 7  # RayService, VirtualService, ServiceAccount; gateway's 3 + policy
-    for child, parent in zip(children, [agent_parent] * 3 + [adapter_parent] * 4, strict=True):
+    # RayService, VirtualService, ServiceAccount; the gateway's grants and 3 + policy.
+    assert len(children) == 8
+    for child, parent in zip(children, [agent_parent] * 3 + [adapter_parent] * 5, strict=True):
         meta = child["metadata"]
         assert meta["namespace"] == NAMESPACE
         if uid is None:
@@ -1311,7 +1357,9 @@ def test_labels(oid: str, obj: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     "obj",
-    rendered_of("RayService", "VirtualService", "RequestAuthentication", "AuthorizationPolicy"),
+    rendered_of(
+        "RayService", "RayJob", "VirtualService", "RequestAuthentication", "AuthorizationPolicy"
+    ),
 )
 def test_custom_kinds_match_upstream_crds(obj: dict[str, Any], schemas: Any) -> None:
     assert schemas.crd_errors(obj) == []
@@ -1322,7 +1370,12 @@ def test_custom_kinds_match_upstream_crds(obj: dict[str, Any], schemas: Any) -> 
 @pytest.mark.parametrize(
     "obj",
     rendered_of(
-        "Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy", "ServiceAccount"
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+        "ServiceAccount",
+        "ConfigMap",
     ),
 )
 def test_builtin_kinds_match_kubernetes_schemas(

@@ -18,10 +18,11 @@ from pydantic_core import core_schema
 from .. import yamlio
 from .base import GROUP, VERSION, ApiModel
 from .modelrollout import ModelRollout
+from .modeltraining import ModelTraining
 from .supportagent import SupportAgent
 from .tooladapter import ToolAdapter
 
-KINDS: tuple[type[ApiModel], ...] = (SupportAgent, ToolAdapter, ModelRollout)
+KINDS: tuple[type[ApiModel], ...] = (SupportAgent, ToolAdapter, ModelRollout, ModelTraining)
 CATEGORY = "switchboard"
 
 
@@ -69,6 +70,20 @@ PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
         _condition_column("Ready", "status", priority=1),
         _condition_column("Reason", "reason", priority=1),
         {"name": "Step", "type": "integer", "jsonPath": ".status.stepIndex", "priority": 1},
+        _condition_column("Message", "message", priority=1),
+    ],
+    "ModelTraining": [
+        {"name": "Agent", "type": "string", "jsonPath": ".spec.agentRef"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Last Run", "type": "date", "jsonPath": ".status.lastRun.finishedAt"},
+        {"name": "Result", "type": "string", "jsonPath": ".status.lastRun.result"},
+        {"name": "Current", "type": "number", "jsonPath": ".status.lastRun.currentAccuracy"},
+        {"name": "Candidate", "type": "number", "jsonPath": ".status.lastRun.candidateAccuracy"},
+        _AGE,
+        {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule", "priority": 1},
+        {"name": "Next", "type": "date", "jsonPath": ".status.nextScheduleTime", "priority": 1},
+        {"name": "Running", "type": "string", "jsonPath": ".status.active.name", "priority": 1},
+        _condition_column("Reason", "reason", priority=1),
         _condition_column("Message", "message", priority=1),
     ],
 }

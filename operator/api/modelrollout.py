@@ -138,8 +138,9 @@ class HeaderMatch(ApiModel):
     """RE2 regular expression the value must match."""
 
 
-class ModelRolloutSpec(ApiModel):
-    """Desired state of a ModelRollout."""
+class RolloutStrategy(ApiModel):
+    """How a candidate takes traffic: a manual weight or progressive steps, and its testers.
+    A ModelTraining opens its rollouts with one (`spec.rollout`)."""
 
     cel_rules = (
         CelRule(
@@ -148,12 +149,6 @@ class ModelRolloutSpec(ApiModel):
         ),
     )
 
-    agent_ref: ObjectName
-    """Name of the SupportAgent in the same namespace."""
-    component: Literal["nlu", "llm"]
-    """Which model of the agent the candidate replaces."""
-    candidate: CandidateModel
-    """The new model."""
     weight: int | None = Field(default=None, ge=0, le=100)
     """Manual mode: percent of traffic sent to the candidate."""
     progressive: ProgressiveSpec | None = None
@@ -164,6 +159,17 @@ class ModelRolloutSpec(ApiModel):
     """`istio` splits in the VirtualService; `none` lets the agent's Serve router split."""
     paused: bool = False
     """Hold the current weight; set false to resume."""
+
+
+class ModelRolloutSpec(RolloutStrategy):
+    """Desired state of a ModelRollout."""
+
+    agent_ref: ObjectName
+    """Name of the SupportAgent in the same namespace."""
+    component: Literal["nlu", "llm"]
+    """Which model of the agent the candidate replaces."""
+    candidate: CandidateModel
+    """The new model."""
 
 
 class MetricResult(ApiModel):

@@ -11,13 +11,14 @@ from typing import Any
 
 from ..api.base import API_VERSION
 from ..api.modelrollout import ModelRolloutSpec
+from ..api.modeltraining import ModelTrainingSpec
 from ..api.supportagent import SupportAgentSpec
 from ..api.tooladapter import ToolAdapterSpec
 from ..api.validation import SpecError, validate_spec
 from .access import GatewayAccess, Scrapers, render_gateway_access, render_service_account
 from .edge_auth import render_edge_auth
 from .gateway import render_gateway
-from .names import Parent
+from .names import Parent, preview_run_name
 from .rayservice import render_rayservice
 from .rollout import canary_of, initial_weight
 from .serve_config import (
@@ -28,6 +29,7 @@ from .serve_config import (
     istio_verifies,
     traffic,
 )
+from .training import render_rayjob
 from .virtualservice import render_virtualservice
 
 __all__ = [
@@ -77,9 +79,9 @@ def render_adapter(
     hpa_api_version: str = "autoscaling/v2",
     access: GatewayAccess | None = None,
 ) -> list[dict[str, Any]]:
-    """Deployment, Service and HorizontalPodAutoscaler of the adapter's gateway, then its
-    NetworkPolicy and (with Istio) AuthorizationPolicy: who may call it (`access`; none given,
-    no agent may)."""
+    """The grants ConfigMap, Deployment, Service and HorizontalPodAutoscaler of the adapter's
+    gateway, then its NetworkPolicy and (with Istio) AuthorizationPolicy: who may call it, and
+    which operations (`access`; none given, no agent may)."""
     access = access or GatewayAccess()
     return render_gateway(
         parent, spec, hpa_api_version, access.grant_table()
@@ -110,11 +112,13 @@ def render_manifests(
 
     Documents of other kinds (Secrets, ConfigMaps, ...) are skipped; ToolAdapters referenced by
     agents must be among the documents. A ModelRollout renders at its status weight if the
-    manifest has one, else at the weight the operator starts it with.
+    manifest has one, else at the weight the operator starts it with. A ModelTraining renders
+    the RayJob of one run (named `<training>-preview`).
     """
     adapters: dict[tuple[str, str], ToolAdapterSpec] = {}
     agents: dict[tuple[str, str], SupportAgentSpec] = {}
     canaries: dict[tuple[str, str], Canary] = {}
+    trainings: dict[tuple[str, str], ModelTrainingSpec] = {}
     for doc in documents:
         if not doc or doc.get("apiVersion") != API_VERSION:
             continue
@@ -131,6 +135,8 @@ def render_manifests(
                 status_weight = (doc.get("status") or {}).get("currentWeight")
                 weight = initial_weight(rollout) if status_weight is None else int(status_weight)
                 canaries.setdefault((key[0], rollout.agent_ref), canary_of(rollout, weight))
+            elif doc.get("kind") == "ModelTraining":
+                trainings[key] = validate_spec(ModelTrainingSpec, doc.get("spec"))
         except SpecError as exc:
             raise RenderError(f"{where}: {exc}") from None
     rendered: list[dict[str, Any]] = []
@@ -151,4 +157,17 @@ def render_manifests(
             rendered += render_agent(parent, agent_spec, in_namespace, canary)
         except UnresolvedReference as exc:
             raise RenderError(f"SupportAgent {namespace}/{name}: {exc.message}") from None
+    for (namespace, name), training in sorted(trainings.items()):
+        # The RayJob of one run as it would start now (the operator names each run after its
+        # scheduled time or request); its agent must be among the documents.
+        trained = agents.get((namespace, training.agent_ref))
+        if trained is None:
+            raise RenderError(
+                f"ModelTraining {namespace}/{name}: SupportAgent {training.agent_ref} is not "
+                "among the documents"
+            )
+        parent = Parent("ModelTraining", name, namespace)
+        rendered.append(
+            render_rayjob(parent, training, preview_run_name(name), trained.nlu.model_uri, trained)
+        )
     return rendered

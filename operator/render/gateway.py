@@ -1,4 +1,5 @@
-"""ToolAdapter → tool-gateway `Deployment`, `Service` and `HorizontalPodAutoscaler`.
+"""ToolAdapter → tool-gateway `Deployment`, `Service` and `HorizontalPodAutoscaler`, and the
+`ConfigMap` of its grants table.
 
 The adapter's Secret is mounted here and nowhere else: the agents reach business systems only
 through this gateway, so credentials never enter the Ray cluster.
@@ -6,22 +7,24 @@ through this gateway, so credentials never enter the Ray cluster.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from switchboard.serving import config as contract
 
 from ..api.tooladapter import ToolAdapterSpec
-from .names import ADAPTER_LABEL, Parent, gateway_name, metadata
+from .names import ADAPTER_LABEL, Parent, gateway_grants_name, gateway_name, metadata
 
 HPA_API_VERSIONS = ("autoscaling/v2", "autoscaling/v2beta2")
 NONROOT_UID = 65532
 
 
 def gateway_config(
-    parent: Parent, spec: ToolAdapterSpec, grants: dict[str, list[str]] | None = None
+    parent: Parent, spec: ToolAdapterSpec, check_callers: bool = False
 ) -> contract.ToolGatewayConfig:
-    """`grants` (agent → operations): the gateway verifies every caller's ServiceAccount token
-    and checks it against them; None (a local run, no cluster to ask): callers are not checked."""
+    """`check_callers`: the gateway verifies every caller's ServiceAccount token and checks it
+    against the grants file mounted from `render_grants`; off (a local run, no cluster to ask):
+    callers are not checked."""
     return contract.ToolGatewayConfig(
         adapter=parent.name,
         namespace=parent.namespace,
@@ -57,8 +60,8 @@ def gateway_config(
             requests_per_second=spec.rate_limit.requests_per_second, burst=spec.rate_limit.burst
         ),
         idempotency_header=spec.idempotency.header_name if spec.idempotency.enabled else None,
-        caller_auth="none" if grants is None else "tokenreview",
-        grants={agent: sorted(set(ops)) for agent, ops in sorted((grants or {}).items())},
+        caller_auth="tokenreview" if check_callers else "none",
+        grants_file=contract.GATEWAY_GRANTS_FILE if check_callers else None,
     )
 
 
@@ -67,17 +70,37 @@ def gateway_selector(parent: Parent) -> dict[str, str]:
     return {"app.kubernetes.io/name": "tool-gateway", ADAPTER_LABEL: parent.name}
 
 
-def render_deployment(
-    parent: Parent, spec: ToolAdapterSpec, grants: dict[str, list[str]] | None = None
-) -> dict[str, Any]:
-    """`grants`: agent → the operations it may call (none given: no agent may call any)."""
+def render_grants(parent: Parent, grants: Mapping[str, Iterable[str]]) -> dict[str, Any]:
+    """The gateway's grants table (agent → the operations it may call; an agent not in it may
+    call none) as a ConfigMap its pods mount. A file, not the config in the pod template:
+    agents coming and going must not roll the gateway (BENCHMARKS.md "Regression fixed")."""
+    table = contract.GatewayGrants(
+        grants={agent: sorted(set(ops)) for agent, ops in sorted(grants.items())}
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(parent, gateway_grants_name(parent.name), "tool-gateway"),
+        "data": {contract.GATEWAY_GRANTS_KEY: table.model_dump_json()},
+    }
+
+
+def render_deployment(parent: Parent, spec: ToolAdapterSpec) -> dict[str, Any]:
+    """The gateway pods, checking callers against the grants mounted from `render_grants`."""
     name = gateway_name(parent.name)
     meta = metadata(parent, name, "tool-gateway")
     # Not exclude_none: `idempotency_header: null` means "disabled"; dropped, the gateway would
     # read the default header and retry mutating calls the system cannot deduplicate.
-    config = gateway_config(parent, spec, grants or {}).model_dump_json()
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}]
-    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    config = gateway_config(parent, spec, check_callers=True).model_dump_json()
+    # The whole directory, not a subPath: only a directory mount follows ConfigMap updates.
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
+        {"name": "grants", "configMap": {"name": gateway_grants_name(parent.name)}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "grants", "mountPath": contract.GATEWAY_GRANTS_DIR, "readOnly": True},
+    ]
     if spec.credentials.secret_ref:
         # Mounted files follow Secret rotation without a restart; env vars would not.
         volumes.append(
@@ -222,10 +245,12 @@ def render_gateway(
     parent: Parent,
     spec: ToolAdapterSpec,
     hpa_api_version: str,
-    grants: dict[str, list[str]] | None = None,
+    grants: Mapping[str, Iterable[str]] | None = None,
 ) -> list[dict[str, Any]]:
+    """The grants first: the gateway pods cannot start before the ConfigMap they mount exists."""
     return [
-        render_deployment(parent, spec, grants),
+        render_grants(parent, grants or {}),
+        render_deployment(parent, spec),
         render_service(parent),
         render_hpa(parent, spec, hpa_api_version),
     ]

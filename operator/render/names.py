@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from ..api.base import API_VERSION
@@ -17,6 +18,14 @@ MANAGED_BY = "switchboard"
 AGENT_LABEL = "switchboard.dev/agent"
 ADAPTER_LABEL = "switchboard.dev/tool-adapter"
 REVISION_LABEL = "switchboard.dev/revision"
+TRAINING_LABEL = "switchboard.dev/model-training"
+# The label naming the parent object on each child, by the parent's kind.
+OWN_LABELS = {
+    "SupportAgent": AGENT_LABEL,
+    "ToolAdapter": ADAPTER_LABEL,
+    "ModelTraining": TRAINING_LABEL,
+}
+APP_NAMES = {"ToolAdapter": "tool-gateway", "ModelTraining": "model-training"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,11 @@ class Parent:
 def gateway_name(adapter: str) -> str:
     """Deployment, Service and HPA of a ToolAdapter."""
     return f"{adapter}-gateway"
+
+
+def gateway_grants_name(adapter: str) -> str:
+    """The ConfigMap holding a ToolAdapter's grants table, which its gateway pods mount."""
+    return f"{gateway_name(adapter)}-grants"
 
 
 def ray_service_account_name(agent: str) -> str:
@@ -66,14 +80,13 @@ def service_url(name: str, namespace: str, port: int) -> str:
 
 def labels(parent: Parent, component: str) -> dict[str, str]:
     """Recommended `app.kubernetes.io/*` labels plus the parent's own label."""
-    own_label = AGENT_LABEL if parent.kind == "SupportAgent" else ADAPTER_LABEL
     return {
-        "app.kubernetes.io/name": "tool-gateway" if parent.kind == "ToolAdapter" else "agent",
+        "app.kubernetes.io/name": APP_NAMES.get(parent.kind, "agent"),
         "app.kubernetes.io/instance": parent.name,
         "app.kubernetes.io/component": component,
         "app.kubernetes.io/part-of": "switchboard",
         "app.kubernetes.io/managed-by": MANAGED_BY,
-        own_label: parent.name,
+        OWN_LABELS[parent.kind]: parent.name,
     }
 
 
@@ -101,6 +114,28 @@ def metadata(parent: Parent, name: str, component: str) -> dict[str, Any]:
 def customer_auth_name(agent: str) -> str:
     """RequestAuthentication and AuthorizationPolicy checking an agent's customers' tokens."""
     return f"{agent}-customer-auth"
+
+
+def scheduled_run_name(training: str, when: datetime) -> str:
+    """The run of a ModelTraining due at the scheduled time `when`: its RayJob, its output
+    folder and its status record. Derived from what made it due (here the time, for a run by hand
+    the request), so a reconcile retried after a crash finds the RayJob it created instead of
+    starting a second run. Short: KubeRay derives pod names from it (63 characters at most)."""
+    return f"{_run_prefix(training)}-s{when.astimezone(UTC):%Y%m%d-%H%M}"
+
+
+def manual_run_name(training: str, request: str) -> str:
+    """The run asked for by hand with the annotation value `request` (see scheduled_run_name)."""
+    return f"{_run_prefix(training)}-m{hashlib.sha256(request.encode()).hexdigest()[:10]}"
+
+
+def preview_run_name(training: str) -> str:
+    """The run `switchboard render` shows: offline there is no clock or request to name it by."""
+    return f"{_run_prefix(training)}-preview"
+
+
+def _run_prefix(training: str) -> str:
+    return training[:30].rstrip("-.")
 
 
 def ray_pod_labels(agent: str) -> dict[str, str]:

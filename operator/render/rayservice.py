@@ -30,7 +30,7 @@ HEAD_PORTS = [
 WORKER_PORTS = [{"name": "metrics", "containerPort": 8080}]
 
 
-def _resources(res: ResourceRequirements, gpus: int = 0) -> dict[str, Any]:
+def container_resources(res: ResourceRequirements, gpus: int = 0) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for section, values in (("requests", dict(res.requests)), ("limits", dict(res.limits))):
         if gpus:
@@ -92,7 +92,7 @@ def _worker_group(
     parent: Parent, group: str, image: str, pool: WorkerPool, runtime: PodRuntime, gpus: int = 0
 ) -> dict[str, Any]:
     container = _container(
-        "ray-worker", image, _resources(pool.resources, gpus), runtime, WORKER_PORTS
+        "ray-worker", image, container_resources(pool.resources, gpus), runtime, WORKER_PORTS
     )
     return {
         "groupName": group,
@@ -114,7 +114,11 @@ def render_rayservice(
 ) -> dict[str, Any]:
     runtime = pod_runtime(spec, [canary.model_uri] if canary else [])
     head = _container(
-        "ray-head", spec.ray.image, _resources(spec.ray.head.resources), runtime, HEAD_PORTS
+        "ray-head",
+        spec.ray.image,
+        container_resources(spec.ray.head.resources),
+        runtime,
+        HEAD_PORTS,
     )
     workers = [_worker_group(parent, "cpu", spec.ray.image, spec.worker_pools.cpu, runtime)]
     gpu = spec.worker_pools.gpu

@@ -114,15 +114,15 @@ def pod_runtime(spec: SupportAgentSpec, extra_model_uris: Sequence[str] = ()) ->
         mounts.append({"name": "knowledge-base", "mountPath": KNOWLEDGE_BASE_DIR, "readOnly": True})
     if spec.sessions.redis:
         ref = spec.sessions.redis.url_secret_ref
-        env.append(_secret_env(REDIS_URL_ENV, ref.name, ref.key))
+        env.append(secret_env(REDIS_URL_ENV, ref.name, ref.key))
     if spec.llm and spec.llm.api_key_secret_ref:
         ref = spec.llm.api_key_secret_ref
-        env.append(_secret_env(LLM_API_KEY_ENV, ref.name, ref.key))
+        env.append(secret_env(LLM_API_KEY_ENV, ref.name, ref.key))
     creds = spec.model_storage.credentials_secret_ref if spec.model_storage else None
     if creds:
-        env.append(_secret_env(MODEL_STORAGE_ACCESS_KEY_ENV, creds.name, creds.access_key_id_key))
+        env.append(secret_env(MODEL_STORAGE_ACCESS_KEY_ENV, creds.name, creds.access_key_id_key))
         env.append(
-            _secret_env(MODEL_STORAGE_SECRET_KEY_ENV, creds.name, creds.secret_access_key_key)
+            secret_env(MODEL_STORAGE_SECRET_KEY_ENV, creds.name, creds.secret_access_key_key)
         )
     tokens = spec.handoff.console_tokens_secret
     if tokens:
@@ -233,7 +233,7 @@ def model_storage(spec: SupportAgentSpec, uri: str | None) -> contract.ModelStor
     )
 
 
-def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+def secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 

@@ -25,6 +25,8 @@ class Desired:
 
     status: dict[str, Any]
     children: frozenset[ChildView] = frozenset()
+    requeue_after: float | None = None
+    """Reconcile again this soon even if nothing changes (a scheduled time)."""
 
     @classmethod
     def applied(cls, status: dict[str, Any], live: dict[str, dict[str, Any]]) -> Desired:
@@ -43,6 +45,7 @@ class Outcome:
     ready: bool
     status_written: bool
     children: frozenset[ChildView] = frozenset()
+    requeue_after: float | None = None
 
 
 def build_status(
@@ -145,7 +148,13 @@ def reconcile_object(
     status = desired.status
     written = write_status(kube, body, status, record if transition_events else None, advisories)
     phase = status.get("phase", "")
-    return Outcome(phase.lower() or "unknown", phase == "Ready", written, desired.children)
+    return Outcome(
+        phase.lower() or "unknown",
+        phase == "Ready",
+        written,
+        desired.children,
+        desired.requeue_after,
+    )
 
 
 def apply_failed_status(kind: str, body: dict[str, Any], error: Exception) -> dict[str, Any]:

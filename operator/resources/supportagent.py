@@ -7,6 +7,7 @@ child's or an adapter's change and the drift deadline all run this same function
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from switchboard.serving.config import OOS_INTENT
@@ -14,7 +15,7 @@ from switchboard.serving.config import OOS_INTENT
 from ..api.supportagent import SupportAgentSpec
 from ..api.tooladapter import ToolAdapterSpec
 from ..api.validation import SpecError, validate_spec
-from ..indexes import Lookup
+from ..indexes import ChildView, Lookup
 from ..kube import Kube
 from ..models import ModelUnreadable, model_labels
 from ..render import Parent, UnresolvedReference, render_agent, revision_traffic
@@ -244,14 +245,53 @@ def _labels(spec: SupportAgentSpec) -> list[str] | ModelUnreadable:
         return exc
 
 
-def reconcile(kube: Kube, body: dict[str, Any], record: EventRecorder, lookup: Lookup) -> Outcome:
+# The children whose status the agent reports (indexed by the operator, main.INDEXED_CHILDREN).
+STATUS_KINDS = frozenset({"RayService"})
+# Children whose content depends only on the agent's identity (name, namespace, uid): once the
+# index shows one for this agent, applying it again would change nothing and cost a request on
+# every reconcile. A deleted one drops out of the index (its event forces a full reconcile of
+# the agent) and is applied again.
+APPLY_ONCE_KINDS = frozenset({"ServiceAccount"})
+
+
+def present_children(
+    lookup: Lookup, parent: Parent, children: list[dict[str, Any]], kinds: frozenset[str]
+) -> tuple[list[dict[str, Any]], frozenset[ChildView]]:
+    """`children` less those of `kinds` that the `children` index already shows, and the
+    index's views of those left out: the reconcile goes by them as by what it applies (and the
+    worker, which read its inputs before, must not take their events for news)."""
+    present = {
+        (c.kind, c.name): c
+        for c in lookup.children(parent.namespace, parent.kind, parent.name)
+        if c.kind in kinds
+    }
+    rest = [c for c in children if (c["kind"], c["metadata"]["name"]) not in present]
+    return rest, frozenset(present.values())
+
+
+def as_live(view: ChildView, namespace: str) -> dict[str, Any]:
+    """What the status reads of a live child (identity, generation, status), from its view."""
+    meta = {"name": view.name, "namespace": namespace, "uid": view.uid}
+    return {
+        "kind": view.kind,
+        "metadata": {**meta, "generation": view.generation},
+        "status": json.loads(view.status_json),
+    }
+
+
+def reconcile(
+    kube: Kube, body: dict[str, Any], record: EventRecorder, lookup: Lookup, refresh: bool = False
+) -> Outcome:
+    """`refresh`: the only news is a child's status (`workers.status_news_only`), so what was
+    applied last stands: nothing is applied again, only the status is."""
+
     def desired(kube: Kube, body: dict[str, Any]) -> Desired:
-        return _desired_status(kube, body, lookup)
+        return _desired_status(kube, body, lookup, refresh)
 
     return reconcile_object(KIND, desired, kube, body, record, advisories=(HANDOFF, INTENTS))
 
 
-def _desired_status(kube: Kube, body: dict[str, Any], lookup: Lookup) -> Desired:
+def _desired_status(kube: Kube, body: dict[str, Any], lookup: Lookup, refresh: bool) -> Desired:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     try:
@@ -274,7 +314,15 @@ def _desired_status(kube: Kube, body: dict[str, Any], lookup: Lookup) -> Desired
         checks, phase = failed_spec(*missing)
         return Desired(build_status(body, [*checks, handoff], phase, {}))
 
-    live = apply_children(kube, children)
+    if refresh:
+        # Only the status is read again; a RayService the index does not show yet is applied
+        # for its live state. A deleted child forces a full reconcile (main.child_event).
+        reported = [c for c in children if c["kind"] in STATUS_KINDS]
+        to_apply, present = present_children(lookup, parent, reported, STATUS_KINDS)
+    else:
+        to_apply, present = present_children(lookup, parent, children, APPLY_ONCE_KINDS)
+    live = apply_children(kube, to_apply)
+    live.update({view.kind: as_live(view, namespace) for view in present})
     tools, ready_tools = tools_check(namespace, spec, adapters_ready)
     parts = [
         rayservice_check(live["RayService"]),

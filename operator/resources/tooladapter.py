@@ -85,8 +85,9 @@ def gateway_access(
     kube: Kube, namespace: str, name: str, lookup: Lookup | None, scrapers: Scrapers | None
 ) -> GatewayAccess:
     """Who may call the gateway: the agents whose `spec.tools` reference it (from the index,
-    so an agent that starts or stops referencing it re-renders its policies), the scrapers, and
-    Istio's principals where the cluster serves Istio's security API."""
+    so an agent that starts or stops referencing it re-renders its policies and its grants
+    ConfigMap, never the Deployment), the scrapers, and Istio's principals where the cluster
+    serves Istio's security API."""
     grants = lookup.operations_granted(namespace, name) if lookup else {}
     group, version = ISTIO_SECURITY
     return GatewayAccess.of(grants, scrapers, version in kube.served_versions(group), grants)

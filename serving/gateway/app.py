@@ -41,6 +41,7 @@ from ..config import (
 )
 from .caller_auth import Caller, CallerAuth, Refusal, Review, ReviewUnavailable, TokenReviewer
 from .credentials import Credentials, CredentialsUnavailable
+from .grants import grants_of
 from .logs import LOGGER_NAME
 from .metrics import GatewayMetrics, Outcome
 from .openapi import openapi_document
@@ -250,7 +251,7 @@ class ToolGateway:
                     review = TokenReviewer.in_cluster(os.environ).review
                 except ReviewUnavailable as exc:
                     raise ConfigError(f"caller_auth 'tokenreview': {exc}") from None
-            self.caller_auth = CallerAuth(config.namespace, config.grants, review)
+            self.caller_auth = CallerAuth(config.namespace, grants_of(config), review)
         self.max_body_bytes = max_body_bytes
         self.max_response_bytes = max_response_bytes
         self.credentials = Credentials(config.auth)
@@ -333,10 +334,13 @@ class ToolGateway:
     async def handle_ready(self, request: Request) -> Response:
         circuit = self.breaker.state.label
         problem = self.credentials.problem()
+        if problem is None and self.caller_auth is not None:
+            problem = self.caller_auth.grants.problem()
         # An open breaker does not make the pod unready, on purpose: it means the *upstream* is
         # failing, and taking gateway pods out of the Service (or restarting them) cannot fix
         # that; it would only turn fast, explained 503s into connection errors for the agents
-        # and lose the breaker's state. Only what a pod itself lacks makes it unready.
+        # and lose the breaker's state. Only what a pod itself lacks (credentials, any grants
+        # table at all) makes it unready.
         if problem is not None:
             return JSONResponse(
                 {**error_body("not_ready", problem), "circuit": circuit}, status_code=503

@@ -1,6 +1,6 @@
 """Which agent calls, and may it: the caller's projected ServiceAccount token, verified with a
 TokenReview against the API server, mapped to a SupportAgent and checked against the grants the
-operator rendered into the gateway's configuration. See docs/tool-gateway.md.
+operator keeps for the gateway (`grants.py`). See docs/tool-gateway.md.
 
 Plain stdlib HTTPS (the gateway image carries no Kubernetes client); the review runs in a thread
 so the event loop keeps serving, and its result is cached per token hash until shortly before
@@ -17,12 +17,13 @@ import ssl
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import AGENT_TOKEN_AUDIENCE
+from .grants import FixedGrants, Grants
 
 IN_CLUSTER_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
@@ -157,13 +158,14 @@ class CallerAuth:
     def __init__(
         self,
         namespace: str,
-        grants: Mapping[str, list[str]],
+        grants: Grants | Mapping[str, Iterable[str]],
         review: Review,
         audience: str = AGENT_TOKEN_AUDIENCE,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`grants`: where the current table comes from, or a fixed table."""
         self.namespace = namespace
-        self.grants = {agent: frozenset(ops) for agent, ops in grants.items()}
+        self.grants: Grants = FixedGrants(grants) if isinstance(grants, Mapping) else grants
         self.audience = audience
         self._review = review
         self._clock = clock
@@ -183,7 +185,19 @@ class CallerAuth:
             )
         if caller is None:
             return Refusal(401, "unauthenticated", "agent token is not valid", "invalid_token")
-        if operation not in self.grants.get(caller.agent, frozenset()):
+        table = self.grants.table()
+        if table is None:
+            # 503, not 403: the gateway cannot tell whether the agent is granted, and a 403
+            # would tell it (and its customer) "never" for what is the gateway's own fault.
+            # Refused all the same (fail closed); the agent retries as for any outage.
+            return Refusal(
+                503,
+                "grants_unavailable",
+                f"cannot check the caller's grants: {self.grants.problem()}",
+                "unavailable",
+                caller.agent,
+            )
+        if operation not in table.get(caller.agent, frozenset()):
             return Refusal(
                 403,
                 "not_granted",

@@ -1,9 +1,7 @@
 """Upstream credentials from the adapter's Secret, mounted as files.
 
-The kubelet rotates a mounted Secret by writing the new keys into a fresh directory and swapping
-the `..data` symlink, so every key file resolves to a new inode. Checking each file's `stat`
-signature on every call (a few syscalls) therefore picks a rotation up on the next call, without a
-restart and without re-reading unchanged files.
+A rotation of the Secret is picked up on the next call, without a restart and without re-reading
+unchanged files (`mounted.MountedValue`).
 
 Nothing here ever puts a credential value into an exception or a log: reasons name files only.
 """
@@ -11,10 +9,10 @@ Nothing here ever puts a credential value into an exception or a log: reasons na
 from __future__ import annotations
 
 import base64
-import os
 from pathlib import Path
 
 from ..config import GatewayAuth
+from .mounted import FileSignature, MountedValue, file_signature
 
 # Secret keys each auth type reads (the ToolAdapter CRD documents the same keys).
 AUTH_KEYS: dict[str, tuple[str, ...]] = {
@@ -23,8 +21,6 @@ AUTH_KEYS: dict[str, tuple[str, ...]] = {
     "basic": ("username", "password"),
     "header": ("value",),
 }
-
-_Signature = tuple[tuple[int, int, int, int, int], ...]
 
 
 class CredentialsUnavailable(Exception):
@@ -39,21 +35,13 @@ class Credentials:
         self.header_name = auth.header_name or ""
         self.directory = Path(auth.credentials_dir)
         self.keys = AUTH_KEYS[auth.type]
-        self._cached: tuple[_Signature, dict[str, str]] | None = None
+        self._mounted = MountedValue([self._path(key) for key in self.keys], self._load, self._stat)
 
     def headers(self) -> dict[str, str]:
         """Headers that authenticate one upstream request; raises CredentialsUnavailable."""
         if not self.keys:
             return {}
-        # stat before read: if a rotation lands in between, the cached signature is the older
-        # one and the next call reads again, instead of caching old values under a new signature.
-        signature = tuple(self._stat(key) for key in self.keys)
-        if self._cached is not None and self._cached[0] == signature:
-            return self._cached[1]
-        values = {key: self._read(key) for key in self.keys}
-        headers = self._build(values)
-        self._cached = (signature, headers)
-        return headers
+        return self._mounted.get()
 
     def problem(self) -> str | None:
         """Why the credentials cannot be used, or None when they can (for /readyz)."""
@@ -66,16 +54,18 @@ class Credentials:
     def _path(self, key: str) -> Path:
         return self.directory / key
 
-    def _stat(self, key: str) -> tuple[int, int, int, int, int]:
+    def _stat(self, path: Path) -> FileSignature:
         try:
-            st = os.stat(self._path(key))
+            return file_signature(path)
         except FileNotFoundError:
-            raise CredentialsUnavailable(f"credentials file {self._path(key)} is missing") from None
+            raise CredentialsUnavailable(f"credentials file {path} is missing") from None
         except OSError as exc:
             raise CredentialsUnavailable(
-                f"credentials file {self._path(key)} cannot be read ({exc.strerror})"
+                f"credentials file {path} cannot be read ({exc.strerror})"
             ) from None
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def _load(self) -> dict[str, str]:
+        return self._build({key: self._read(key) for key in self.keys})
 
     def _read(self, key: str) -> str:
         path = self._path(key)

@@ -160,8 +160,8 @@ class Cluster:
         self, namespace: str, predicate: Callable[[], Any]
     ) -> Callable[[], Any]:
         """`predicate`, with every gateway reported available again before each check, as the
-        Deployment controller would: a gateway rolls once more when an agent's grants reach its
-        config, possibly after the first report."""
+        Deployment controller would: a gateway whose template changes after the first report
+        (its adapter's spec, not its grants: those live in a ConfigMap) rolls once more."""
 
         def check() -> Any:
             self.make_gateways_available(namespace)

@@ -2,9 +2,9 @@
 
 The project's own (``crds/``) and kopf's peering CRDs (from the chart), Istio's VirtualService
 and DestinationRule from the shared folder (``schemas/crds/networking.istio.io``: unmodified
-documents of istio/istio 1.30.3's ``crd-all.gen.yaml``, see ``SOURCES.md`` there), and a
-permissive RayService stand-in (KubeRay's CRD does not install into a 1.20 server). Each is
-stripped of what 1.20 rejects (:func:`envtest_crd`).
+documents of istio/istio 1.30.3's ``crd-all.gen.yaml``, see ``SOURCES.md`` there), and
+permissive RayService and RayJob stand-ins (KubeRay's CRDs do not install into a 1.20 server).
+Each is stripped of what 1.20 rejects (:func:`envtest_crd`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .manifests import load_documents
 from .paths import CHART_DIR, CRDS_DIR, ENVTEST_SCRIPTS, UPSTREAM_CRDS
 
 RAYSERVICE_STANDIN_CRD = ENVTEST_SCRIPTS / "rayservice-standin-crd.yaml"
+RAYJOB_STANDIN_CRD = ENVTEST_SCRIPTS / "rayjob-standin-crd.yaml"
 ISTIO_CRD_FILES = ("virtualservices.yaml", "destinationrules.yaml")
 # Istio's security API: the tool gateways' AuthorizationPolicies (and the RBAC they need) are
 # rendered where the cluster serves it.
@@ -80,7 +81,7 @@ def envtest_crd_files() -> list[Path]:
             "shared folder ../shared (or SWITCHBOARD_SHARED_DIR); see tests/support/crds.py."
         )
     own = [*sorted(CRDS_DIR.glob("*.yaml")), CHART_DIR / "crds" / "kopf-peerings.yaml"]
-    return [*own, *istio, RAYSERVICE_STANDIN_CRD]
+    return [*own, *istio, RAYSERVICE_STANDIN_CRD, RAYJOB_STANDIN_CRD]
 
 
 def envtest_crds() -> dict[str, dict[str, Any]]:

@@ -20,6 +20,7 @@ from .paths import CHART_DIR, CRDS_DIR, UPSTREAM_CRDS
 # Custom kinds → the CRD file that defines them.
 CRD_FILES: dict[tuple[str, str], Path] = {
     ("ray.io/v1", "RayService"): UPSTREAM_CRDS / "ray.io" / "ray.io_rayservices.yaml",
+    ("ray.io/v1", "RayJob"): UPSTREAM_CRDS / "ray.io" / "ray.io_rayjobs.yaml",
     ("networking.istio.io/v1", "VirtualService"): (
         UPSTREAM_CRDS / "networking.istio.io" / "virtualservices.yaml"
     ),
@@ -45,6 +46,7 @@ CRD_FILES: dict[tuple[str, str], Path] = {
             ("SupportAgent", "supportagents"),
             ("ToolAdapter", "tooladapters"),
             ("ModelRollout", "modelrollouts"),
+            ("ModelTraining", "modeltrainings"),
         )
     },
 }

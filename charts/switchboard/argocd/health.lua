@@ -1,5 +1,6 @@
--- Argo CD health check for switchboard.dev/v1alpha1 SupportAgent, ToolAdapter and ModelRollout:
--- one script, installed under each kind's key (argocd-cm.yaml beside this file carries it three
+-- Argo CD health check for switchboard.dev/v1alpha1 SupportAgent, ToolAdapter, ModelRollout and
+-- ModelTraining:
+-- one script, installed under each kind's key (argocd-cm.yaml beside this file carries it four
 -- times; tests/test_argocd_health.py checks that and runs it against statuses the operator
 -- builds). Argo CD runs a health check from argocd-cm in gopher-lua (Lua 5.1) with only the
 -- base, table and a safe os library loaded: no string or math functions here, only comparisons
@@ -14,6 +15,11 @@
 --   Degraded    -> Degraded     ServeApplicationFailed, GatewayUnderReplicated
 --   Failed      -> Degraded     InvalidSpec, SecretNotFound, ConfigMapNotFound,
 --                               ToolAdapterNotFound, UnknownOperation, ApplyFailed: a human acts
+--
+-- ModelTraining (docs/retraining.md): like a CronJob, Healthy while it waits, runs or has run,
+-- whatever the gate decided (a refused candidate is the gate doing its job; the message says
+-- why):  Idle, Running, Passed, Refused -> Healthy;  Failed (InvalidSpec, AgentNotFound,
+-- SecretNotFound, RunFailed, BadData, ...) and Degraded (ReportUnreadable) -> Degraded.
 --
 -- ModelRollout: status.phase is the rollout's state (operator/resources/modelrollout.py,
 -- docs/rollouts.md). Ready is True only once the candidate is promoted, so Ready=False alone
@@ -60,11 +66,13 @@ end
 local progressingReasons = {
   SupportAgent = { RayServiceDeploying = true, ToolAdapterNotReady = true },
   ToolAdapter = { GatewayRollingOut = true, GatewayStarting = true },
+  ModelTraining = {},
 }
 local noStatusYet = {
   SupportAgent = "Waiting for the operator to report status",
   ToolAdapter = "Waiting for the operator to report status",
   ModelRollout = "Waiting for the operator to start the rollout",
+  ModelTraining = "Waiting for the operator to report status",
 }
 
 local function rolloutHealth(status, ready)
