@@ -17,6 +17,8 @@ the same files from the repository's examples/nlu folder.
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
 import sys
 import time
 import urllib.request
@@ -148,7 +150,10 @@ def report_of(storage: S3Server, uri: str) -> TrainingReport:
 def test_a_candidate_better_on_the_heldout_set_opens_its_rollout(
     cluster: Cluster, namespace: str, storage: S3Server, operator: dict[str, Any]
 ) -> None:
-    gate = {"minHeldoutRows": 60, "maxIntentRegression": 0.34}
+    # The demo's held-out set has about 4 rows per intent: the candidate gets one more
+    # return_item row wrong (recall 1.00 -> 0.75) while fixing two others. The gate must allow
+    # one row's worth per intent here, or it refuses every candidate of this data.
+    gate = {"minHeldoutRows": 60, "maxIntentRegression": 0.3}
     cluster.create(training("shop-better", storage, gate=gate), namespace)
     cluster.wait_for_reason("ModelTraining", namespace, "shop-better", "Waiting")
     with RayJobPlayer(cluster, namespace) as player:
@@ -165,7 +170,8 @@ def test_a_candidate_better_on_the_heldout_set_opens_its_rollout(
         f"\nheld-out ({report.heldout.rows} rows): current {report.current.accuracy:.4f} acc / "
         f"{report.current.macro_f1:.4f} macro-F1, candidate {report.candidate.accuracy:.4f} / "
         f"{report.candidate.macro_f1:.4f}; {report.data.corrections} corrections; "
-        f"train {report.train_seconds:.0f}s, run {report.total_seconds:.0f}s",
+        f"train {report.train_seconds:.0f}s, run {report.total_seconds:.0f}s; largest recall "
+        f"drop {min((i.recall_delta, i.intent) for i in report.intents)}",
         file=sys.__stderr__,
     )
     assert report.candidate.accuracy >= report.current.accuracy
@@ -227,7 +233,7 @@ def test_a_candidate_worse_on_the_heldout_set_is_refused_with_the_criterion(
 
 
 def test_bad_data_fails_the_run_and_names_the_problem(
-    cluster: Cluster, namespace: str, storage: S3Server
+    cluster: Cluster, namespace: str, storage: S3Server, envtest: Any
 ) -> None:
     data = {
         "baseUri": "s3://models/data/ecommerce-intents.csv",
@@ -235,9 +241,18 @@ def test_bad_data_fails_the_run_and_names_the_problem(
     }
     cluster.create(training("shop-small-heldout", storage, data=data), namespace)
     with RayJobPlayer(cluster, namespace) as player:
-        run_now(cluster, namespace, "shop-small-heldout", "1")
+        # Asked for as a user would: `switchboard train` with their kubeconfig.
+        asked = subprocess.run(
+            [sys.executable, "-P", "-m", "switchboard.operator.cli", "train",
+             "shop-small-heldout", "-n", namespace],
+            env={**os.environ, "KUBECONFIG": str(envtest.kubeconfig)}, capture_output=True,
+            text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert asked.returncode == 0, asked.stderr
+        assert "run requested" in asked.stdout
         status = last_result(cluster, namespace, "shop-small-heldout", timeout=300)
-    played = player.played[manual_run_name("shop-small-heldout", "1")]
+    request = status["lastTrigger"]
+    played = player.played[manual_run_name("shop-small-heldout", request)]
     assert played.returncode == 2, played.output[-3000:]
     run = status["lastRun"]
     assert run["result"] == "BadData", run
@@ -299,8 +314,14 @@ def test_schedule_never_overlaps_and_a_run_by_hand_waits_its_turn(
 
 
 def test_missing_references_are_conditions_not_crashes(
-    cluster: Cluster, namespace: str, storage: S3Server
+    cluster: Cluster, namespace: str, storage: S3Server, envtest: Any
 ) -> None:
+    asked = subprocess.run(
+        [sys.executable, "-P", "-m", "switchboard.operator.cli", "train", "nope", "-n", namespace],
+        env={**os.environ, "KUBECONFIG": str(envtest.kubeconfig)}, capture_output=True,
+        text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert asked.returncode == 1 and f"ModelTraining {namespace}/nope" in asked.stderr
     doc = training("shop-orphan", storage, agentRef="nobody")
     cluster.create(doc, namespace)
     ready = cluster.wait_for_reason("ModelTraining", namespace, "shop-orphan", "AgentNotFound")
