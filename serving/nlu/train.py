@@ -77,8 +77,12 @@ class TrainConfig:
         self, epochs: int | None, batch_size: int | None, learning_rate: float | None
     ) -> TrainConfig:
         """This configuration with the command line's optional settings (None keeps ours)."""
-        changes = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate}
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        return replace(
+            self,
+            epochs=self.epochs if epochs is None else epochs,
+            batch_size=self.batch_size if batch_size is None else batch_size,
+            learning_rate=self.learning_rate if learning_rate is None else learning_rate,
+        )
 
 
 @dataclass
