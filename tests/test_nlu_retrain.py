@@ -349,7 +349,7 @@ def test_bad_input_fails_before_training_and_writes_nothing(
     assert message in run.done.stderr
     assert "Traceback" not in run.done.stderr
     assert run.done.stdout == ""
-    assert run.seconds < 60, "failed after training started"
+    assert "training on" not in run.done.stderr, "failed after training started"
     written = s3_server.object_path(s3_server.bucket, run.output_key)
     if case == "output-already-written":
         assert [p.name for p in written.iterdir()] == [REPORT_NAME]
