@@ -192,15 +192,17 @@ def _conclude(
     spec: ModelTrainingSpec,
     run: RunRecord,
     job: dict[str, Any] | None,
-    reader: ReportReader,
+    open_storage: Callable[[], ReportReader],
     now: datetime,
 ) -> RunRecord | None:
-    """The finished record of `run`, or None while it is still going. A passing candidate's
+    """The finished record of `run`, or None while it is still going (storage is opened, and
+    its Secret read, only for a finished run). A passing candidate's
     ModelRollout is applied before the record is written, so a crash in between re-applies
     the same (deterministically named) rollout instead of losing it."""
     finished, succeeded, said = _job_state(job)
     if not finished:
         return None
+    reader = open_storage()
     started = _time(run.started_at) or now
     done = run.model_copy(
         update={
@@ -341,8 +343,9 @@ def _desired(
         job = kube.get(RAYJOB_API_VERSION, "RayJob", namespace, active.name)
         try:
             done = _conclude(
-                kube, parent, spec, active, job, _reader(kube, namespace, spec, context), now
-            )
+                kube, parent, spec, active, job,
+                lambda: _reader(kube, namespace, spec, context), now,
+            )  # fmt: skip
         except ReportError as exc:
             done, storage_problem = None, str(exc)
         if done is not None:
