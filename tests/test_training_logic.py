@@ -115,6 +115,17 @@ def test_plan_counts_skipped_and_missed_times_and_names_the_next() -> None:
     assert (back.missed, back.skipped) == (1, 0)
 
 
+def test_a_long_outage_is_counted_once_and_the_schedule_starts_again_from_now() -> None:
+    minutely = spec(schedule="* * * * *")
+    back = plan(
+        "m", minutely, now=at(48), created=CREATED, last_schedule_time=at(0), running=False,
+        request=None, last_request=None,
+    )  # fmt: skip
+    assert back.due is None and back.missed >= 1000
+    assert back.last_schedule_time == at(48)
+    assert back.next_schedule_time == at(48) + timedelta(minutes=1)
+
+
 def test_run_names_are_deterministic_and_short() -> None:
     long = "a-very-long-training-name-for-the-support-agent-nlu"
     assert scheduled_run_name(long, at(1)) == scheduled_run_name(long, at(1))

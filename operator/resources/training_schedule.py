@@ -109,8 +109,8 @@ def plan(
             if scheduled is not None:  # an earlier missed time: only the latest may run
                 missed += 1
             scheduled, upcoming = upcoming, None
-        else:  # down for longer than MAX_MISSED times: start counting again from now
-            scheduled, upcoming = None, next(_times(spec, now))
+        else:  # down for longer than MAX_MISSED times: all missed; count again from now
+            scheduled, upcoming, last, missed = None, next(_times(spec, now)), now, MAX_MISSED
     if scheduled is not None:
         last = scheduled
         deadline = timedelta(seconds=spec.starting_deadline_seconds)
